@@ -1,0 +1,107 @@
+"""Sliding windows over one contiguous stacked array: what the model trains and predicts on.
+
+The region crop and the channel stack are built once at construction; an item is a pair of numpy
+views wrapped as tensors (O(1), no xarray, no copy). A window never spans a gap in the time axis, so
+dropped time steps (missing data) simply remove the windows that would cross them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+from torch.utils.data import Dataset
+
+from convlstm.data.regions import RegionConfig, crop_regions
+from convlstm.data.schema import describe_source
+from convlstm.data.stacking import stack_channels
+from convlstm.errors import DataError
+
+
+def window_starts(times: np.ndarray, window_size: int, target_offset: int) -> np.ndarray:
+    """Start indices of the windows whose inputs and target lie on a regular stretch of the time axis.
+
+    The regular step is the most common spacing; on a gap-free axis there are
+    ``T - window_size - target_offset + 1`` windows.
+    """
+    span = window_size + target_offset  # time steps from first input to target, inclusive
+    if len(times) < span:
+        return np.zeros(0, dtype=np.int64)
+    steps = np.diff(times)
+    values, counts = np.unique(steps, return_counts=True)
+    irregular = np.concatenate([[0], np.cumsum(steps != values[np.argmax(counts)])])
+    # A window starting at s covers steps s .. s+span-2: it is valid when none of them is irregular.
+    starts = np.arange(len(times) - span + 1)
+    return starts[irregular[starts + span - 1] == irregular[starts]]
+
+
+class ConvLSTMDataset(Dataset):
+    """Windows ``[T, C, H, W]`` of normalized input and ``[H_down, W_down]`` targets (normalized precipitation).
+
+    With ``include_upstream`` the upstream region is joined west of the downstream one along
+    longitude; the target is always the downstream precipitation ``target_offset`` steps after the
+    window's last input, and ``downstream_columns`` says where it sits in the model's output.
+    """
+
+    def __init__(
+        self,
+        data: xr.Dataset,
+        window_size: int,
+        region_config: RegionConfig,
+        target_offset: int = 1,
+        include_upstream: bool = False,
+    ) -> None:
+        if int(window_size) != window_size or window_size < 1:
+            raise DataError(f"window_size must be a positive integer, got {window_size!r}.")
+        if int(target_offset) != target_offset or target_offset < 1:
+            raise DataError(f"target_offset must be a positive integer, got {target_offset!r}.")
+        self.window_size = int(window_size)
+        self.target_offset = int(target_offset)
+        self.include_upstream = bool(include_upstream)
+        self.region_config = region_config
+        n_time = data.sizes["time"]
+        if n_time < window_size + target_offset:
+            raise DataError(
+                f"{describe_source(data)} has {n_time} time steps but window_size + target_offset = "
+                f"{window_size + target_offset} are needed for one window. Use more data (a longer split) or a smaller --window-size."
+            )
+        crop = crop_regions(data, region_config, include_upstream)
+        self.downstream_columns = crop.downstream_columns
+        self.lat = crop.data["lat"].values
+        self.lon = crop.data["lon"].values
+        self.levels = crop.data["level"].values
+        self.times = crop.data["time"].values
+        self.inputs = stack_channels(crop.data)
+        self.starts = window_starts(self.times, self.window_size, self.target_offset)
+        if len(self.starts) == 0:
+            raise DataError(
+                f"{describe_source(data)} has no gap-free stretch of {window_size + target_offset} time steps, "
+                "so no window can be built. Fill the gaps (nan_policy='fill') or use a smaller --window-size."
+            )
+
+    @property
+    def downstream_lon(self) -> np.ndarray:
+        return self.lon[self.downstream_columns]
+
+    @property
+    def target_indices(self) -> np.ndarray:
+        """Index into ``times`` of each window's target."""
+        return self.starts + self.window_size + self.target_offset - 1
+
+    @property
+    def target_times(self) -> np.ndarray:
+        return self.times[self.target_indices]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """``(T, C, H, W)`` of one input window."""
+        return (self.window_size, *self.inputs.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = int(self.starts[index])
+        window = self.inputs[start:start + self.window_size]
+        target = self.inputs[start + self.window_size + self.target_offset - 1, -1, :, self.downstream_columns]
+        return torch.from_numpy(window), torch.from_numpy(target)

@@ -1,0 +1,154 @@
+"""The downstream (target) region and the upstream region to its west, and how to cut them out.
+
+Longitudes are handled as offsets east of the region's western edge, modulo 360, so a region given in
+0..360 selects the same cells of a -180..180 file as of a 0..360 one (and may cross the seam of a
+global file). The cut-out carries longitudes in the region's own convention, increasing eastward.
+
+Defaults: both regions span 25–40 °N. The original documentation gave the upstream region 25–50 °N,
+but the upstream block is concatenated to the west of the downstream block along longitude, which
+needs the same latitude rows; so the upstream latitudes default to the downstream ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NamedTuple
+
+import numpy as np
+import xarray as xr
+
+from convlstm.data.schema import describe_source
+from convlstm.errors import DataError
+
+_TOL = 1e-6  # degrees: grid coordinates are compared with this slack
+
+
+@dataclass
+class RegionConfig:
+    """Bounds in degrees (inclusive) of the downstream target region and the upstream region west of it."""
+
+    downstream_lat_min: float = 25.0
+    downstream_lat_max: float = 40.0
+    downstream_lon_min: float = 110.0
+    downstream_lon_max: float = 125.0
+    upstream_lat_min: float = 25.0
+    upstream_lat_max: float = 40.0
+    upstream_lon_min: float = 70.0
+    upstream_lon_max: float = 110.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise DataError(f"RegionConfig.{f.name} must be a finite number of degrees, got {value!r}.")
+            setattr(self, f.name, float(value))
+        for region in ("downstream", "upstream"):
+            lat_min, lat_max = getattr(self, f"{region}_lat_min"), getattr(self, f"{region}_lat_max")
+            lon_min, lon_max = getattr(self, f"{region}_lon_min"), getattr(self, f"{region}_lon_max")
+            if not -90.0 <= lat_min < lat_max <= 90.0:
+                raise DataError(f"{region} latitudes must satisfy -90 <= lat_min < lat_max <= 90, got {lat_min}..{lat_max}.")
+            if not 0.0 < lon_max - lon_min < 360.0:
+                raise DataError(
+                    f"{region} longitudes must satisfy lon_min < lon_max < lon_min + 360 (west to east), got {lon_min}..{lon_max}."
+                )
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RegionConfig":
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise DataError(f"Unknown region setting(s): {', '.join(sorted(unknown))}.")
+        return cls(**values)
+
+    def check_upstream(self) -> None:
+        """Refuse an upstream region that is not directly usable west of the downstream one."""
+        if (self.upstream_lat_min, self.upstream_lat_max) != (self.downstream_lat_min, self.downstream_lat_max):
+            raise DataError(
+                f"The upstream region ({self.upstream_lat_min}..{self.upstream_lat_max} °N) must span the same latitudes as the "
+                f"downstream region ({self.downstream_lat_min}..{self.downstream_lat_max} °N): the two are joined side by side "
+                "along longitude. Set --upstream-lat-min/--upstream-lat-max to the downstream values."
+            )
+        if self.upstream_lon_max > self.downstream_lon_min + _TOL:
+            raise DataError(
+                f"The upstream region ({self.upstream_lon_min}..{self.upstream_lon_max} °E) overlaps the downstream region "
+                f"({self.downstream_lon_min}..{self.downstream_lon_max} °E): it must lie to the west, with "
+                "upstream_lon_max <= downstream_lon_min."
+            )
+        if self.downstream_lon_max - self.upstream_lon_min >= 360.0:
+            raise DataError("Upstream and downstream regions together must span less than 360° of longitude.")
+
+    def validate(self, data: xr.Dataset, include_upstream: bool = True) -> None:
+        """Check that the region(s) lie inside the data and select usable, matching grids."""
+        crop_regions(data, self, include_upstream)
+
+
+class RegionCrop(NamedTuple):
+    """The model's input grid and where the downstream target sits in it."""
+
+    data: xr.Dataset
+    downstream_columns: slice
+
+
+def crop_regions(data: xr.Dataset, regions: RegionConfig, include_upstream: bool) -> RegionCrop:
+    """Cut out the downstream region, or upstream ⊕ downstream joined along longitude (upstream west)."""
+    downstream = _crop(data, "downstream", regions.downstream_lat_min, regions.downstream_lat_max,
+                       regions.downstream_lon_min, regions.downstream_lon_max, include_east=True)
+    if not include_upstream:
+        return RegionCrop(downstream, slice(0, downstream.sizes["lon"]))
+    regions.check_upstream()
+    # Regions that touch share the boundary column: it belongs to the downstream region.
+    touching = abs(regions.upstream_lon_max - regions.downstream_lon_min) <= _TOL
+    upstream = _crop(data, "upstream", regions.upstream_lat_min, regions.upstream_lat_max,
+                     regions.upstream_lon_min, regions.upstream_lon_max, include_east=not touching)
+    if upstream.sizes["lat"] != downstream.sizes["lat"] or not np.allclose(upstream["lat"], downstream["lat"]):
+        raise DataError(f"{describe_source(data)}: the upstream and downstream regions select different latitude rows.")
+    # Express upstream longitudes in the downstream frame so the joined axis increases eastward.
+    upstream = upstream.assign_coords(lon=regions.downstream_lon_min - ((regions.downstream_lon_min - upstream["lon"]) % 360.0))
+    joined = xr.concat([upstream, downstream], dim="lon", data_vars="all", coords="minimal", compat="override", join="override")
+    start = upstream.sizes["lon"]
+    return RegionCrop(joined, slice(start, start + downstream.sizes["lon"]))
+
+
+def data_bounds(data: xr.Dataset) -> str:
+    """The data's extent, for error messages."""
+    lat, lon = data["lat"].values, data["lon"].values
+    return f"lat {lat.min():g}..{lat.max():g} °N, lon {lon.min():g}..{lon.max():g} °E"
+
+
+def _crop(data: xr.Dataset, region: str, lat_min: float, lat_max: float, lon_min: float, lon_max: float,
+          include_east: bool) -> xr.Dataset:
+    lat = data["lat"].values
+    lon = data["lon"].values
+    name = describe_source(data)
+    if lat_min < lat.min() - _TOL or lat_max > lat.max() + _TOL or not _lon_covered(lon, lon_min, lon_max):
+        raise DataError(
+            f"The {region} region (lat {lat_min:g}..{lat_max:g}, lon {lon_min:g}..{lon_max:g}) lies outside {name}, which covers "
+            f"{data_bounds(data)}. Choose bounds inside the data (--{region}-lat-min etc.) or use a file that covers the region."
+        )
+    lat_idx = np.flatnonzero((lat >= lat_min - _TOL) & (lat <= lat_max + _TOL))
+    offsets = (lon - lon_min + _TOL) % 360.0 - _TOL
+    span = lon_max - lon_min
+    in_lon = offsets <= span + _TOL if include_east else offsets < span - _TOL
+    lon_idx = np.flatnonzero(in_lon)
+    lon_idx = lon_idx[np.argsort(offsets[lon_idx], kind="stable")]
+    if len(lat_idx) == 0 or len(lon_idx) == 0:
+        raise DataError(
+            f"The {region} region (lat {lat_min:g}..{lat_max:g}, lon {lon_min:g}..{lon_max:g}) contains no grid cell of {name} "
+            f"({data_bounds(data)}). Widen the region to at least one grid spacing."
+        )
+    out = data.isel(lat=lat_idx, lon=lon_idx)
+    return out.assign_coords(lon=xr.DataArray(lon_min + offsets[lon_idx], dims="lon", attrs=data["lon"].attrs))
+
+
+def _lon_covered(lon: np.ndarray, lon_min: float, lon_max: float) -> bool:
+    """Whether the data's longitudes reach across the region, whatever conventions each uses."""
+    if len(lon) > 1:
+        spacing = float(np.min(np.diff(lon)))
+        if lon.max() - lon.min() + spacing >= 360.0 - _TOL:
+            return True  # global grid: every region is covered, across the seam too
+    start = lon.min() + (lon_min - lon.min()) % 360.0
+    if start > lon.max() + _TOL and (start - 360.0) >= lon.min() - _TOL:
+        start -= 360.0
+    return start + (lon_max - lon_min) <= lon.max() + _TOL

@@ -1,0 +1,294 @@
+"""Open a reanalysis file in any common naming and return it in the one layout the library uses.
+
+Every later step (split, normalizer, regions, stacking) relies on this layout, so all the mapping of
+names, units and orientation lives here, in one table, and bad input is refused here with a message
+that names the file and the fix:
+
+- variables ``DPT, GPH, TEM, U, V`` on ``(time, level, lat, lon)`` and ``precipitation`` on
+  ``(time, lat, lon)``; temperatures in K, heights in m, winds in m s-1, precipitation in mm per step;
+- latitude ascending, longitude ascending (in the file's own convention, 0..360 or -180..180),
+  pressure levels descending from the surface, time strictly increasing;
+- lazily opened (dask-backed) data stays lazy: only reductions for validation are computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+
+from convlstm.data.thermo import dew_point_from_relative_humidity, dew_point_from_specific_humidity
+from convlstm.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+LEVEL_VARIABLES: tuple[str, ...] = ("DPT", "GPH", "TEM", "U", "V")
+PRECIPITATION = "precipitation"
+VARIABLES: tuple[str, ...] = (*LEVEL_VARIABLES, PRECIPITATION)
+DIMS: tuple[str, ...] = ("time", "level", "lat", "lon")
+
+#: Accepted names for each variable, in order of preference: standard, descriptive, ERA5/CF.
+VARIABLE_ALIASES: dict[str, tuple[str, ...]] = {
+    "DPT": ("DPT", "dew_point", "dewpoint", "dew_point_temperature"),
+    "GPH": ("GPH", "geopotential_height", "gh", "hgt", "z"),
+    "TEM": ("TEM", "temperature", "air_temperature", "t", "ta"),
+    "U": ("U", "u_wind", "eastward_wind", "u", "ua"),
+    "V": ("V", "v_wind", "northward_wind", "v", "va"),
+    PRECIPITATION: ("precipitation", "tp", "total_precipitation", "precip", "lwe_thickness_of_precipitation_amount"),
+}
+#: Humidity variables from which the dew point is derived when the file has none (ERA5 style).
+HUMIDITY_ALIASES: dict[str, tuple[str, ...]] = {
+    "relative": ("r", "relative_humidity", "hur"),
+    "specific": ("q", "specific_humidity", "hus"),
+}
+DIM_ALIASES: dict[str, tuple[str, ...]] = {
+    "time": ("time", "valid_time"),
+    "level": ("level", "pressure_level", "isobaricInhPa", "plev", "lev"),
+    "lat": ("lat", "latitude"),
+    "lon": ("lon", "longitude"),
+}
+
+STANDARD_GRAVITY = 9.80665  # m s-2: geopotential (m2 s-2) / g = geopotential height (m)
+_KELVIN = 273.15
+
+CF_ATTRS: dict[str, dict[str, str]] = {
+    "DPT": {"standard_name": "dew_point_temperature", "long_name": "dew point temperature", "units": "K"},
+    "GPH": {"standard_name": "geopotential_height", "long_name": "geopotential height", "units": "m"},
+    "TEM": {"standard_name": "air_temperature", "long_name": "air temperature", "units": "K"},
+    "U": {"standard_name": "eastward_wind", "long_name": "eastward wind", "units": "m s-1"},
+    "V": {"standard_name": "northward_wind", "long_name": "northward wind", "units": "m s-1"},
+    PRECIPITATION: {
+        "standard_name": "lwe_thickness_of_precipitation_amount",
+        "long_name": "precipitation accumulated over the time step",
+        "units": "mm",
+    },
+    "time": {"standard_name": "time", "long_name": "time"},
+    "level": {"standard_name": "air_pressure", "long_name": "pressure level", "units": "hPa", "positive": "down"},
+    "lat": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north"},
+    "lon": {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east"},
+}
+
+NanPolicy = Literal["raise", "drop", "fill"]
+SOURCE_ATTR = "convlstm_source"
+
+
+def describe_source(data: xr.Dataset) -> str:
+    """The file a dataset came from, for error messages (or a neutral name for in-memory data)."""
+    return str(data.attrs.get(SOURCE_ATTR, "the dataset"))
+
+
+def open_dataset(
+    source: str | os.PathLike[str] | xr.Dataset,
+    *,
+    chunks: dict[str, int] | Literal["auto"] | None = None,
+    nan_policy: NanPolicy = "raise",
+) -> xr.Dataset:
+    """Open and validate a reanalysis file (or dataset) and return it in the library's layout.
+
+    ``chunks`` is passed to xarray to open lazily with dask (e.g. ``{"time": 100}``); the result then
+    stays lazy until it is stacked. ``nan_policy`` says what to do with missing values: ``"raise"``
+    (default) refuses them, ``"drop"`` drops every time step that has one (windows never span the
+    resulting gap), ``"fill"`` interpolates linearly in time and fills the ends with the nearest value.
+    """
+    if nan_policy not in ("raise", "drop", "fill"):
+        raise DataError(f"nan_policy must be 'raise', 'drop' or 'fill', got {nan_policy!r}.")
+    ds, name = _open(source, chunks)
+    ds = _rename_dims(ds, name)
+    ds = _standard_variables(ds, name)
+    ds = _orient(ds, name)
+    ds = _handle_missing_values(ds, name, nan_policy)
+    ds.attrs[SOURCE_ATTR] = name
+    return ds
+
+
+def _open(source: str | os.PathLike[str] | xr.Dataset, chunks: object) -> tuple[xr.Dataset, str]:
+    if isinstance(source, xr.Dataset):
+        return source, describe_source(source)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"Data file {path} does not exist. Pass the path of a netCDF file (or omit it to use the demo data).")
+    try:
+        ds = xr.open_dataset(path, chunks=chunks)
+    except Exception as exc:  # noqa: BLE001 - any backend failure means "not a readable netCDF"
+        raise DataError(f"Cannot open {path} as a netCDF dataset ({type(exc).__name__}: {exc}). Check that it is a netCDF-4/HDF5 or netCDF-3 file.") from exc
+    return ds, str(path)
+
+
+def _rename_dims(ds: xr.Dataset, name: str) -> xr.Dataset:
+    renames: dict[str, str] = {}
+    for dim, aliases in DIM_ALIASES.items():
+        found = [alias for alias in aliases if alias in ds.dims or alias in ds.coords]
+        if not found:
+            raise DataError(
+                f"{name} has no '{dim}' dimension (accepted names: {', '.join(aliases)}); "
+                f"its dimensions are {sorted(map(str, ds.dims))}. Rename the dimension to one of the accepted names."
+            )
+        if found[0] != dim:
+            renames[found[0]] = dim
+    ds = ds.rename(renames)
+    # ERA5 files carry bookkeeping coordinates (number, expver) and singleton dimensions: drop them.
+    extra_dims = [d for d in ds.dims if d not in DIMS]
+    for dim in extra_dims:
+        if ds.sizes[dim] != 1:
+            raise DataError(
+                f"{name} has an extra dimension '{dim}' of size {ds.sizes[dim]}; expected only {', '.join(DIMS)}. "
+                f"Select one member first, e.g. ds.isel({dim}=0)."
+            )
+    ds = ds.squeeze(extra_dims, drop=True) if extra_dims else ds
+    return ds.drop_vars([c for c in ds.coords if c not in DIMS])
+
+
+def _find(ds: xr.Dataset, aliases: tuple[str, ...]) -> str | None:
+    """The first variable named like one of the aliases, or carrying one as its CF standard_name."""
+    for alias in aliases:
+        if alias in ds.data_vars:
+            return alias
+    for var in ds.data_vars:
+        if ds[var].attrs.get("standard_name") in aliases:
+            return str(var)
+    return None
+
+
+def _units(da: xr.DataArray) -> str:
+    return str(da.attrs.get("units", "")).strip().replace("**", "").replace("^", "")
+
+
+def _to_kelvin(da: xr.DataArray) -> xr.DataArray:
+    return da + _KELVIN if _units(da) in ("degC", "C", "°C", "celsius", "Celsius", "deg_C") else da
+
+
+def _to_mm(da: xr.DataArray, var: str) -> xr.DataArray:
+    units = _units(da)
+    if units in ("m", "metre", "meter", "meters", "metres") or (not units and var in ("tp", "total_precipitation")):
+        return da * 1000.0
+    return da
+
+
+def _to_height(da: xr.DataArray, var: str) -> xr.DataArray:
+    units = _units(da).replace(" ", "")
+    if var == "z" or units in ("m2s-2", "m2/s2", "m2.s-2"):
+        return da / STANDARD_GRAVITY
+    return da
+
+
+def _standard_variables(ds: xr.Dataset, name: str) -> xr.Dataset:
+    found = {var: _find(ds, aliases) for var, aliases in VARIABLE_ALIASES.items()}
+    fields: dict[str, xr.DataArray] = {}
+    if found["TEM"]:
+        fields["TEM"] = _to_kelvin(ds[found["TEM"]])
+    if found["DPT"]:
+        fields["DPT"] = _to_kelvin(ds[found["DPT"]])
+    elif "TEM" in fields:
+        derived = _derive_dew_point(ds, fields["TEM"])
+        if derived is not None:
+            fields["DPT"] = derived
+    if found["GPH"]:
+        fields["GPH"] = _to_height(ds[found["GPH"]], found["GPH"])
+    for var in ("U", "V"):
+        if found[var]:
+            fields[var] = ds[found[var]]
+    if found[PRECIPITATION]:
+        fields[PRECIPITATION] = _to_mm(ds[found[PRECIPITATION]], found[PRECIPITATION])
+
+    missing = [var for var in VARIABLES if var not in fields]
+    if missing:
+        accepted = "; ".join(
+            f"{var}: {', '.join(VARIABLE_ALIASES[var])}"
+            + (" (or TEM with relative humidity r / specific humidity q)" if var == "DPT" else "")
+            for var in missing
+        )
+        raise DataError(
+            f"{name} is missing variable(s) {', '.join(missing)}. It has: {', '.join(map(str, ds.data_vars)) or 'no variables'}. "
+            f"Accepted names — {accepted}. Rename the variables or add them to the file."
+        )
+    out = {}
+    for var in VARIABLES:
+        out[var] = _check_dims(fields[var], var, name).astype(np.float32).assign_attrs(CF_ATTRS[var])
+    return xr.Dataset(out, attrs=dict(ds.attrs))
+
+
+def _derive_dew_point(ds: xr.Dataset, temperature: xr.DataArray) -> xr.DataArray | None:
+    relative = _find(ds, HUMIDITY_ALIASES["relative"])
+    if relative:
+        logger.info("Deriving dew point from temperature and relative humidity '%s'.", relative)
+        rh = ds[relative] * (100.0 if _units(ds[relative]) in ("1", "fraction", "0-1") else 1.0)
+        return dew_point_from_relative_humidity(temperature, rh)
+    specific = _find(ds, HUMIDITY_ALIASES["specific"])
+    if specific:
+        logger.info("Deriving dew point from pressure and specific humidity '%s'.", specific)
+        q = ds[specific] / (1000.0 if _units(ds[specific]) in ("g kg-1", "g/kg") else 1.0)
+        return dew_point_from_specific_humidity(_level_hpa(ds), q)
+    return None
+
+
+def _level_hpa(ds: xr.Dataset) -> xr.DataArray:
+    level = ds["level"]
+    return level / 100.0 if _units(level) in ("Pa", "pa") else level
+
+
+def _check_dims(da: xr.DataArray, var: str, name: str) -> xr.DataArray:
+    expected = DIMS if var in LEVEL_VARIABLES else ("time", "lat", "lon")
+    if var == PRECIPITATION and "level" in da.dims and da.sizes["level"] == 1:
+        da = da.squeeze("level", drop=True)
+    if set(da.dims) != set(expected):
+        raise DataError(
+            f"{name}: variable {var} has dimensions {tuple(map(str, da.dims))}, expected {expected}. "
+            f"{'Precipitation is a surface field: it must not have a level dimension.' if var == PRECIPITATION else 'Each atmospheric variable needs time, pressure level, latitude and longitude.'}"
+        )
+    return da.transpose(*expected)
+
+
+def _orient(ds: xr.Dataset, name: str) -> xr.Dataset:
+    if _units(ds["level"]) in ("Pa", "pa"):
+        ds = ds.assign_coords(level=ds["level"] / 100.0)
+    for dim in ("lat", "lon", "level"):
+        values = ds[dim].values
+        if len(np.unique(values)) != len(values):
+            raise DataError(f"{name}: coordinate '{dim}' has duplicate values. Remove them, e.g. ds.drop_duplicates('{dim}').")
+    ds = ds.sortby("lat").sortby("lon").sortby("level", ascending=False)
+    _check_time(ds["time"].values, name)
+    for dim in DIMS:
+        ds[dim].attrs = {**CF_ATTRS[dim], **({"axis": {"lat": "Y", "lon": "X", "level": "Z", "time": "T"}[dim]})}
+    return ds
+
+
+def _check_time(times: np.ndarray, name: str) -> None:
+    if len(times) == 0:
+        raise DataError(f"{name} has no time steps.")
+    steps = np.diff(times)
+    if np.any(steps == np.zeros_like(steps[:1])):
+        first = times[1:][steps == np.zeros_like(steps[:1])][0]
+        raise DataError(f"{name}: duplicate time {_fmt_time(first)}. Remove duplicates first, e.g. ds.drop_duplicates('time').")
+    if np.any(steps < np.zeros_like(steps[:1])):
+        first = times[1:][steps < np.zeros_like(steps[:1])][0]
+        raise DataError(f"{name}: times are not increasing (at {_fmt_time(first)}). Sort them first, e.g. ds.sortby('time').")
+
+
+def _fmt_time(value: object) -> str:
+    return str(np.datetime_as_string(value, unit="m")) if isinstance(value, np.datetime64) else str(value)
+
+
+def _handle_missing_values(ds: xr.Dataset, name: str, nan_policy: NanPolicy) -> xr.Dataset:
+    if nan_policy == "fill":
+        return ds.interpolate_na("time", method="linear").ffill("time").bfill("time")
+    bad_steps = None
+    for var in VARIABLES:
+        per_step = ds[var].isnull().any([d for d in ds[var].dims if d != "time"])
+        bad_steps = per_step if bad_steps is None else bad_steps | per_step
+    bad = np.asarray(bad_steps.values)
+    if not bad.any():
+        return ds
+    if nan_policy == "drop":
+        logger.warning("%s: dropping %d time step(s) with missing values.", name, int(bad.sum()))
+        return ds.isel(time=np.flatnonzero(~bad))
+    counts = {var: int(ds[var].isnull().sum().values) for var in VARIABLES}
+    counts_text = ", ".join(f"{var}: {count}" for var, count in counts.items() if count)
+    first = _fmt_time(ds["time"].values[np.flatnonzero(bad)[0]])
+    raise DataError(
+        f"{name} has missing values (NaN) — {counts_text} — in {int(bad.sum())} time step(s), the first at {first}. "
+        f"Drop those steps with nan_policy='drop' (--nan-policy drop) or interpolate them in time with nan_policy='fill'."
+    )

@@ -1,0 +1,46 @@
+"""Flatten (variable, level) into channels: the 2-D layout the ConvLSTM eats.
+
+Channel order is variable-major, precipitation last: all levels of DPT, then GPH, TEM, U, V, then
+precipitation, so ``C = 5 × n_levels + 1`` (56 for 11 levels). Levels follow the dataset's order
+(``open_dataset`` sorts them from the surface up).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, describe_source
+from convlstm.errors import DataError
+
+
+def n_channels(n_levels: int) -> int:
+    """Number of stacked channels for a given number of pressure levels."""
+    return len(LEVEL_VARIABLES) * n_levels + 1
+
+
+def channel_names(levels: np.ndarray | list[float]) -> list[str]:
+    """Readable names of the stacked channels, e.g. ``DPT@850hPa``, in stacking order."""
+    return [f"{var}@{level:g}hPa" for var in LEVEL_VARIABLES for level in levels] + [PRECIPITATION]
+
+
+def stack_channels(data: xr.Dataset, time_idx: int | None = None, time_slice: slice | None = None) -> np.ndarray:
+    """Stack a dataset into a float32 array ``[T, C, H, W]`` (or ``[C, H, W]`` for one ``time_idx``).
+
+    Built in one pre-allocated contiguous array; lazily opened data is read here, once.
+    """
+    if time_idx is not None and time_slice is not None:
+        raise DataError("Give either time_idx or time_slice, not both.")
+    selected = data.isel(time=[time_idx] if time_idx is not None else (time_slice or slice(None)))
+    n_time, n_levels = selected.sizes["time"], selected.sizes["level"]
+    height, width = selected.sizes["lat"], selected.sizes["lon"]
+    out = np.empty((n_time, n_channels(n_levels), height, width), dtype=np.float32)
+    for k, var in enumerate(LEVEL_VARIABLES):
+        out[:, k * n_levels:(k + 1) * n_levels] = selected[var].transpose("time", "level", "lat", "lon").values
+    out[:, -1] = selected[PRECIPITATION].transpose("time", "lat", "lon").values
+    if not np.isfinite(out).all():
+        raise DataError(
+            f"{describe_source(data)} has {int((~np.isfinite(out)).sum())} non-finite values after stacking; "
+            "open it with open_dataset(nan_policy='drop' or 'fill')."
+        )
+    return out[0] if time_idx is not None else out

@@ -1,0 +1,266 @@
+"""Tests for convlstm.model: the ConvLSTM cell and the ConvLSTM U-Net."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convlstm.model import ConvLSTMCell, ConvLSTMUNet
+
+DEPTH_HIDDEN = {1: [4], 2: [4, 6], 3: [4, 6, 8]}
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+# --------------------------------------------------------------------------- cell
+
+
+def test_init_hidden_shapes_zeros_dtype_and_device() -> None:
+    cell = ConvLSTMCell(3, 5)
+    h, c = cell.init_hidden(2, 7, 9, device=torch.device("cpu"))
+    for t in (h, c):
+        assert t.shape == (2, 5, 7, 9)
+        assert t.device.type == "cpu"
+        assert t.dtype == torch.float32
+        assert torch.count_nonzero(t) == 0
+    # Device is honoured (meta needs no allocation) and dtype follows the parameters.
+    h_meta, c_meta = cell.init_hidden(1, 2, 3, device="meta")
+    assert h_meta.device.type == "meta" and c_meta.device.type == "meta"
+    h64, _ = cell.double().init_hidden(1, 2, 3, device="cpu")
+    assert h64.dtype == torch.float64
+
+
+def test_cell_forward_one_step_shapes() -> None:
+    cell = ConvLSTMCell(3, 5, kernel_size=5)
+    x = torch.randn(2, 3, 6, 7)
+    h, c = cell(x, cell.init_hidden(2, 6, 7, device=x.device))
+    assert h.shape == (2, 5, 6, 7)
+    assert c.shape == (2, 5, 6, 7)
+    # h = o * tanh(c) is bounded by 1 in magnitude.
+    assert h.abs().max() <= 1.0
+
+
+def test_cell_conv_layout_and_forget_bias() -> None:
+    cell = ConvLSTMCell(3, 5, kernel_size=3)
+    assert cell.input_conv.in_channels == 3 and cell.input_conv.out_channels == 20
+    assert cell.hidden_conv.in_channels == 5 and cell.hidden_conv.out_channels == 20
+    assert cell.input_conv.bias is not None
+    assert cell.hidden_conv.bias is None
+    assert cell.input_conv.padding == (1, 1)
+    # Gate order i, f, o, g: only the forget slice is initialised to 1.
+    assert torch.all(cell.input_conv.bias[5:10] == 1.0)
+    assert not torch.all(cell.input_conv.bias[:5] == 1.0)
+
+
+def test_cell_gate_math_matches_reference() -> None:
+    cell = ConvLSTMCell(2, 3)
+    x = torch.randn(1, 2, 4, 4)
+    h0, c0 = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    gates = cell.input_conv(x) + cell.hidden_conv(h0)
+    i, f, o, g = gates[:, 0:3], gates[:, 3:6], gates[:, 6:9], gates[:, 9:12]
+    c_ref = torch.sigmoid(f) * c0 + torch.sigmoid(i) * torch.tanh(g)
+    h_ref = torch.sigmoid(o) * torch.tanh(c_ref)
+    h, c = cell(x, (h0, c0))
+    torch.testing.assert_close(c, c_ref)
+    torch.testing.assert_close(h, h_ref)
+
+
+def test_forward_sequence_matches_step_loop() -> None:
+    cell = ConvLSTMCell(3, 4)
+    x_seq = torch.randn(2, 5, 3, 6, 7)
+    outputs, (h_last, c_last) = cell.forward_sequence(x_seq)
+
+    state = cell.init_hidden(2, 6, 7, device=x_seq.device)
+    expected = []
+    for t in range(x_seq.shape[1]):
+        state = cell(x_seq[:, t], state)
+        expected.append(state[0])
+    expected_seq = torch.stack(expected, dim=1)
+
+    assert outputs.shape == (2, 5, 4, 6, 7)
+    torch.testing.assert_close(outputs, expected_seq, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_last, state[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c_last, state[1], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_sequence_with_initial_state_continues_sequence() -> None:
+    cell = ConvLSTMCell(2, 3)
+    x_seq = torch.randn(1, 6, 2, 5, 5)
+    full, full_state = cell.forward_sequence(x_seq)
+    first, mid_state = cell.forward_sequence(x_seq[:, :3])
+    second, end_state = cell.forward_sequence(x_seq[:, 3:], mid_state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(end_state[1], full_state[1], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_sequence_projects_inputs_once() -> None:
+    cell = ConvLSTMCell(2, 3)
+    calls = {"input": 0, "hidden": 0}
+    cell.input_conv.register_forward_hook(lambda *_: calls.__setitem__("input", calls["input"] + 1))
+    cell.hidden_conv.register_forward_hook(lambda *_: calls.__setitem__("hidden", calls["hidden"] + 1))
+    cell.forward_sequence(torch.randn(2, 4, 2, 5, 5))
+    assert calls == {"input": 1, "hidden": 4}
+
+
+def test_project_inputs_shape() -> None:
+    cell = ConvLSTMCell(2, 3)
+    assert cell.project_inputs(torch.randn(2, 4, 2, 5, 6)).shape == (2, 4, 12, 5, 6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"input_dim": 0, "hidden_dim": 4}, "input_dim"),
+        ({"input_dim": -1, "hidden_dim": 4}, "input_dim"),
+        ({"input_dim": 2.0, "hidden_dim": 4}, "input_dim"),
+        ({"input_dim": 2, "hidden_dim": 0}, "hidden_dim"),
+        ({"input_dim": 2, "hidden_dim": True}, "hidden_dim"),
+        ({"input_dim": 2, "hidden_dim": 4, "kernel_size": 2}, "kernel_size"),
+        ({"input_dim": 2, "hidden_dim": 4, "kernel_size": 0}, "kernel_size"),
+    ],
+)
+def test_cell_invalid_args_raise(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        ConvLSTMCell(**kwargs)
+
+
+# --------------------------------------------------------------------------- U-Net
+
+
+def test_unet_spec_example_shape() -> None:
+    model = ConvLSTMUNet(56, hidden_channels=[8, 16])
+    out = model(torch.randn(2, 3, 56, 20, 20))
+    assert out.shape == (2, 1, 20, 20)
+    assert torch.all(out >= 0)
+
+
+def test_unet_stores_config_and_builds_levels() -> None:
+    model = ConvLSTMUNet(5, hidden_channels=(4, 6, 8), output_channels=2, kernel_size=5)
+    assert model.input_channels == 5
+    assert model.hidden_channels == [4, 6, 8]
+    assert isinstance(model.hidden_channels, list)
+    assert model.output_channels == 2
+    assert model.kernel_size == 5
+    assert [(c.input_dim, c.hidden_dim) for c in model.encoders] == [(5, 4), (4, 6), (6, 8)]
+    assert [(c.input_dim, c.hidden_dim) for c in model.decoders] == [(10, 4), (14, 6)]
+    out = model(torch.randn(1, 2, 5, 9, 9))
+    assert out.shape == (1, 2, 9, 9)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize(("height", "width"), [(21, 37), (1, 1), (3, 5)])
+def test_unet_odd_and_tiny_grids(depth: int, height: int, width: int) -> None:
+    model = ConvLSTMUNet(3, hidden_channels=DEPTH_HIDDEN[depth])
+    out = model(torch.randn(2, 2, 3, height, width))
+    assert out.shape == (2, 1, height, width)
+    assert torch.all(out >= 0)
+    assert torch.isfinite(out).all()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    height=st.integers(1, 24),
+    width=st.integers(1, 24),
+    depth=st.integers(1, 3),
+    steps=st.integers(1, 4),
+    batch=st.integers(1, 2),
+)
+def test_unet_shape_and_nonnegativity_property(height: int, width: int, depth: int, steps: int, batch: int) -> None:
+    model = ConvLSTMUNet(2, hidden_channels=DEPTH_HIDDEN[depth])
+    # A negative head bias makes many pre-ReLU outputs negative, so the ReLU is exercised.
+    with torch.no_grad():
+        model.head.bias.fill_(-0.05)
+        out = model(torch.randn(batch, steps, 2, height, width))
+    assert out.shape == (batch, 1, height, width)
+    assert torch.all(out >= 0)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (3, 4, 8, 8),  # missing time axis
+        (1, 2, 3, 4, 8, 8),  # one axis too many
+        (2, 3, 4, 8, 8),  # wrong channel count
+        (2, 0, 3, 8, 8),  # no timesteps
+    ],
+)
+def test_unet_bad_input_shape_raises(shape: tuple[int, ...]) -> None:
+    model = ConvLSTMUNet(3, hidden_channels=[4])
+    with pytest.raises(ValueError, match=r"expected input of shape \[B, T, 3, H, W\]") as info:
+        model(torch.randn(shape))
+    assert str(list(shape)) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"input_channels": 0}, "input_channels"),
+        ({"input_channels": 2, "hidden_channels": []}, "hidden_channels"),
+        ({"input_channels": 2, "hidden_channels": ()}, "hidden_channels"),
+        ({"input_channels": 2, "hidden_channels": 8}, "hidden_channels"),
+        ({"input_channels": 2, "hidden_channels": [8, 0]}, r"hidden_channels\[1\]"),
+        ({"input_channels": 2, "hidden_channels": [8, 2.5]}, r"hidden_channels\[1\]"),
+        ({"input_channels": 2, "output_channels": 0}, "output_channels"),
+        ({"input_channels": 2, "kernel_size": 4}, "kernel_size"),
+    ],
+)
+def test_unet_invalid_args_raise(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        ConvLSTMUNet(**kwargs)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_unet_gradients_reach_every_parameter(depth: int) -> None:
+    model = ConvLSTMUNet(2, hidden_channels=DEPTH_HIDDEN[depth])
+    with torch.no_grad():
+        model.head.bias.fill_(1.0)  # keep the ReLU open so gradients flow everywhere
+    out = model(torch.randn(2, 3, 2, 9, 11))
+    out.sum().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, f"no gradient for {name}"
+        assert torch.isfinite(param.grad).all(), f"non-finite gradient for {name}"
+        assert param.grad.abs().sum() > 0, f"zero gradient for {name}"
+
+
+def test_unet_deterministic_for_fixed_seed() -> None:
+    x = torch.randn(2, 3, 2, 10, 12)
+    torch.manual_seed(123)
+    first_model = ConvLSTMUNet(2, hidden_channels=[4, 6])
+    torch.manual_seed(123)
+    second_model = ConvLSTMUNet(2, hidden_channels=[4, 6])
+    first = first_model(x)
+    torch.testing.assert_close(second_model(x), first, rtol=0, atol=0)
+    torch.testing.assert_close(first_model(x), first, rtol=0, atol=0)
+
+
+def test_unet_last_timestep_depends_on_history() -> None:
+    model = ConvLSTMUNet(2, hidden_channels=[4, 6])
+    with torch.no_grad():
+        model.head.bias.fill_(1.0)
+    x = torch.randn(1, 3, 2, 8, 8)
+    x_changed = x.clone()
+    x_changed[:, 0] += 1.0  # perturb only the first timestep
+    assert not torch.allclose(model(x), model(x_changed))
+
+
+def test_unet_follows_parameter_dtype() -> None:
+    model = ConvLSTMUNet(2, hidden_channels=[4, 6]).double()
+    out = model(torch.randn(1, 2, 2, 7, 5, dtype=torch.float64))
+    assert out.dtype == torch.float64
+    assert out.shape == (1, 1, 7, 5)
+
+
+def test_unet_runs_under_autocast() -> None:
+    model = ConvLSTMUNet(2, hidden_channels=[4, 6])
+    x = torch.randn(1, 2, 2, 9, 7)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.shape == (1, 1, 9, 7)
+    assert torch.isfinite(out).all()
+    assert torch.all(out >= 0)
+    torch.testing.assert_close(out.float(), model(x), atol=5e-2, rtol=5e-2)
