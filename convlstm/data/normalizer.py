@@ -103,6 +103,12 @@ class ConvLSTMNormalizer:
                                       np.float32(stds[-1]), log=True)
         return out
 
+    def normalize_precipitation(self, values: np.ndarray | torch.Tensor | float) -> np.ndarray | torch.Tensor:
+        """Precipitation in mm → normalized space (e.g. a threshold in mm for the loss)."""
+        self._require_fitted()
+        return _forward(np.asarray(values, dtype=np.float64) if isinstance(values, (int, float)) else values,
+                        float(self.means[PRECIPITATION]), float(self.stds[PRECIPITATION]), log=True)
+
     def denormalize_precipitation(self, values: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Model output (normalized precipitation) → mm, never negative."""
         self._require_fitted()

@@ -1,0 +1,74 @@
+"""From a file path to ready windows: open, validate, split, fit the normalizer, normalize, window.
+
+Training, inference on the test split and the comparison all go through this one function, so the
+three see the same splits and the same normalization.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import xarray as xr
+
+from convlstm.data.dataset import ConvLSTMDataset
+from convlstm.data.normalizer import ConvLSTMNormalizer
+from convlstm.data.regions import RegionConfig, crop_regions
+from convlstm.data.schema import NanPolicy, describe_source, open_dataset
+from convlstm.data.split import create_train_val_test_split
+from convlstm.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """The opened data, its splits, the normalizer fitted on train, and a windowed dataset per split."""
+
+    data: xr.Dataset
+    splits: dict[str, xr.Dataset]
+    normalizer: ConvLSTMNormalizer
+    datasets: dict[str, ConvLSTMDataset | None]
+
+    @property
+    def train(self) -> ConvLSTMDataset:
+        return self.datasets["train"]  # type: ignore[return-value]
+
+    @property
+    def val(self) -> ConvLSTMDataset:
+        return self.datasets["val"]  # type: ignore[return-value]
+
+    @property
+    def test(self) -> ConvLSTMDataset | None:
+        return self.datasets["test"]
+
+
+def prepare_data(
+    source: str | os.PathLike[str] | xr.Dataset,
+    regions: RegionConfig,
+    include_upstream: bool,
+    window_size: int,
+    target_offset: int = 1,
+    train_ratio: float = 0.7,
+    val_ratio: float = 0.15,
+    normalizer: ConvLSTMNormalizer | None = None,
+    nan_policy: NanPolicy = "raise",
+) -> PreparedData:
+    """Prepare every split; fit a new normalizer on the training split unless one is given (resume)."""
+    data = open_dataset(source, nan_policy=nan_policy)
+    regions.validate(data, include_upstream)
+    train, val, test = create_train_val_test_split(data, train_ratio=train_ratio, val_ratio=val_ratio)
+    splits = {"train": train, "val": val, "test": test}
+    if normalizer is None:
+        normalizer = ConvLSTMNormalizer().fit(crop_regions(train, regions, include_upstream).data)
+    datasets: dict[str, ConvLSTMDataset | None] = {}
+    for name, split in splits.items():
+        try:
+            datasets[name] = ConvLSTMDataset(normalizer.normalize(split), window_size, regions, target_offset, include_upstream)
+        except DataError as exc:
+            if name != "test":
+                raise DataError(f"The {name} split of {describe_source(data)} is unusable: {exc}") from exc
+            logger.warning("No test windows (%s); test scores will be skipped.", exc)
+            datasets[name] = None
+    return PreparedData(data, splits, normalizer, datasets)

@@ -1,0 +1,155 @@
+"""MLflow bookkeeping for training runs: start or resume a run, record params, metrics, artifacts and
+the data input, and always end the run (FAILED on any error, never left RUNNING).
+
+With the tracking URI unset MLflow uses ``sqlite:///mlflow.db`` in the working directory with artifacts
+under ``./mlruns``. Under ``mlflow run`` the run already exists (``MLFLOW_RUN_ID``); it is used, or,
+when resuming another run, tagged as pointing to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.tracking import MlflowClient
+
+from convlstm.errors import DataError
+from convlstm.training.checkpoint import LAST_NAME, load_checkpoint
+from convlstm.training.experiment import TrainingOutcome, TrainOptions
+from convlstm.training.trainer import TrainingCallback
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "convlstm-upstream"
+CHECKPOINT_ARTIFACTS = "checkpoints"
+SYSTEM_METRICS_INTERVAL_S = 5.0
+
+
+class MlflowTracker(TrainingCallback):
+    """Turns trainer events into MLflow metrics (step = epoch) and checkpoint artifacts."""
+
+    def __init__(self, run_id: str, options: TrainOptions) -> None:
+        self.run_id = run_id
+        self.options = options
+        self.client = MlflowClient()
+
+    def on_data_ready(self, data_info: dict[str, Any]) -> None:
+        """Log every option and the derived shapes as params, and the data file as the run's input."""
+        existing = self.client.get_run(self.run_id).data.params
+        params = {**self.options.to_params(), "output_dir": str(self.options.output_dir), **data_info}
+        new = {key: value for key, value in params.items() if key not in existing}
+        if new:
+            mlflow.log_params(new)
+        source = LocalArtifactDatasetSource(str(Path(data_info["data_path"]).resolve()))
+        dataset = MetaDataset(source, name=Path(data_info["data_path"]).name, digest=data_info["data_digest"])
+        mlflow.log_input(dataset, context="training")
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+
+    def on_checkpoint(self, path: Path) -> None:
+        mlflow.log_artifact(str(path), CHECKPOINT_ARTIFACTS)
+
+    def backfill_history(self, history: list[dict[str, float]]) -> None:
+        """Log epochs a killed run recorded in its checkpoint but not yet in MLflow (none twice)."""
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "val_loss")}
+        for row in history:
+            if int(row["epoch"]) not in logged:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+    def log_outcome(self, outcome: TrainingOutcome) -> None:
+        state = outcome.state
+        mlflow.log_metrics({"best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
+                            "epochs_trained": state.epoch, **outcome.test_scores})
+        mlflow.set_tag("stopped_early", str(state.stopped_early).lower())
+        for path in outcome.files:
+            mlflow.log_artifact(str(path))
+
+
+def run_name(options: TrainOptions) -> str:
+    return f"{options.experiment_type}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_resume(value: str) -> Path:
+    """A checkpoint file, an output directory holding ``last.pt``, or an MLflow run id → checkpoint path."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if not (path / LAST_NAME).is_file():
+            raise DataError(f"--resume {value}: the directory has no {LAST_NAME}; pass a checkpoint file or a run id.")
+        return path / LAST_NAME
+    try:
+        run = MlflowClient().get_run(value)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for an unknown id
+        raise DataError(f"--resume {value} is neither a checkpoint file, an output directory nor a run id in the tracking "
+                        f"store {mlflow.get_tracking_uri()}.") from exc
+    local = Path(run.data.params.get("output_dir", "")) / LAST_NAME
+    if local.is_file() and load_checkpoint(local).get("run_id") == value:
+        return local
+    target = Path(tempfile.mkdtemp(prefix="convlstm-resume-"))
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=value, artifact_path=f"{CHECKPOINT_ARTIFACTS}/{LAST_NAME}",
+                                                        dst_path=str(target)))
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"Run {value} has no {CHECKPOINT_ARTIFACTS}/{LAST_NAME} artifact to resume from.") from exc
+
+
+def fail_pending_run(message: str) -> None:
+    """End the run ``mlflow run`` created for us as FAILED when we stop before starting it."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    client = MlflowClient()
+    try:
+        client.set_tag(run_id, "error", message[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the store itself may be what failed; the error is shown anyway
+        logger.debug("Could not mark run %s as FAILED.", run_id, exc_info=True)
+
+
+@contextmanager
+def training_run(options: TrainOptions, experiment_name: str | None = None,
+                 log_file: Path | None = None) -> Iterator[MlflowTracker]:
+    """Start (or resume) the MLflow run for ``options``; end it FINISHED, or FAILED on any exception."""
+    env_run_id = os.environ.get("MLFLOW_RUN_ID")
+    if options.run_id is None and env_run_id is None:
+        mlflow.set_experiment(experiment_name or DEFAULT_EXPERIMENT)
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    resuming = options.run_id is not None
+    if resuming and env_run_id and env_run_id != options.run_id:
+        client = MlflowClient()
+        client.set_tag(env_run_id, "resumed_run_id", options.run_id)
+        client.set_tag(env_run_id, "mlflow.note.content", f"This launch resumed run {options.run_id}; its results are there.")
+        os.environ.pop("MLFLOW_RUN_ID")
+    run = mlflow.start_run(run_id=options.run_id, run_name=None if resuming else run_name(options), log_system_metrics=True)
+    options.run_id = run.info.run_id
+    tracker = MlflowTracker(run.info.run_id, options)
+    try:
+        mlflow.set_tags({"experiment_type": options.experiment_type, "include_upstream": str(options.include_upstream).lower()})
+        if not resuming and env_run_id:
+            mlflow.set_tag("mlflow.runName", run_name(options))
+        if resuming and options.resume_from:
+            tracker.backfill_history(load_checkpoint(options.resume_from)["training_state"]["history"])
+        yield tracker
+    except BaseException as exc:
+        mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+        _log_file(log_file)
+        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    _log_file(log_file)
+    mlflow.end_run("FINISHED")
+
+
+def _log_file(path: Path | None) -> None:
+    if path is not None and path.is_file():
+        mlflow.log_artifact(str(path))

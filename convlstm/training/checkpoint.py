@@ -1,0 +1,56 @@
+"""Self-contained checkpoints: everything needed to resume training or rebuild the model for inference.
+
+A checkpoint holds the weights, optimizer / scheduler / gradient-scaler state, epoch and step, the best
+validation score, both configs, the normalizer statistics, the training history and library versions.
+Only plain Python values and tensors go in, so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convlstm.atomic import atomic_path
+from convlstm.errors import DataError
+
+FORMAT_VERSION = 1
+BEST_NAME = "best_model.pt"
+LAST_NAME = "last.pt"
+
+
+def periodic_name(epoch: int) -> str:
+    return f"checkpoint_epoch_{epoch}.pt"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that matter for reproducing a run (recorded in checkpoints and as MLflow params)."""
+    import numpy
+    import xarray
+
+    import convlstm
+
+    return {"convlstm": convlstm.__version__, "torch": str(torch.__version__), "numpy": numpy.__version__, "xarray": xarray.__version__}
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically: a crash mid-write leaves the previous file intact."""
+    with atomic_path(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, "versions": library_versions(), **state}, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``, refusing anything else with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Checkpoint {path} does not exist.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or corrupt files all end here
+        raise DataError(f"{path} is not a readable convlstm checkpoint ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path} is not a checkpoint written by this version of convlstm.")
+    return state

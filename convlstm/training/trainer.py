@@ -1,0 +1,232 @@
+"""The training loop: epochs, validation, early stopping, checkpoints and resume.
+
+It imports no MLflow: after each epoch and each checkpoint it calls its callbacks, and
+``convlstm.tracking`` turns those events into MLflow metrics and artifacts. Loss and metrics are
+computed on the downstream columns only, so the baseline and the upstream experiment are scored on
+the same cells.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from convlstm.config import ConvLSTMConfig
+from convlstm.data.normalizer import ConvLSTMNormalizer
+from convlstm.errors import TrainingDiverged
+from convlstm.predict import forward_downstream
+from convlstm.training.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name, save_checkpoint
+from convlstm.training.device import amp_dtype
+from convlstm.training.loss import WeightedPrecipitationLoss
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingCallback:
+    """Receives the trainer's events; the default does nothing, subclasses override what they need."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Called after validation and after the epoch's checkpoints are written."""
+
+    def on_checkpoint(self, path: Path) -> None:
+        """Called after a checkpoint file has been written (atomically)."""
+
+
+@dataclass
+class TrainingState:
+    """What survives an interruption: saved in every checkpoint, restored on resume."""
+
+    epoch: int = 0
+    global_step: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains a model on windows whose targets are the downstream columns of the model's output."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: ConvLSTMConfig,
+        normalizer: ConvLSTMNormalizer,
+        downstream_columns: slice,
+        device: torch.device,
+        output_dir: Path,
+        metadata: dict[str, Any],
+        callbacks: Sequence[TrainingCallback] = (),
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.model = model.to(device)
+        self.config = config
+        self.normalizer = normalizer
+        self.downstream_columns = downstream_columns
+        self.device = device
+        self.output_dir = Path(output_dir)
+        self.metadata = metadata  # configs, normalizer, regions ...: stored in every checkpoint
+        self.callbacks = list(callbacks)
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory and device.type == "cuda"
+        self.criterion = WeightedPrecipitationLoss(
+            float(normalizer.normalize_precipitation(config.high_precip_threshold)), config.high_precip_weight
+        )
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=config.num_epochs, eta_min=config.learning_rate * 0.01
+        )
+        self.amp_dtype = amp_dtype(device) if config.use_amp else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.state = TrainingState()
+
+    # ---- public API -------------------------------------------------------------------------
+    def fit(self, train_data: Dataset, val_data: Dataset) -> TrainingState:
+        """Train until ``num_epochs`` or early stopping, from the current state (fresh or resumed)."""
+        loader = self._loader(train_data, shuffle=True)
+        if len(loader) == 0:
+            raise ValueError("The training split has no windows.")
+        while self.state.epoch < self.config.num_epochs and not self.state.stopped_early:
+            epoch = self.state.epoch + 1
+            started = time.perf_counter()
+            train_loss = self._train_epoch(loader, epoch)
+            scores = self.evaluate(val_data)
+            metrics = {
+                "train_loss": train_loss,
+                "val_loss": scores["loss"],
+                "val_rmse_mm": scores["rmse_mm"],
+                "val_mae_mm": scores["mae_mm"],
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_time_s": time.perf_counter() - started,
+            }
+            self.scheduler.step()
+            self._end_epoch(epoch, metrics)
+            logger.info(
+                "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_rmse %.3f mm  val_mae %.3f mm  (%.1f s)",
+                epoch, self.config.num_epochs, train_loss, metrics["val_loss"], metrics["val_rmse_mm"],
+                metrics["val_mae_mm"], metrics["epoch_time_s"],
+            )
+            for callback in self.callbacks:
+                callback.on_epoch_end(epoch, metrics)
+        return self.state
+
+    @torch.no_grad()
+    def evaluate(self, data: Dataset) -> dict[str, float]:
+        """Weighted loss (normalized space) and RMSE / MAE in mm on the downstream cells."""
+        self.model.eval()
+        loss_sum, sq_sum, abs_sum, n_cells, n_windows = 0.0, 0.0, 0.0, 0, 0
+        for inputs, targets in self._loader(data, shuffle=False):
+            inputs, targets = self._to_device(inputs, targets)
+            prediction = self._forward(inputs)
+            loss_sum += float(self.criterion(prediction, targets)) * len(targets)
+            error_mm = self.normalizer.denormalize_precipitation(prediction) - self.normalizer.denormalize_precipitation(targets)
+            sq_sum += float((error_mm ** 2).sum())
+            abs_sum += float(error_mm.abs().sum())
+            n_cells += targets.numel()
+            n_windows += len(targets)
+        if n_windows == 0:
+            return {"loss": math.nan, "rmse_mm": math.nan, "mae_mm": math.nan}
+        return {"loss": loss_sum / n_windows, "rmse_mm": math.sqrt(sq_sum / n_cells), "mae_mm": abs_sum / n_cells}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to resume or to rebuild the model, as plain values and tensors."""
+        return {
+            **self.metadata,
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "scaler_state_dict": self.scaler.state_dict(),
+            "generator_state": self.generator.get_state(),
+            "torch_rng_state": torch.get_rng_state(),
+            "training_state": vars(self.state).copy(),
+        }
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint written by this trainer (weights, optimizer, schedule, RNG, history)."""
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model_state_dict"])
+        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        self.scheduler.load_state_dict(state["scheduler_state_dict"])
+        self.scaler.load_state_dict(state["scaler_state_dict"])
+        self.generator.set_state(state["generator_state"].cpu())
+        torch.set_rng_state(state["torch_rng_state"].cpu())
+        self.state = TrainingState(**state["training_state"])
+        logger.info("Resumed from %s at epoch %d (best val_loss %.4f at epoch %d).", path, self.state.epoch,
+                    self.state.best_val_loss, self.state.best_epoch)
+
+    # ---- internals --------------------------------------------------------------------------
+    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            data, batch_size=self.config.batch_size, shuffle=shuffle, generator=self.generator if shuffle else None,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
+        )
+
+    def _to_device(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        non_blocking = self.pin_memory
+        return inputs.to(self.device, non_blocking=non_blocking), targets.to(self.device, non_blocking=non_blocking)
+
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return forward_downstream(self.model, inputs, self.downstream_columns, self.amp_dtype)
+
+    def _train_epoch(self, loader: DataLoader, epoch: int) -> float:
+        self.model.train()
+        accumulate = self.config.gradient_accumulation_steps
+        total, count = 0.0, 0
+        self.optimizer.zero_grad(set_to_none=True)
+        progress = tqdm(loader, desc=f"epoch {epoch}/{self.config.num_epochs}", leave=False, dynamic_ncols=True, disable=None)
+        for batch_index, (inputs, targets) in enumerate(progress):
+            inputs, targets = self._to_device(inputs, targets)
+            loss = self.criterion(self._forward(inputs), targets)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(
+                    f"The loss became {loss_value} at epoch {epoch}, batch {batch_index + 1}. Training stopped; the last good "
+                    f"checkpoint is {self.output_dir / LAST_NAME} (if an epoch completed). Lower --learning-rate or "
+                    "--gradient-clip-norm, or check the data for extreme values."
+                )
+            self.scaler.scale(loss / accumulate).backward()
+            if (batch_index + 1) % accumulate == 0 or batch_index + 1 == len(loader):
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.global_step += 1
+            total += loss_value * len(targets)
+            count += len(targets)
+            progress.set_postfix(loss=f"{total / count:.4f}")
+        return total / count
+
+    def _end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Update the state and write checkpoints: best (on improvement), periodic, and last."""
+        state = self.state
+        state.epoch = epoch
+        state.history.append({"epoch": epoch, **metrics})
+        improved = metrics["val_loss"] < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_epoch, state.epochs_without_improvement = metrics["val_loss"], epoch, 0
+        else:
+            state.epochs_without_improvement += 1
+        patience = self.config.early_stopping_patience
+        if patience and state.epochs_without_improvement >= patience:
+            state.stopped_early = True
+            logger.info("Early stopping: val_loss has not improved for %d epochs (best %.4f at epoch %d).",
+                        patience, state.best_val_loss, state.best_epoch)
+        names = ([BEST_NAME] if improved else []) + ([periodic_name(epoch)] if epoch % self.config.checkpoint_frequency == 0 else [])
+        checkpoint = self.checkpoint_state()
+        for name in [*names, LAST_NAME]:  # last.pt last: once it says epoch N, the others for N exist
+            path = save_checkpoint(self.output_dir / name, checkpoint)
+            for callback in self.callbacks:
+                callback.on_checkpoint(path)
