@@ -26,6 +26,8 @@ __all__ = ["ConvLSTMCell", "ConvLSTMUNet"]
 
 State = tuple[Tensor, Tensor]
 
+HEAD_BIAS_INIT = 0.5
+
 
 def _require_positive_int(name: str, value: int) -> None:
     """Reject non-int (incl. bool) or non-positive values with a fixable message."""
@@ -169,6 +171,11 @@ class ConvLSTMUNet(nn.Module):
             [ConvLSTMCell(hidden[k + 1] + hidden[k], hidden[k], kernel_size) for k in range(len(hidden) - 1)]
         )
         self.head = nn.Conv2d(hidden[0], output_channels, kernel_size=1)
+        # A ReLU whose input starts negative everywhere passes no gradient and never recovers (a
+        # "dead" head: seen with 3 levels on the demo). A positive bias makes every cell start on
+        # the active side; cells the model learns to call dry then move below zero on their own.
+        with torch.no_grad():
+            self.head.bias.fill_(HEAD_BIAS_INIT)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``[B, T, input_channels, H, W]`` to a non-negative ``[B, output_channels, H, W]``."""

@@ -17,9 +17,9 @@ EPILOG = """
 \b
 Examples:
   # two years of 12-hourly data on a 1-degree grid (the training demo's defaults)
-  python entrypoints/make_data.py --output demo.nc --years 2 --resolution 1.0 --seed 0 --start 2000-01-01
+  python -m entrypoints.make_data --output demo.nc --years 2 --resolution 1.0 --seed 0 --start 2000-01-01
   # a finer grid, another random atmosphere, replacing an existing file
-  python entrypoints/make_data.py --output demo-fine.nc --resolution 0.25 --seed 7 --overwrite
+  python -m entrypoints.make_data --output demo-fine.nc --resolution 0.25 --seed 7 --overwrite
 """
 
 #: Library argument → the flag a user typed.

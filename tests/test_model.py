@@ -264,3 +264,14 @@ def test_unet_runs_under_autocast() -> None:
     assert torch.isfinite(out).all()
     assert torch.all(out >= 0)
     torch.testing.assert_close(out.float(), model(x), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("hidden", [[8], [8, 16], [8, 16, 32]])
+def test_head_starts_active_so_relu_passes_gradient(hidden: list[int]) -> None:
+    """Regression: a head that starts negative everywhere outputs zeros and never learns."""
+    torch.manual_seed(0)
+    model = ConvLSTMUNet(input_channels=5, hidden_channels=hidden)
+    out = model(torch.randn(2, 3, 5, 12, 20))
+    assert (out > 0).float().mean() > 0.9
+    out.mean().backward()
+    assert model.head.weight.grad.abs().sum() > 0

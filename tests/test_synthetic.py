@@ -406,4 +406,4 @@ def test_make_data_command(tmp_path: Path) -> None:
     assert not (tmp_path / "x.nc").exists()
 
     help_text = runner.invoke(main, ["--help"])
-    assert help_text.exit_code == 0 and "make_data.py --output demo.nc" in help_text.output
+    assert help_text.exit_code == 0 and "entrypoints.make_data --output demo.nc" in help_text.output

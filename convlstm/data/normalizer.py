@@ -61,17 +61,19 @@ class ConvLSTMNormalizer:
         stats = {}
         for var in LEVEL_VARIABLES:
             field = train_data[var].astype(np.float64)
-            stats[var] = (field.mean(reduce_dims), field.std(reduce_dims))
+            stats[var] = (field.mean(reduce_dims, skipna=False), field.std(reduce_dims, skipna=False))
         log_precip = np.log1p(train_data[PRECIPITATION].astype(np.float64).clip(min=0))
-        stats[PRECIPITATION] = (xr.zeros_like(log_precip.isel(time=0, lat=0, lon=0)), log_precip.std(reduce_dims))
+        stats[PRECIPITATION] = (xr.zeros_like(log_precip.isel(time=0, lat=0, lon=0)), log_precip.std(reduce_dims, skipna=False))
         (stats,) = _compute(stats)
-        self.levels = np.asarray(train_data["level"].values, dtype=np.float64)
+        means, stds = {}, {}  # set only once all are valid: a failed fit leaves the normalizer as it was
         for var, (mean, std) in stats.items():
             mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
             if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
                 raise DataError(f"{describe_source(train_data)}: {var} has non-finite values, so it cannot be normalized.")
-            self.means[var] = mean
-            self.stds[var] = np.where(std < _MIN_STD, 1.0, std)
+            means[var] = mean
+            stds[var] = np.where(std < _MIN_STD, 1.0, std)
+        self.levels = np.asarray(train_data["level"].values, dtype=np.float64)
+        self.means, self.stds = means, stds
         return self
 
     def normalize(self, data: xr.Dataset) -> xr.Dataset:
@@ -129,7 +131,7 @@ class ConvLSTMNormalizer:
             values = values[None]
         if values.ndim != 3 or values.shape[1:] != (len(lat_coords), len(lon_coords)):
             raise DataError(
-                f"Expected predictions shaped [B, 1, {len(lat_coords)}, {len(lon_coords)}] to match the given coordinates, got {tuple(precip_tensor.shape)}."
+                f"Expected predictions shaped [B, 1, {len(lat_coords)}, {len(lon_coords)}] to match the given coordinates, got {tuple(np.shape(precip_tensor))}."
             )
         if time_coords is None:
             time_coords = np.arange(values.shape[0])

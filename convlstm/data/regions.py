@@ -39,7 +39,7 @@ class RegionConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or not np.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
                 raise DataError(f"RegionConfig.{f.name} must be a finite number of degrees, got {value!r}.")
             setattr(self, f.name, float(value))
         for region in ("downstream", "upstream"):
@@ -105,7 +105,10 @@ def crop_regions(data: xr.Dataset, regions: RegionConfig, include_upstream: bool
     if upstream.sizes["lat"] != downstream.sizes["lat"] or not np.allclose(upstream["lat"], downstream["lat"]):
         raise DataError(f"{describe_source(data)}: the upstream and downstream regions select different latitude rows.")
     # Express upstream longitudes in the downstream frame so the joined axis increases eastward.
-    upstream = upstream.assign_coords(lon=regions.downstream_lon_min - ((regions.downstream_lon_min - upstream["lon"]) % 360.0))
+    up_lon = upstream["lon"].values
+    upstream = upstream.assign_coords(
+        lon=xr.DataArray(_shift_to(up_lon, regions.downstream_lon_min - ((regions.downstream_lon_min - up_lon) % 360.0)),
+                         dims="lon", attrs=upstream["lon"].attrs))
     joined = xr.concat([upstream, downstream], dim="lon", data_vars="all", coords="minimal", compat="override", join="override")
     start = upstream.sizes["lon"]
     return RegionCrop(joined, slice(start, start + downstream.sizes["lon"]))
@@ -139,7 +142,12 @@ def _crop(data: xr.Dataset, region: str, lat_min: float, lat_max: float, lon_min
             f"({data_bounds(data)}). Widen the region to at least one grid spacing."
         )
     out = data.isel(lat=lat_idx, lon=lon_idx)
-    return out.assign_coords(lon=xr.DataArray(lon_min + offsets[lon_idx], dims="lon", attrs=data["lon"].attrs))
+    return out.assign_coords(lon=xr.DataArray(_shift_to(lon[lon_idx], lon_min + offsets[lon_idx]), dims="lon", attrs=data["lon"].attrs))
+
+
+def _shift_to(lon: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``lon`` moved by whole turns to ``target`` (the same meridians in another convention), exactly, without rounding noise."""
+    return lon + 360.0 * np.round((target - lon) / 360.0)
 
 
 def _lon_covered(lon: np.ndarray, lon_min: float, lon_max: float) -> bool:

@@ -112,10 +112,23 @@ def _open(source: str | os.PathLike[str] | xr.Dataset, chunks: object) -> tuple[
     if not path.exists():
         raise DataError(f"Data file {path} does not exist. Pass the path of a netCDF file (or omit it to use the demo data).")
     try:
-        ds = xr.open_dataset(path, chunks=chunks)
+        ds = xr.open_dataset(path, chunks=_file_chunks(path, chunks))
     except Exception as exc:  # noqa: BLE001 - any backend failure means "not a readable netCDF"
         raise DataError(f"Cannot open {path} as a netCDF dataset ({type(exc).__name__}: {exc}). Check that it is a netCDF-4/HDF5 or netCDF-3 file.") from exc
     return ds, str(path)
+
+
+def _file_chunks(path: Path, chunks: object) -> object:
+    """Let ``chunks`` use the library's dimension names (time, level, lat, lon) whatever the file calls them."""
+    if not isinstance(chunks, dict):
+        return chunks
+    with xr.open_dataset(path) as probe:
+        dims = set(map(str, probe.dims))
+    mapped: dict[str, object] = {}
+    for key, size in chunks.items():
+        names = [alias for alias in DIM_ALIASES.get(key, (key,)) if alias in dims]
+        mapped[names[0] if names else key] = size
+    return mapped
 
 
 def _rename_dims(ds: xr.Dataset, name: str) -> xr.Dataset:
@@ -158,7 +171,8 @@ def _units(da: xr.DataArray) -> str:
 
 
 def _to_kelvin(da: xr.DataArray) -> xr.DataArray:
-    return da + _KELVIN if _units(da) in ("degC", "C", "°C", "celsius", "Celsius", "deg_C") else da
+    celsius = ("degC", "C", "°C", "celsius", "Celsius", "deg_C", "degree_Celsius", "degrees_Celsius", "degree_C", "degrees_C")
+    return da + _KELVIN if _units(da) in celsius else da
 
 
 def _to_mm(da: xr.DataArray, var: str) -> xr.DataArray:
@@ -170,7 +184,7 @@ def _to_mm(da: xr.DataArray, var: str) -> xr.DataArray:
 
 def _to_height(da: xr.DataArray, var: str) -> xr.DataArray:
     units = _units(da).replace(" ", "")
-    if var == "z" or units in ("m2s-2", "m2/s2", "m2.s-2"):
+    if units in ("m2s-2", "m2/s2", "m2.s-2") or (var == "z" and not units):
         return da / STANDARD_GRAVITY
     return da
 
@@ -272,9 +286,28 @@ def _fmt_time(value: object) -> str:
     return str(np.datetime_as_string(value, unit="m")) if isinstance(value, np.datetime64) else str(value)
 
 
+def _fill_ends_in_time(da: xr.DataArray) -> xr.DataArray:
+    """Fill leading and trailing NaNs along time with the nearest valid value (xarray's ffill/bfill need bottleneck)."""
+
+    def fill_ends(values: np.ndarray) -> np.ndarray:
+        index = np.arange(values.shape[-1])
+        valid = ~np.isnan(values)
+        first = np.where(valid, index, values.shape[-1]).min(axis=-1, keepdims=True)
+        last = np.where(valid, index, -1).max(axis=-1, keepdims=True)
+        return np.take_along_axis(values, np.clip(index, first, last), axis=-1)
+
+    filled = xr.apply_ufunc(fill_ends, da, input_core_dims=[["time"]], output_core_dims=[["time"]],
+                            dask="parallelized", output_dtypes=[da.dtype], keep_attrs=True)
+    return filled.transpose(*da.dims)
+
+
 def _handle_missing_values(ds: xr.Dataset, name: str, nan_policy: NanPolicy) -> xr.Dataset:
     if nan_policy == "fill":
-        return ds.interpolate_na("time", method="linear").ffill("time").bfill("time")
+        time_chunks = ds[VARIABLES[0]].chunksizes.get("time")
+        if time_chunks is not None:  # dask interpolates along one chunk only; restore the caller's chunks after
+            ds = ds.chunk({"time": -1})
+        filled = ds.interpolate_na("time", method="linear").map(_fill_ends_in_time, keep_attrs=True)
+        return filled.chunk({"time": time_chunks}) if time_chunks is not None else filled
     bad_steps = None
     for var in VARIABLES:
         per_step = ds[var].isnull().any([d for d in ds[var].dims if d != "time"])
