@@ -23,8 +23,9 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.tracking import MlflowClient
 
 from convlstm.errors import DataError
-from convlstm.training.checkpoint import LAST_NAME, load_checkpoint
-from convlstm.training.experiment import TrainingOutcome, TrainOptions
+from convlstm.inference import ForecastModel, InferenceOutcome
+from convlstm.training.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+from convlstm.training.experiment import NORMALIZER_NAME, TrainingOutcome, TrainOptions
 from convlstm.training.trainer import TrainingCallback
 
 logger = logging.getLogger(__name__)
@@ -37,9 +38,10 @@ SYSTEM_METRICS_INTERVAL_S = 5.0
 class MlflowTracker(TrainingCallback):
     """Turns trainer events into MLflow metrics (step = epoch) and checkpoint artifacts."""
 
-    def __init__(self, run_id: str, options: TrainOptions) -> None:
+    def __init__(self, run_id: str, options: TrainOptions, registered_model_name: str | None = None) -> None:
         self.run_id = run_id
         self.options = options
+        self.registered_model_name = registered_model_name
         self.client = MlflowClient()
 
     def on_data_ready(self, data_info: dict[str, Any]) -> None:
@@ -73,6 +75,25 @@ class MlflowTracker(TrainingCallback):
         mlflow.set_tag("stopped_early", str(state.stopped_early).lower())
         for path in outcome.files:
             mlflow.log_artifact(str(path))
+        self.log_model(outcome)
+
+    def log_model(self, outcome: TrainingOutcome) -> None:
+        """Package the best model with its normalizer as a pyfunc model and register it."""
+        from convlstm.pyfunc import log_pyfunc_model
+
+        output_dir = Path(self.options.output_dir)
+        info = log_pyfunc_model(output_dir / BEST_NAME, output_dir / NORMALIZER_NAME, outcome.input_example,
+                                self.registered_model_name)
+        version = info.registered_model_version
+        if version is not None and self.registered_model_name:
+            self.client.set_model_version_tag(self.registered_model_name, str(version), "experiment_type",
+                                              self.options.experiment_type)
+            self.client.update_model_version(
+                self.registered_model_name, str(version),
+                description=f"{self.options.experiment_type} model from run {self.run_id} "
+                            f"(test RMSE {outcome.test_scores.get('test_rmse_mm', float('nan')):.3f} mm)")
+            mlflow.set_tag("registered_model", f"{self.registered_model_name}/{version}")
+            logger.info("Registered model %s version %s.", self.registered_model_name, version)
 
 
 def run_name(options: TrainOptions) -> str:
@@ -118,29 +139,28 @@ def fail_pending_run(message: str) -> None:
 
 
 @contextmanager
-def training_run(options: TrainOptions, experiment_name: str | None = None,
-                 log_file: Path | None = None) -> Iterator[MlflowTracker]:
-    """Start (or resume) the MLflow run for ``options``; end it FINISHED, or FAILED on any exception."""
+def _managed_run(run_id: str | None, run_name_: str | None, experiment_name: str | None, tags: dict[str, str],
+                 log_file: Path | None, system_metrics: bool) -> Iterator[mlflow.ActiveRun]:
+    """Start (or continue) a run; end it FINISHED, or FAILED (KILLED on Ctrl-C) with the error as a tag.
+
+    Under ``mlflow run`` the run it created (``MLFLOW_RUN_ID``) is used; when continuing another run,
+    that launcher run is tagged as pointing to it.
+    """
     env_run_id = os.environ.get("MLFLOW_RUN_ID")
-    if options.run_id is None and env_run_id is None:
+    if run_id is None and env_run_id is None:
         mlflow.set_experiment(experiment_name or DEFAULT_EXPERIMENT)
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
-    resuming = options.run_id is not None
-    if resuming and env_run_id and env_run_id != options.run_id:
+    if run_id and env_run_id and env_run_id != run_id:
         client = MlflowClient()
-        client.set_tag(env_run_id, "resumed_run_id", options.run_id)
-        client.set_tag(env_run_id, "mlflow.note.content", f"This launch resumed run {options.run_id}; its results are there.")
+        client.set_tag(env_run_id, "resumed_run_id", run_id)
+        client.set_tag(env_run_id, "mlflow.note.content", f"This launch resumed run {run_id}; its results are there.")
         os.environ.pop("MLFLOW_RUN_ID")
-    run = mlflow.start_run(run_id=options.run_id, run_name=None if resuming else run_name(options), log_system_metrics=True)
-    options.run_id = run.info.run_id
-    tracker = MlflowTracker(run.info.run_id, options)
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    run = mlflow.start_run(run_id=run_id, run_name=run_name_, log_system_metrics=system_metrics)
     try:
-        mlflow.set_tags({"experiment_type": options.experiment_type, "include_upstream": str(options.include_upstream).lower()})
-        if not resuming and env_run_id:
-            mlflow.set_tag("mlflow.runName", run_name(options))
-        if resuming and options.resume_from:
-            tracker.backfill_history(load_checkpoint(options.resume_from)["training_state"]["history"])
-        yield tracker
+        if run_name_ and env_run_id and not run_id:
+            mlflow.set_tag("mlflow.runName", run_name_)
+        mlflow.set_tags(tags)
+        yield run
     except BaseException as exc:
         mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
         _log_file(log_file)
@@ -148,6 +168,65 @@ def training_run(options: TrainOptions, experiment_name: str | None = None,
         raise
     _log_file(log_file)
     mlflow.end_run("FINISHED")
+
+
+@contextmanager
+def training_run(options: TrainOptions, experiment_name: str | None = None, log_file: Path | None = None,
+                 registered_model_name: str | None = None) -> Iterator[MlflowTracker]:
+    """The MLflow run of a training experiment (a new one, or the one a checkpoint belongs to)."""
+    resuming = options.run_id is not None
+    tags = {"experiment_type": options.experiment_type, "include_upstream": str(options.include_upstream).lower(),
+            "run_type": "training"}
+    with _managed_run(options.run_id, None if resuming else run_name(options), experiment_name, tags, log_file,
+                      system_metrics=True) as run:
+        options.run_id = run.info.run_id
+        tracker = MlflowTracker(run.info.run_id, options, registered_model_name)
+        if resuming and options.resume_from:
+            tracker.backfill_history(load_checkpoint(options.resume_from)["training_state"]["history"])
+        yield tracker
+
+
+@contextmanager
+def inference_run(forecast: ForecastModel, model_reference: str, experiment_name: str | None = None,
+                  log_file: Path | None = None) -> Iterator[mlflow.ActiveRun]:
+    """The MLflow run of an inference, tagged with the training run whose model it used."""
+    tags = {"run_type": "inference", "experiment_type": forecast.experiment_type, "model_uri": model_reference,
+            "training_run_id": forecast.run_id or ""}
+    name = f"infer-{forecast.experiment_type}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with _managed_run(None, name, experiment_name, tags, log_file, system_metrics=False) as run:
+        yield run
+
+
+def log_inference(outcome: InferenceOutcome, params: dict[str, Any]) -> None:
+    """Params, scores against the observed precipitation, and every file the inference wrote."""
+    mlflow.log_params(params)
+    mlflow.log_metrics(outcome.scores)
+    for path in outcome.files:
+        mlflow.log_artifact(str(path), "maps" if path.suffix == ".png" else None)
+
+
+def resolve_model(reference: str) -> tuple[Path, Path | None]:
+    """A checkpoint (file or training output directory), a training run id, ``runs:/<id>`` or a
+    registered model ``models:/<name>/<version>`` / ``models:/<name>@<alias>`` → local checkpoint
+    and normalizer files (None: use the statistics inside the checkpoint)."""
+    path = Path(reference)
+    if path.exists():
+        return path, None
+    target = Path(tempfile.mkdtemp(prefix="convlstm-model-"))
+    try:
+        if reference.startswith("models:/"):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=reference, dst_path=str(target)))
+            return local / "artifacts" / BEST_NAME, local / "artifacts" / NORMALIZER_NAME
+        run_id = reference.removeprefix("runs:/").split("/")[0]
+        checkpoint = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_ARTIFACTS}/{BEST_NAME}",
+                                                         dst_path=str(target))
+        normalizer = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=NORMALIZER_NAME, dst_path=str(target))
+        return Path(checkpoint), Path(normalizer)
+    except Exception as exc:  # noqa: BLE001 - unknown run, model or alias: one clear message
+        raise DataError(
+            f"Cannot find a model at {reference!r}: pass a checkpoint file, a training output directory, a training run id, "
+            f"runs:/<run id> or models:/<name>/<version> (tracking store {mlflow.get_tracking_uri()})."
+        ) from exc
 
 
 def _log_file(path: Path | None) -> None:

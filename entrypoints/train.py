@@ -25,6 +25,7 @@ from convlstm.cli import (
 from convlstm.config import ConvLSTMConfig
 from convlstm.data.regions import RegionConfig
 from convlstm.errors import DataError
+from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
 from convlstm.training.device import DEVICE_CHOICES
 from convlstm.training.experiment import TrainOptions
 
@@ -110,6 +111,8 @@ def _with_region_options(func):  # type: ignore[no-untyped-def]
                  help="Keep checkpoint_epoch_N.pt every N epochs (last.pt and best_model.pt are always written).")
 @optgroup.option("--resume", default=None, callback=optional_text, help="Continue a run: its MLflow run id, output directory or a checkpoint file.")
 @optgroup.option("--experiment-name", default=None, callback=optional_text, help="MLflow experiment (ignored under mlflow run, which sets it).")
+@optgroup.option("--registered-model-name", default=DEFAULT_REGISTERED_NAME, show_default=True,
+                 help="Register the best model under this name in the MLflow model registry ('' to skip).")
 @optgroup.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
 def train(**flags: object) -> None:
     """Train the ConvLSTM U-Net and record everything in MLflow."""
@@ -119,7 +122,8 @@ def train(**flags: object) -> None:
     options = resume_options(flags, resolve_resume) if flags["resume"] else build_options(flags)
     log_file = Path(options.output_dir) / "training.log"
     configure_logging(str(flags["log_level"]), log_file)
-    with training_run(options, flags["experiment_name"], log_file) as tracker:  # type: ignore[arg-type]
+    with training_run(options, flags["experiment_name"], log_file,  # type: ignore[arg-type]
+                      registered_model_name=str(flags["registered_model_name"] or "") or None) as tracker:
         outcome = run_training(options, callbacks=[tracker], on_data_ready=tracker.on_data_ready)
         tracker.log_outcome(outcome)
     click.echo(f"Finished {options.experiment_type} run {options.run_id}; outputs in {options.output_dir}")

@@ -20,8 +20,10 @@ import torch
 from convlstm.atomic import atomic_write_bytes
 from convlstm.config import ConvLSTMConfig
 from convlstm.data.normalizer import ConvLSTMNormalizer
+from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.prepare import PreparedData, prepare_data
-from convlstm.data.regions import RegionConfig
+from convlstm.data.regions import RegionConfig, crop_regions
+from convlstm.data.stacking import stack_channels
 from convlstm.data.synthetic import demo_data_path
 from convlstm.model import ConvLSTMUNet
 from convlstm.predict import predict_windows
@@ -109,6 +111,7 @@ class TrainingOutcome:
     test_scores: dict[str, float]
     files: list[Path]
     data_info: dict[str, Any]
+    input_example: np.ndarray  # one raw window [1, T, C, H, W] in physical units, for the served model
 
 
 def file_digest(path: Path) -> str:
@@ -139,6 +142,13 @@ def describe_data(path: Path, prepared: PreparedData) -> dict[str, Any]:
         **{f"n_windows_{name}": len(ds) if ds is not None else 0 for name, ds in prepared.datasets.items()},
         **{f"version_{name}": version for name, version in library_versions().items()},
     }
+
+
+def input_grid(dataset: ConvLSTMDataset) -> dict[str, Any]:
+    """The grid the model was trained on: what inference and the pyfunc model check requests against."""
+    columns = dataset.downstream_columns
+    return {"lat": dataset.lat.tolist(), "lon": dataset.lon.tolist(), "levels": dataset.levels.tolist(),
+            "downstream_columns": [columns.start, columns.stop]}
 
 
 def run_training(options: TrainOptions, callbacks: list[TrainingCallback] | None = None,
@@ -177,7 +187,7 @@ def run_training(options: TrainOptions, callbacks: list[TrainingCallback] | None
     trainer = Trainer(
         model, config, prepared.normalizer, prepared.train.downstream_columns, device, output_dir,
         metadata={**options.checkpoint_metadata(), "normalizer": prepared.normalizer.to_dict(),
-                  "data_digest": data_info["data_digest"], "levels": prepared.train.levels.tolist()},
+                  "data_digest": data_info["data_digest"], "input_grid": input_grid(prepared.train)},
         callbacks=callbacks, num_workers=options.num_workers, pin_memory=options.pin_memory,
     )
     if options.resume_from:
@@ -193,7 +203,13 @@ def run_training(options: TrainOptions, callbacks: list[TrainingCallback] | None
                     state.best_epoch, test_scores["test_rmse_mm"], test_scores["test_mae_mm"])
     files = [output_dir / NORMALIZER_NAME, output_dir / CONFIG_NAME]
     files += _figures(output_dir, state, prepared, model, trainer, options)
-    return TrainingOutcome(state, test_scores, files, data_info)
+    return TrainingOutcome(state, test_scores, files, data_info, raw_window(prepared, options))
+
+
+def raw_window(prepared: PreparedData, options: TrainOptions) -> np.ndarray:
+    """The first validation window in physical units, stacked as the served model expects it."""
+    crop = crop_regions(prepared.splits["val"], options.regions, options.include_upstream).data
+    return stack_channels(crop, time_slice=slice(0, options.config.window_size))[None]
 
 
 def _figures(output_dir: Path, state: TrainingState, prepared: PreparedData, model: torch.nn.Module,

@@ -103,6 +103,14 @@ class Trainer:
             started = time.perf_counter()
             train_loss = self._train_epoch(loader, epoch)
             scores = self.evaluate(val_data)
+            if len(val_data) and not math.isfinite(scores["loss"]):  # type: ignore[arg-type]
+                # The last optimizer step of the epoch can leave non-finite weights that no training batch
+                # saw; refuse them here, before they overwrite last.pt (the "last good checkpoint").
+                raise TrainingDiverged(
+                    f"The validation loss became {scores['loss']} at epoch {epoch} (training loss {train_loss:.4g}). "
+                    f"Training stopped; the last good checkpoint is {self.output_dir / LAST_NAME} (if an epoch completed). "
+                    "Lower --learning-rate or --gradient-clip-norm, or check the data for extreme values."
+                )
             metrics = {
                 "train_loss": train_loss,
                 "val_loss": scores["loss"],
