@@ -3,15 +3,15 @@ rebuilds the model in ``load_model`` without the original command line."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from convlstm.data.split import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO
+from convlstm.dictconfig import DictRoundTrip
 from convlstm.errors import DataError
 
 
 @dataclass
-class ConvLSTMConfig:
+class ConvLSTMConfig(DictRoundTrip):
     """Everything that defines a model and how it was trained (regions live in ``RegionConfig``)."""
 
     input_channels: int = 56
@@ -52,14 +52,3 @@ class ConvLSTMConfig:
                 raise DataError(f"{name} must be positive, got {getattr(self, name)!r}.")
         if self.weight_decay < 0 or self.high_precip_threshold < 0 or self.early_stopping_patience < 0:
             raise DataError("weight_decay, high_precip_threshold and early_stopping_patience must not be negative.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ConvLSTMConfig":
-        """Rebuild from ``to_dict`` output; keys this version does not know are refused, not ignored."""
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise DataError(f"Unknown model setting(s): {', '.join(sorted(unknown))}.")
-        return cls(**values)

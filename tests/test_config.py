@@ -84,7 +84,7 @@ def test_unknown_key_refused():
     values = ConvLSTMConfig().to_dict()
     values["dropout"] = 0.1
     values["hidden_size"] = 3
-    with pytest.raises(DataError, match="Unknown model setting\\(s\\): dropout, hidden_size"):
+    with pytest.raises(DataError, match="Unknown ConvLSTMConfig setting\\(s\\): dropout, hidden_size"):
         ConvLSTMConfig.from_dict(values)
 
 

@@ -159,7 +159,7 @@ def test_region_config_round_trip():
 
 
 def test_region_config_unknown_key():
-    with pytest.raises(DataError, match="Unknown region setting"):
+    with pytest.raises(DataError, match="Unknown RegionConfig setting"):
         RegionConfig.from_dict({"downstream_lat_min": 25.0, "upstream_height": 3.0})
 
 

@@ -11,20 +11,21 @@ needs the same latitude rows; so the upstream latitudes default to the downstrea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, NamedTuple
+from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
 
 from convlstm.data.schema import describe_source
+from convlstm.dictconfig import DictRoundTrip
 from convlstm.errors import DataError
 
 _TOL = 1e-6  # degrees: grid coordinates are compared with this slack
 
 
 @dataclass
-class RegionConfig:
+class RegionConfig(DictRoundTrip):
     """Bounds in degrees (inclusive) of the downstream target region and the upstream region west of it."""
 
     downstream_lat_min: float = 25.0
@@ -51,16 +52,6 @@ class RegionConfig:
                 raise DataError(
                     f"{region} longitudes must satisfy lon_min < lon_max < lon_min + 360 (west to east), got {lon_min}..{lon_max}."
                 )
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RegionConfig":
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise DataError(f"Unknown region setting(s): {', '.join(sorted(unknown))}.")
-        return cls(**values)
 
     def check_upstream(self) -> None:
         """Refuse an upstream region that is not directly usable west of the downstream one."""
