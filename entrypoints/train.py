@@ -29,7 +29,7 @@ from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
 from convlstm.training.device import DEVICE_CHOICES
 from convlstm.training.experiment import TrainOptions
 
-DEFAULTS = ConvLSTMConfig(num_epochs=12, hidden_channels=[16, 32], early_stopping_patience=5, checkpoint_frequency=5)
+DEFAULTS = ConvLSTMConfig(num_epochs=12, hidden_channels=[16, 32, 64], early_stopping_patience=5, checkpoint_frequency=5)
 REGION_DEFAULTS = RegionConfig()
 POSITIVE_INT = click.IntRange(min=1)
 POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
