@@ -15,18 +15,22 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.tracking import MlflowClient
 
 from convlstm.errors import DataError
-from convlstm.inference import ForecastModel, InferenceOutcome
 from convlstm.training.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 from convlstm.training.experiment import NORMALIZER_NAME, TrainingOutcome, TrainOptions
 from convlstm.training.trainer import TrainingCallback
+
+if TYPE_CHECKING:
+    from convlstm.comparison import ComparisonResult
+    from convlstm.inference import ForecastModel, InferenceOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -232,3 +236,66 @@ def resolve_model(reference: str) -> tuple[Path, Path | None]:
 def _log_file(path: Path | None) -> None:
     if path is not None and path.is_file():
         mlflow.log_artifact(str(path))
+
+
+def experiment_of_run(run_id: str) -> str | None:
+    """The experiment name a run belongs to (so a comparison lands beside the runs it compares)."""
+    client = MlflowClient()
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+
+@contextmanager
+def comparison_run(run_ids: dict[str, str | None], experiment_name: str | None, log_file: Path | None
+                   ) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of a comparison, tagged with the compared training runs."""
+    tags = {"run_type": "comparison", **{f"{name}_run_id": rid or "" for name, rid in run_ids.items()}}
+    name = f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    with _managed_run(None, name, experiment_name, tags, log_file, system_metrics=False) as run:
+        yield run
+
+
+def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
+    """Differences with intervals and the main scores on the parent run; one child run per forecast.
+
+    Child runs (baseline, upstream, persistence, climatology) carry identical metric keys, so ticking
+    them in the MLflow UI's compare view lines every forecast up side by side.
+    """
+    mlflow.log_params(params)
+    flat: dict[str, float] = {}
+    for key, diff in result.differences.items():
+        flat[f"delta_{key}"] = diff["estimate"]
+        flat[f"delta_{key}_ci_low"] = diff["low"]
+        flat[f"delta_{key}_ci_high"] = diff["high"]
+    for prefix, name in (("exp1", "baseline"), ("exp2", "upstream")):
+        flat.update({f"{prefix}_{k}": v for k, v in result.scores.loc[name].items()})
+    mlflow.log_metrics({k: float(v) for k, v in flat.items() if np.isfinite(v)})
+    mlflow.set_tag("verdict", result.verdict[:5000])
+    for path in result.files:
+        mlflow.log_artifact(str(path))
+    parent = mlflow.active_run().info.run_id
+    for name, row in result.scores.iterrows():
+        with mlflow.start_run(run_name=f"{name}", nested=True, parent_run_id=parent):
+            mlflow.set_tags({"run_type": "comparison_forecast", "forecast": str(name)})
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if np.isfinite(v)})
+
+
+def set_champion(run_ids: dict[str, str], rmse: dict[str, float], registered_model_name: str) -> dict[str, str]:
+    """Give the registered version of the better run (lower test RMSE) the alias ``champion``, the other
+    ``challenger``; returns alias → version. Runs without a registered version are skipped with a warning."""
+    client = MlflowClient()
+    versions = {}
+    for name, run_id in run_ids.items():
+        found = client.search_model_versions(f"name='{registered_model_name}' and run_id='{run_id}'")
+        if not found:
+            logger.warning("Run %s has no version of %s in the registry; no alias set.", run_id, registered_model_name)
+            return {}
+        versions[name] = max(found, key=lambda v: int(v.version)).version
+    winner = min(rmse, key=rmse.get)  # type: ignore[arg-type]
+    aliases = {}
+    for name, version in versions.items():
+        alias = "champion" if name == winner else "challenger"
+        client.set_registered_model_alias(registered_model_name, alias, version)
+        aliases[alias] = version
+    logger.info("Registry %s: champion = version %s (%s), challenger = version %s.", registered_model_name,
+                aliases.get("champion"), winner, aliases.get("challenger"))
+    return aliases

@@ -144,10 +144,10 @@ def build_options(flags: dict[str, object]) -> TrainOptions:
     output_dir = flags["output_dir"] or Path("outputs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     if Path(output_dir).is_dir() and any(Path(output_dir).iterdir()):  # type: ignore[arg-type]
         raise click.UsageError(f"--output-dir {output_dir} already holds files; choose a new directory, or --resume that run.")
-    return TrainOptions(
-        output_dir=Path(output_dir),  # type: ignore[arg-type]
+    return TrainOptions(  # absolute paths: a checkpoint must find them again from any directory
+        output_dir=Path(output_dir).resolve(),  # type: ignore[arg-type]
         config=config, regions=regions, include_upstream=bool(flags["include_upstream"]),
-        data=flags["data"], device=str(flags["device"]), num_workers=int(flags["num_workers"]),  # type: ignore[arg-type]
+        data=Path(flags["data"]).resolve() if flags["data"] else None,  # type: ignore[arg-type] device=str(flags["device"]), num_workers=int(flags["num_workers"]),  # type: ignore[arg-type]
         pin_memory=bool(flags["pin_memory"]), nan_policy=str(flags["nan_policy"]),
     )
 

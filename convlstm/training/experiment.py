@@ -65,7 +65,7 @@ class TrainOptions:
         config["hidden_channels"] = " ".join(map(str, config["hidden_channels"]))
         return {
             "data": str(self.data) if self.data else "demo",
-            "include_upstream": self.include_upstream,
+            "include_upstream": str(self.include_upstream).lower(),  # as `mlflow run -P` logs it
             **self.regions.to_dict(),
             **config,
             "device": self.device,
