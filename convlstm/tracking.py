@@ -299,3 +299,24 @@ def set_champion(run_ids: dict[str, str], rmse: dict[str, float], registered_mod
     logger.info("Registry %s: champion = version %s (%s), challenger = version %s.", registered_model_name,
                 aliases.get("champion"), winner, aliases.get("challenger"))
     return aliases
+
+
+def latest_training_runs(experiment_name: str | None) -> dict[str, str]:
+    """The newest finished baseline and upstream training runs of an experiment (what ``compare`` uses
+    when no runs are named). Under ``mlflow run`` the experiment is the one it runs in."""
+    client = MlflowClient()
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if experiment_name or not experiment_id:
+        experiment = client.get_experiment_by_name(experiment_name or DEFAULT_EXPERIMENT)
+        if experiment is None:
+            raise DataError(f"No MLflow experiment named {experiment_name or DEFAULT_EXPERIMENT!r}; train first or name the runs.")
+        experiment_id = experiment.experiment_id
+    found = {}
+    for kind in ("baseline", "upstream"):
+        runs = client.search_runs([experiment_id], f"tags.run_type = 'training' and tags.experiment_type = '{kind}' "
+                                  "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            raise DataError(f"No finished {kind} training run in experiment {experiment_id}; train one, or pass --{kind} <run id>.")
+        found[kind] = runs[0].info.run_id
+    logger.info("Comparing the latest runs: baseline %s, upstream %s.", found["baseline"], found["upstream"])
+    return found
