@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ def input_grid(dataset: ConvLSTMDataset) -> dict[str, Any]:
 
 
 def run_training(options: TrainOptions, callbacks: list[TrainingCallback] | None = None,
-                 on_data_ready: Any = None) -> TrainingOutcome:
+                 on_data_ready: Callable[[dict[str, Any]], None] | None = None) -> TrainingOutcome:
     """Train one experiment; ``on_data_ready(data_info)`` is called once the data is prepared."""
     callbacks = callbacks or []
     output_dir = Path(options.output_dir)
