@@ -241,7 +241,10 @@ def _log_file(path: Path | None) -> None:
 def experiment_of_run(run_id: str) -> str | None:
     """The experiment name a run belongs to (so a comparison lands beside the runs it compares)."""
     client = MlflowClient()
-    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+    try:
+        return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+    except Exception:  # noqa: BLE001 - a checkpoint from another tracking store: use the default experiment
+        return None
 
 
 @contextmanager

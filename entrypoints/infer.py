@@ -46,7 +46,7 @@ def infer(checkpoint: str | None, model_uri: str | None, data: Path | None, spli
     """Forecast downstream precipitation (mm) with a trained model."""
     from convlstm.data.synthetic import demo_data_path
     from convlstm.inference import load_forecast_model, run_inference
-    from convlstm.tracking import inference_run, log_inference, resolve_model
+    from convlstm.tracking import experiment_of_run, inference_run, log_inference, resolve_model
 
     if bool(checkpoint) == bool(model_uri):
         raise click.UsageError("Give exactly one of --checkpoint (a file or directory) and --model (a run id or models:/ URI).")
@@ -57,6 +57,8 @@ def infer(checkpoint: str | None, model_uri: str | None, data: Path | None, spli
     log_file = out / "inference.log"
     configure_logging(log_level, log_file)
     data_path = data or demo_data_path()
+    if experiment_name is None and forecast.run_id:
+        experiment_name = experiment_of_run(forecast.run_id)  # beside the training run it used
     with inference_run(forecast, reference, experiment_name, log_file):
         outcome = run_inference(forecast, data_path, out, split, batch_size, visualize, max_maps,
                                 extra_metadata={"model_uri": reference})

@@ -147,7 +147,8 @@ def build_options(flags: dict[str, object]) -> TrainOptions:
     return TrainOptions(  # absolute paths: a checkpoint must find them again from any directory
         output_dir=Path(output_dir).resolve(),  # type: ignore[arg-type]
         config=config, regions=regions, include_upstream=bool(flags["include_upstream"]),
-        data=Path(flags["data"]).resolve() if flags["data"] else None,  # type: ignore[arg-type] device=str(flags["device"]), num_workers=int(flags["num_workers"]),  # type: ignore[arg-type]
+        data=Path(flags["data"]).resolve() if flags["data"] else None,  # type: ignore[arg-type]
+        device=str(flags["device"]), num_workers=int(flags["num_workers"]),  # type: ignore[arg-type]
         pin_memory=bool(flags["pin_memory"]), nan_policy=str(flags["nan_policy"]),
     )
 

@@ -1,0 +1,233 @@
+"""The registered model behind the real MLflow scoring server (``mlflow models serve``).
+
+A tiny upstream model is trained once through the ``train`` entry point (in a temporary directory) and
+served on 127.0.0.1 at a free port; good requests must give what the model gives in this process, bad
+ones an HTTP 400 that says what was expected, and the server must keep serving afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import mlflow.tracking._tracking_service.utils as tracking_utils
+import numpy as np
+import pytest
+import xarray as xr
+from mlflow.tracking import MlflowClient
+
+from convlstm.data.regions import crop_regions
+from convlstm.data.schema import open_dataset
+from convlstm.data.stacking import stack_channels
+from convlstm.data.synthetic import write_demo_dataset
+from convlstm.inference import ForecastModel, load_forecast_model
+from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 90.0
+REQUEST_TIMEOUT_S = 60.0
+EXPECTED_SHAPE = "(-1, 6, 56, 4, 12)"
+# no proxy, whatever the environment says: the server is on this machine
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def subprocess_env(directory: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update({
+        "MLFLOW_TRACKING_URI": f"sqlite:///{directory}/mlflow.db",
+        "CONVLSTM_CACHE_DIR": str(directory / "cache"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),  # mlflow, uvicorn
+        "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(directory / "tmp"),  # downloaded models land here, not in the machine's /tmp
+    })
+    (directory / "tmp").mkdir(exist_ok=True)
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """One tiny upstream model, trained and registered through the train entry point."""
+    root = tmp_path_factory.mktemp("serving")
+    tiny = write_demo_dataset(root / "tiny.nc", years=0.2, resolution=5.0)
+    done = subprocess.run(
+        [sys.executable, "-m", "entrypoints.train", "--data", str(tiny), "--include-upstream", "--hidden-channels", "4", "8",
+         "--num-epochs", "2", "--batch-size", "8", "--output-dir", str(root / "train"), "--experiment-name", "t"],
+        cwd=root, env=subprocess_env(root), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    (version,) = client.search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}'")
+    return {"root": root, "tiny": tiny, "uri": f"models:/{DEFAULT_REGISTERED_NAME}/{version.version}",
+            "forecast": load_forecast_model(root / "train")}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate the server (mlflow passes the signal on to uvicorn); kill its process group if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # anything of the group still alive (it is ours: start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(trained: dict[str, object]):
+    """``mlflow models serve`` of the registered version; yields its base URL."""
+    root: Path = trained["root"]  # type: ignore[assignment]
+    port = free_port()
+    log_path = root / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(trained["uri"]), "--env-manager", "local",
+             "-h", HOST, "-p", str(port)],
+            cwd=root, env=subprocess_env(root), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        ready = False
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with OPENER.open(f"{url}/ping", timeout=5) as response:
+                    ready = response.status == 200
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if ready:
+                break
+            time.sleep(0.5)
+        if not ready:
+            pytest.fail(f"the server did not answer /ping within {START_TIMEOUT_S:g} s "
+                        f"(exit code {process.poll()}); its log:\n{log_path.read_text()[-5000:]}")
+        yield {"url": url, "process": process, "log": log_path}
+    finally:
+        stop(process)
+
+
+def post(url: str, body: object) -> tuple[int, dict]:
+    """POST a JSON body (or raw bytes) to /invocations; the status and the decoded answer."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with OPENER.open(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def raw(trained: dict[str, object]) -> xr.Dataset:
+    return open_dataset(trained["tiny"]).load()
+
+
+def windows(data: xr.Dataset, forecast: ForecastModel, starts: list[int]) -> np.ndarray:
+    """Raw windows ``[N, T, C, H, W]`` (float32) cut and stacked as the served model expects them."""
+    stacked = stack_channels(crop_regions(data, forecast.regions, forecast.include_upstream).data)
+    return np.stack([stacked[s:s + forecast.config.window_size] for s in starts])
+
+
+@pytest.fixture(scope="module")
+def in_process(trained: dict[str, object]):
+    """The same registered model loaded with ``mlflow.pyfunc`` in this process."""
+    root: Path = trained["root"]  # type: ignore[assignment]
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
+            mp.delenv(name, raising=False)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setattr(tracking_utils, "_tracking_uri", None)
+        model = mlflow.pyfunc.load_model(str(trained["uri"]))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- good requests
+
+
+@pytest.mark.parametrize("key", ["inputs", "instances"])
+def test_served_forecast_equals_the_model_in_process(server, trained, raw: xr.Dataset, in_process, key: str) -> None:
+    forecast: ForecastModel = trained["forecast"]  # type: ignore[assignment]
+    window = windows(raw, forecast, [0, 40, 100])
+    assert window.dtype == np.float32 and window.shape == (3, 6, 56, 4, 12)
+    status, answer = post(server["url"], {key: window.tolist()})
+    assert status == 200, answer
+    served = np.asarray(answer["predictions"], dtype=np.float32)
+    assert served.shape == (3, 4, 4)
+    assert (served >= 0).all()
+    np.testing.assert_allclose(served, in_process.predict(window), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(served, forecast.predict_stacked(window), rtol=0, atol=1e-5)
+    # the forecast of each window does not depend on the others sent with it
+    status, single = post(server["url"], {key: window[1:2].tolist()})
+    assert status == 200
+    np.testing.assert_allclose(np.asarray(single["predictions"]), served[1:2], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- bad requests
+
+
+def _bad_bodies(raw: xr.Dataset, forecast: ForecastModel) -> dict[str, tuple[bytes | dict, tuple[str, ...]]]:
+    window = windows(raw, forecast, [0])
+    nan, inf = window.tolist(), window.tolist()
+    nan[0][2][3][1][1] = float("nan")
+    inf[0][0][-1][0][0] = float("inf")
+    strings = window.tolist()
+    strings[0][0][0][0][0] = "warm"
+    shape = (EXPECTED_SHAPE, "does not match")
+    return {
+        "rank": ({"inputs": window[0].tolist()}, (*shape, "(6, 56, 4, 12)")),
+        "time steps": ({"inputs": window[:, :5].tolist()}, (*shape, "(1, 5, 56, 4, 12)")),
+        "channels (levels subset)": ({"inputs": windows(raw.sel(level=[1000.0, 850.0, 500.0]), forecast, [0]).tolist()},
+                                     (*shape, "(1, 6, 16, 4, 12)")),
+        "grid size": ({"inputs": window[..., 1:, :].tolist()}, (*shape, "(1, 6, 56, 3, 12)")),
+        # Python's json writes NaN / Infinity, which the server's parser reads back as numbers
+        "nan": (json.dumps({"inputs": nan}).encode(), ("NaN or infinite", "finite numbers")),
+        "inf": (json.dumps({"inputs": inf}).encode(), ("NaN or infinite", "finite numbers")),
+        "strings": ({"inputs": strings}, ("could not convert string to float", "'warm'")),
+        "all strings": ({"instances": [["rain", "snow"]]}, ("could not convert string to float",)),
+    }
+
+
+BAD = ["rank", "time steps", "channels (levels subset)", "grid size", "nan", "inf", "strings", "all strings"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_request_is_a_400_saying_what_was_expected(server, trained, raw: xr.Dataset, case: str) -> None:
+    body, expected = _bad_bodies(raw, trained["forecast"])[case]  # type: ignore[arg-type]
+    status, answer = post(server["url"], body)
+    assert status == 400, answer
+    message = answer["message"]
+    for text in expected:
+        assert text in message, f"{text!r} not in {message[-600:]!r}"
+    assert server["process"].poll() is None
+
+
+def test_server_keeps_serving_after_bad_requests(server, trained, raw: xr.Dataset) -> None:
+    forecast: ForecastModel = trained["forecast"]  # type: ignore[assignment]
+    for case, (body, _) in _bad_bodies(raw, forecast).items():  # again, all of them in a row
+        assert post(server["url"], body)[0] == 400, case
+    window = windows(raw, forecast, [7])
+    status, answer = post(server["url"], {"inputs": window.tolist()})
+    assert status == 200, answer
+    np.testing.assert_allclose(np.asarray(answer["predictions"]), forecast.predict_stacked(window), rtol=0, atol=1e-5)
+    assert server["process"].poll() is None
+    assert "Traceback" not in server["log"].read_text()
