@@ -258,7 +258,7 @@ Full table: `{SCORES_NAME}`. Figures: `rmse_difference_map.png`, `case_maps.png`
 def _markdown_table(frame: pd.DataFrame) -> str:
     header = "| forecast | " + " | ".join(frame.columns) + " |"
     rule = "|---" * (len(frame.columns) + 1) + "|"
-    rows = ["| " + name + " | " + " | ".join(f"{v:.3f}" for v in row) + " |" for name, row in frame.iterrows()]
+    rows = ["| " + name + " | " + " | ".join(f"{v + 0.0:.3f}" for v in row) + " |" for name, row in frame.iterrows()]
     return "\n".join([header, rule, *rows])
 
 
