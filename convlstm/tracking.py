@@ -8,8 +8,10 @@ when resuming another run, tagged as pointing to it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -100,6 +102,13 @@ class MlflowTracker(TrainingCallback):
             logger.info("Registered model %s version %s.", self.registered_model_name, version)
 
 
+def _scratch_dir(prefix: str) -> str:
+    """A temporary directory for downloaded artifacts, removed when the process exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def run_name(options: TrainOptions) -> str:
     return f"{options.experiment_type}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -121,7 +130,7 @@ def resolve_resume(value: str) -> Path:
     local = Path(run.data.params.get("output_dir", "")) / LAST_NAME
     if local.is_file() and load_checkpoint(local).get("run_id") == value:
         return local
-    target = Path(tempfile.mkdtemp(prefix="convlstm-resume-"))
+    target = Path(_scratch_dir("convlstm-resume-"))
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=value, artifact_path=f"{CHECKPOINT_ARTIFACTS}/{LAST_NAME}",
                                                         dst_path=str(target)))
@@ -216,7 +225,7 @@ def resolve_model(reference: str) -> tuple[Path, Path | None]:
     path = Path(reference)
     if path.exists():
         return path, None
-    target = Path(tempfile.mkdtemp(prefix="convlstm-model-"))
+    target = Path(_scratch_dir("convlstm-model-"))
     try:
         if reference.startswith("models:/"):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=reference, dst_path=str(target)))

@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 
 from convlstm.data.schema import CF_ATTRS, LEVEL_VARIABLES, PRECIPITATION
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def subprocess_env(directory: Path) -> dict[str, str]:
+    """Environment for entry-point subprocesses: a private tracking store, demo cache and temp dir,
+    the repo importable, this venv's executables first, one thread (the machine is shared)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update({
+        "MLFLOW_TRACKING_URI": f"sqlite:///{directory}/mlflow.db",
+        "CONVLSTM_CACHE_DIR": str(directory / "cache"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(directory / "tmp"),  # downloaded models land here, not in the machine's /tmp
+    })
+    (directory / "tmp").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def assert_png(path: Path) -> None:
+    """A real, non-trivial PNG, written atomically (no temporary file left beside it)."""
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > 5_000
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def make_dataset(

@@ -9,7 +9,6 @@ nothing is written into the repository); every test reuses them.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 import xarray as xr
 from mlflow.tracking import MlflowClient
 
+from conftest import REPO, subprocess_env
 from convlstm.cli import run_cli
 from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.regions import crop_regions
@@ -45,7 +45,6 @@ from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
 from convlstm.training.checkpoint import BEST_NAME
 from entrypoints.infer import infer
 
-REPO = Path(__file__).resolve().parents[1]
 WINDOW, TARGET_OFFSET = 6, 1
 N_TIMES = 146  # write_demo_dataset(years=0.2): 0.2 × 730.5 twelve-hourly steps
 N_LEVELS = len(DEMO_LEVELS)
@@ -55,19 +54,6 @@ PRECIP_STANDARD_NAME = "lwe_thickness_of_precipitation_amount"
 
 
 # ---------------------------------------------------------------------------------------------- fixtures and helpers
-
-
-def subprocess_env(directory: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update({
-        "MLFLOW_TRACKING_URI": f"sqlite:///{directory}/mlflow.db",
-        "CONVLSTM_CACHE_DIR": str(directory / "cache"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-        "TMPDIR": str(directory / "tmp"),  # downloaded models land here, not in the machine's /tmp
-    })
-    (directory / "tmp").mkdir(exist_ok=True)
-    return env
 
 
 def run_module(directory: Path, module: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:

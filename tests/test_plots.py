@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from conftest import assert_png
 from convlstm.data.schema import CF_ATTRS, PRECIPITATION
 from convlstm.plots import (
     _build_precipitation_maps,
@@ -19,7 +20,6 @@ from convlstm.plots import (
     plot_prediction_map,
 )
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BOX = (25.0, 40.0, 110.0, 125.0)
 LAT = np.arange(25.0, 41.0, 3.0)
 LON = np.arange(70.0, 126.0, 5.0)
@@ -48,19 +48,11 @@ def _history(n: int) -> list[dict[str, float]]:
             for e in range(1, n + 1)]
 
 
-def _assert_png(path: Path) -> None:
-    data = path.read_bytes()
-    assert data.startswith(PNG_SIGNATURE)
-    assert len(data) > 5_000
-    leftovers = [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
-    assert leftovers == []
-
-
 @pytest.mark.parametrize("n_epochs", [1, 5])
 def test_loss_curve_writes_png(tmp_path: Path, n_epochs: int) -> None:
     out = plot_loss_curve(_history(n_epochs), tmp_path / "loss_curve.png")
     assert out == tmp_path / "loss_curve.png"
-    _assert_png(out)
+    assert_png(out)
 
 
 def test_loss_curve_refuses_empty_history(tmp_path: Path) -> None:
@@ -71,7 +63,7 @@ def test_loss_curve_refuses_empty_history(tmp_path: Path) -> None:
 
 def test_precipitation_maps_write_png(tmp_path: Path, observed: xr.DataArray, predicted: xr.DataArray) -> None:
     out = plot_precipitation_maps(observed, predicted, tmp_path / "maps.png", BOX, title="upstream")
-    _assert_png(out)
+    assert_png(out)
 
 
 def test_precipitation_maps_downstream_only_input(observed: xr.DataArray, predicted: xr.DataArray) -> None:
@@ -129,10 +121,10 @@ def test_wrong_dims_are_refused(tmp_path: Path, observed: xr.DataArray, predicte
 
 def test_prediction_map_alone_and_with_observed(tmp_path: Path, observed: xr.DataArray, predicted: xr.DataArray) -> None:
     alone = plot_prediction_map(predicted.isel(time=0), tmp_path / "alone.png", title="forecast")
-    _assert_png(alone)
+    assert_png(alone)
     both = plot_prediction_map(predicted.isel(time=[2]), tmp_path / "prediction_map_2000-01-02T00.png",
                                observed=observed.isel(time=[2]), downstream_box=BOX)
-    _assert_png(both)
+    assert_png(both)
     assert len([ax for ax in _build_prediction_map(predicted.isel(time=0), None, None, "").axes]) == 2  # map + colour bar
     assert len(_build_prediction_map(predicted.isel(time=0), observed.isel(time=0), BOX, "").axes) == 3
 
@@ -146,14 +138,14 @@ def test_overwrite_is_atomic(tmp_path: Path, observed: xr.DataArray, predicted: 
     target = tmp_path / "figure.png"
     target.write_bytes(b"old content")
     plot_prediction_map(predicted.isel(time=0), target)
-    _assert_png(target)
+    assert_png(target)
     first = target.read_bytes()
     # a failing call leaves the previous figure untouched and no temporary file behind
     with pytest.raises(ValueError):
         plot_precipitation_maps(observed, predicted.assign_coords(lon=predicted.lon + 1.0), target, BOX)
     assert target.read_bytes() == first
     plot_loss_curve(_history(3), target)
-    _assert_png(target)
+    assert_png(target)
     assert target.read_bytes() != first
 
 
@@ -173,4 +165,4 @@ def test_threads_do_not_interfere(tmp_path: Path, observed: xr.DataArray, predic
         t.join()
     assert errors == []
     for i in range(3):
-        _assert_png(tmp_path / f"p{i}.png")
+        assert_png(tmp_path / f"p{i}.png")

@@ -13,6 +13,7 @@ from matplotlib.collections import QuadMesh
 from matplotlib.dates import ConciseDateFormatter
 from matplotlib.figure import Figure
 
+from conftest import assert_png
 from convlstm.plots import (
     UPSTREAM_BETTER,
     _build_case_maps,
@@ -27,7 +28,6 @@ from convlstm.plots import (
     plot_performance_diagram,
 )
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LAT = np.arange(30.0, 34.0, 0.5)
 LON = np.arange(115.0, 119.0, 0.5)
 NAMES = ("baseline", "upstream", "persistence", "climatology")
@@ -65,14 +65,6 @@ def points() -> dict[str, dict[str, tuple[float, float]]]:
     return {name: {t: (0.4 + 0.1 * i, 0.9 - 0.15 * j) for j, t in enumerate(THRESHOLDS)} for i, name in enumerate(NAMES)}
 
 
-def _assert_png(path: Path) -> None:
-    data = path.read_bytes()
-    assert data.startswith(PNG_SIGNATURE)
-    assert len(data) > 5_000
-    leftovers = [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
-    assert leftovers == []
-
-
 def _maps(fig: Figure) -> list[Axes]:
     return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
 
@@ -86,7 +78,7 @@ def test_difference_map_writes_png(tmp_path: Path, truth: xr.DataArray, forecast
     diff = np.sqrt(((forecasts["upstream"] - truth) ** 2).mean("time")) - np.sqrt(((forecasts["baseline"] - truth) ** 2).mean("time"))
     out = plot_difference_map(diff, tmp_path / "rmse_difference_map.png")
     assert out == tmp_path / "rmse_difference_map.png"
-    _assert_png(out)
+    assert_png(out)
 
 
 def test_difference_map_is_symmetric_and_says_which_side_is_better(truth: xr.DataArray) -> None:
@@ -103,7 +95,7 @@ def test_difference_map_is_symmetric_and_says_which_side_is_better(truth: xr.Dat
 
 
 def test_difference_map_of_zeros_and_single_time(tmp_path: Path, truth: xr.DataArray) -> None:
-    _assert_png(plot_difference_map(xr.zeros_like(truth.isel(time=[0])), tmp_path / "zeros.png"))
+    assert_png(plot_difference_map(xr.zeros_like(truth.isel(time=[0])), tmp_path / "zeros.png"))
     with pytest.raises(ValueError, match="one time"):
         plot_difference_map(truth, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
@@ -115,7 +107,7 @@ def test_difference_map_of_zeros_and_single_time(tmp_path: Path, truth: xr.DataA
 
 
 def test_case_maps_write_png(tmp_path: Path, truth: xr.DataArray, forecasts: dict[str, xr.DataArray]) -> None:
-    _assert_png(plot_case_maps(truth, forecasts, tmp_path / "case_maps.png", title="cases"))
+    assert_png(plot_case_maps(truth, forecasts, tmp_path / "case_maps.png", title="cases"))
 
 
 @pytest.mark.parametrize(("max_times", "rows"), [(1, 1), (3, 3), (50, 10)])
@@ -178,7 +170,7 @@ def test_case_maps_refuse_bad_arguments(truth: xr.DataArray, forecasts: dict[str
 
 
 def test_csi_bars_write_png(tmp_path: Path, csi: dict) -> None:
-    _assert_png(plot_csi_bars(csi, tmp_path / "csi_bars.png", title="CSI"))
+    assert_png(plot_csi_bars(csi, tmp_path / "csi_bars.png", title="CSI"))
 
 
 def test_csi_bars_layout(csi: dict) -> None:
@@ -200,9 +192,9 @@ def test_csi_bars_nan_values_are_missing_bars(tmp_path: Path, csi: dict) -> None
     (ax,) = fig.axes
     assert len(ax.patches) == len(NAMES) * len(THRESHOLDS) - 3
     assert sum(t.get_text() == "n/a" for t in ax.texts) == 3
-    _assert_png(plot_csi_bars(csi, tmp_path / "csi_nan.png"))
+    assert_png(plot_csi_bars(csi, tmp_path / "csi_nan.png"))
     all_nan = {name: {t: (np.nan, np.nan, np.nan) for t in THRESHOLDS} for name in NAMES}
-    _assert_png(plot_csi_bars(all_nan, tmp_path / "csi_all_nan.png"))
+    assert_png(plot_csi_bars(all_nan, tmp_path / "csi_all_nan.png"))
 
 
 def test_csi_bars_threshold_order_and_bad_input(csi: dict) -> None:
@@ -221,7 +213,7 @@ def test_csi_bars_threshold_order_and_bad_input(csi: dict) -> None:
 
 
 def test_performance_diagram_writes_png(tmp_path: Path, points: dict) -> None:
-    _assert_png(plot_performance_diagram(points, tmp_path / "performance_diagram.png", title="POD vs SR"))
+    assert_png(plot_performance_diagram(points, tmp_path / "performance_diagram.png", title="POD vs SR"))
 
 
 def test_performance_diagram_layout(points: dict) -> None:
@@ -247,7 +239,7 @@ def test_performance_diagram_skips_nan_points(tmp_path: Path, points: dict) -> N
     assert len(clim.get_xdata()) == len(THRESHOLDS) - 2
     assert np.isfinite(clim.get_xydata()).all()
     assert len([t for t in ax.texts if t.get_text().endswith(" mm")]) == 2 * len(THRESHOLDS) + len(THRESHOLDS) - 2
-    _assert_png(plot_performance_diagram(points, tmp_path / "performance_nan.png"))
+    assert_png(plot_performance_diagram(points, tmp_path / "performance_nan.png"))
     with pytest.raises(ValueError, match="success_ratio, pod"):
         _build_performance_diagram({"baseline": {"1mm": (0.5,)}}, "")
 
@@ -261,7 +253,7 @@ def test_error_by_time_writes_png(tmp_path: Path, truth: xr.DataArray, forecasts
     errors = {name: np.sqrt(((f - truth) ** 2).mean(["lat", "lon"])) for name, f in forecasts.items()}
     errors["upstream"][3] = np.nan  # a gap must not break the plot
     out = plot_error_by_time(errors, tmp_path / "error_by_time.png")
-    _assert_png(out)
+    assert_png(out)
     fig = _build_error_by_time(errors, "", "RMSE (mm)")
     assert len(fig.axes) == 1
     (ax,) = fig.axes

@@ -25,6 +25,7 @@ import pytest
 import xarray as xr
 from mlflow.tracking import MlflowClient
 
+from conftest import subprocess_env
 from convlstm.data.regions import crop_regions
 from convlstm.data.schema import open_dataset
 from convlstm.data.stacking import stack_channels
@@ -34,27 +35,12 @@ from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
 REQUEST_TIMEOUT_S = 60.0
 EXPECTED_SHAPE = "(-1, 6, 56, 4, 12)"
 # no proxy, whatever the environment says: the server is on this machine
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def subprocess_env(directory: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update({
-        "MLFLOW_TRACKING_URI": f"sqlite:///{directory}/mlflow.db",
-        "CONVLSTM_CACHE_DIR": str(directory / "cache"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),  # mlflow, uvicorn
-        "OMP_NUM_THREADS": "1",
-        "TMPDIR": str(directory / "tmp"),  # downloaded models land here, not in the machine's /tmp
-    })
-    (directory / "tmp").mkdir(exist_ok=True)
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import convlstm.tracking
+from conftest import REPO, subprocess_env
 from convlstm.cli import run_cli
 from convlstm.data.synthetic import write_demo_dataset
 from convlstm.training.checkpoint import LAST_NAME, load_checkpoint
 from entrypoints.train import build_options, train
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1"]
 EPOCH_METRICS = ("train_loss", "val_loss", "val_rmse_mm", "val_mae_mm", "lr", "epoch_time_s")
 ARTIFACTS = {"checkpoints/best_model.pt", "checkpoints/last.pt", "normalizer.pkl", "config.json", "training.log",
@@ -385,18 +385,6 @@ def test_diverging_training_fails_the_run_with_one_line(tracked: Path, tiny_nc: 
 
 
 # ---------------------------------------------------------------------------------------------- end to end (slow)
-
-
-def subprocess_env(directory: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update({
-        "MLFLOW_TRACKING_URI": f"sqlite:///{directory}/mlflow.db",
-        "CONVLSTM_CACHE_DIR": str(directory / "cache"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),  # `python` of mlflow run
-        "OMP_NUM_THREADS": "1",
-    })
-    return env
 
 
 def store(directory: Path) -> MlflowClient:
