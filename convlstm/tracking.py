@@ -272,7 +272,13 @@ def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
     Child runs (baseline, upstream, persistence, climatology) carry identical metric keys, so ticking
     them in the MLflow UI's compare view lines every forecast up side by side.
     """
-    mlflow.log_params(params)
+    parent = mlflow.active_run().info.run_id
+    # Under `mlflow run` the launcher has already logged the -P values (e.g. baseline=''); MLflow refuses
+    # to change a param, so only the ones not there yet are added (the resolved run ids are tags).
+    existing = MlflowClient().get_run(parent).data.params
+    new = {key: value for key, value in params.items() if key not in existing}
+    if new:
+        mlflow.log_params(new)
     flat: dict[str, float] = {}
     for key, diff in result.differences.items():
         flat[f"delta_{key}"] = diff["estimate"]
@@ -284,11 +290,11 @@ def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
     mlflow.set_tag("verdict", result.verdict[:5000])
     for path in result.files:
         mlflow.log_artifact(str(path))
-    parent = mlflow.active_run().info.run_id
     for name, row in result.scores.iterrows():
         with mlflow.start_run(run_name=f"{name}", nested=True, parent_run_id=parent):
             mlflow.set_tags({"run_type": "comparison_forecast", "forecast": str(name)})
-            mlflow.log_metrics({k: float(v) for k, v in row.items() if np.isfinite(v)})
+            # Every key, undefined scores as NaN: dropping them would give the children different key sets.
+            mlflow.log_metrics({k: float(v) for k, v in row.items()})
 
 
 def set_champion(run_ids: dict[str, str], rmse: dict[str, float], registered_model_name: str) -> dict[str, str]:

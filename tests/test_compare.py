@@ -1,0 +1,465 @@
+"""The comparison step: baseline vs upstream scored against the truth, persistence and climatology,
+with a paired block-bootstrap interval of the difference; the ``compare`` entry point in its two modes
+(models, files), its usage errors, and (slow) ``mlflow run -e compare`` picking the newest runs.
+
+One tiny baseline and one tiny upstream model are trained once for the module through the real
+``train`` entry point (subprocesses working in a temporary directory with their own tracking store,
+so nothing is written into the repository); every test reuses them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, assert_png, subprocess_env
+from convlstm.cli import run_cli
+from convlstm.comparison import (
+    REPORT_NAME,
+    SCORES_NAME,
+    ComparisonInputs,
+    ComparisonResult,
+    check_same_grid,
+    compare,
+    inputs_from_files,
+    inputs_from_models,
+)
+from convlstm.data.schema import PRECIPITATION, open_dataset
+from convlstm.data.synthetic import write_demo_dataset
+from convlstm.errors import DataError
+from convlstm.inference import PREDICTIONS_NAME, ForecastModel, load_forecast_model
+from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
+from convlstm.verification import DEFAULT_THRESHOLDS_MM, continuous_scores
+from entrypoints.compare import compare as compare_command
+
+EXPERIMENTS = ("baseline", "upstream")
+FORECASTS = ("baseline", "upstream", "persistence", "climatology")
+FIGURES = ("rmse_difference_map.png", "case_maps.png", "csi_bars.png", "performance_diagram.png", "error_by_time.png")
+CONTINUOUS = ("rmse_mm", "mae_mm", "bias_mm", "correlation", "rmse_latw_mm")
+N_BOOT = 200
+EXPERIMENT = "t"
+
+
+# ---------------------------------------------------------------------------------------------- fixtures and helpers
+
+
+def run_module(directory: Path, module: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` from ``directory`` against its tracking store."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=directory, env=subprocess_env(directory),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class Workspace:
+    """The temporary directory holding the data, the tracking store and the two trained models."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tiny = root / "tiny.nc"
+        self.train_dirs = {kind: root / f"train-{kind}" for kind in EXPERIMENTS}
+        self.run_ids: dict[str, str] = {}
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=f"sqlite:///{self.root}/mlflow.db")
+
+    def experiment_id(self) -> str:
+        return self.client().get_experiment_by_name(EXPERIMENT).experiment_id
+
+    def runs(self, filter_string: str = "") -> list:
+        return self.client().search_runs([self.experiment_id()], filter_string, max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    workspace = Workspace(tmp_path_factory.mktemp("compare"))
+    absent = [name for name in ("mlruns", "mlflow.db", "outputs") if not (REPO / name).exists()]
+    write_demo_dataset(workspace.tiny, years=0.2, resolution=5.0)
+    for kind in EXPERIMENTS:
+        done = run_module(workspace.root, "entrypoints.train", "--data", workspace.tiny,
+                          *(["--include-upstream"] if kind == "upstream" else []), "--hidden-channels", "4", "8",
+                          "--num-epochs", "2", "--batch-size", "8", "--output-dir", workspace.train_dirs[kind],
+                          "--experiment-name", EXPERIMENT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (run,) = workspace.runs(f"tags.experiment_type = '{kind}'")
+        assert run.info.status == "FINISHED"
+        workspace.run_ids[kind] = run.info.run_id
+    assert not [name for name in absent if (REPO / name).exists()], "training wrote into the repository"
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def models(ws: Workspace) -> dict[str, ForecastModel]:
+    return {kind: load_forecast_model(directory) for kind, directory in ws.train_dirs.items()}
+
+
+@pytest.fixture(scope="module")
+def model_inputs(models: dict[str, ForecastModel], ws: Workspace) -> ComparisonInputs:
+    return inputs_from_models(models["baseline"], models["upstream"], ws.tiny)
+
+
+@pytest.fixture(scope="module")
+def library(model_inputs: ComparisonInputs, ws: Workspace) -> tuple[ComparisonResult, Path]:
+    out = ws.root / "library-compare"
+    return compare(model_inputs, out, n_boot=N_BOOT), out
+
+
+@pytest.fixture(scope="module")
+def predictions(ws: Workspace) -> dict[str, Path]:
+    """``predictions.nc`` of the test split from the ``infer`` entry point, for both models."""
+    paths = {}
+    for kind in EXPERIMENTS:
+        out = ws.root / f"infer-{kind}"
+        done = run_module(ws.root, "entrypoints.infer", "--checkpoint", ws.train_dirs[kind], "--data", ws.tiny,
+                          "--split", "test", "--output-dir", out, "--experiment-name", EXPERIMENT)
+        assert done.returncode == 0, f"{kind}: {done.stderr[-3000:]}"
+        paths[kind] = out / PREDICTIONS_NAME
+        assert paths[kind].is_file()
+    return paths
+
+
+def rewrite(source: Path, target: Path, change) -> Path:
+    """A copy of a netCDF file with ``change(dataset)`` applied."""
+    with xr.open_dataset(source) as ds:
+        changed = change(ds.load())
+    changed.to_netcdf(target)
+    return target
+
+
+def report_table(text: str) -> pd.DataFrame:
+    """The score table of report.md as numbers, one row per forecast."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("| forecast |"))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 1:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if cells[0] not in FORECASTS:
+            break
+        rows[cells[0]] = [float(cell) for cell in cells[1:]]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=header[1:])
+
+
+def assert_same_metric_keys(children: list) -> None:
+    keys = {run.info.run_name: set(run.data.metrics) for run in children}
+    assert sorted(keys) == sorted(FORECASTS)
+    assert len({frozenset(k) for k in keys.values()}) == 1, {name: sorted(set.union(*keys.values()) - k)
+                                                             for name, k in keys.items()}
+    assert {*CONTINUOUS, "rmse_skill_vs_persistence", "rmse_skill_vs_climatology"} <= keys["baseline"]
+
+
+# ---------------------------------------------------------------------------------------------- the library
+
+
+def test_inputs_from_models_aligns_four_forecasts_with_the_truth(model_inputs: ComparisonInputs, ws: Workspace) -> None:
+    truth, forecasts = model_inputs.truth, model_inputs.forecasts
+    assert tuple(forecasts) == FORECASTS
+    assert truth.dims == ("time", "lat", "lon") and truth.sizes["time"] > 0
+    for name, forecast in forecasts.items():
+        assert forecast.dims == truth.dims, name
+        assert forecast.shape == truth.shape, name
+        np.testing.assert_array_equal(forecast["time"].values, truth["time"].values, err_msg=name)
+        for dim in ("lat", "lon"):
+            np.testing.assert_allclose(forecast[dim].values, truth[dim].values, atol=1e-6, err_msg=f"{name} {dim}")
+        assert np.isfinite(forecast.values).all(), name
+
+    # the truth is the observed downstream precipitation of the file at the forecast times
+    raw = open_dataset(ws.tiny)
+    observed = raw[PRECIPITATION].sel(time=truth["time"].values, lat=truth["lat"].values, lon=truth["lon"].values)
+    np.testing.assert_array_equal(truth.values, observed.transpose("time", "lat", "lon").values)
+    # the test split: the last forecast times of the file, consecutive steps
+    times = truth["time"].values
+    assert times[-1] == raw["time"].values[-1]
+    step = np.unique(np.diff(raw["time"].values))
+    assert len(step) == 1 and (np.diff(times) == step[0]).all()
+
+    # persistence at lead one step is the previous observation, the first one taken from before the test split
+    persistence = forecasts["persistence"].values
+    np.testing.assert_array_equal(persistence[1:], truth.values[:-1])
+    before = raw[PRECIPITATION].sel(time=times[0] - step[0], lat=truth["lat"].values, lon=truth["lon"].values)
+    np.testing.assert_array_equal(persistence[0], before.values)
+
+    # climatology depends on the calendar month and hour only
+    climatology = forecasts["climatology"]
+    index = pd.DatetimeIndex(times)
+    for key in set(zip(index.month, index.hour)):
+        same = climatology.values[(index.month == key[0]) & (index.hour == key[1])]
+        assert (same == same[0]).all()
+    assert (climatology.values >= 0).all()
+
+
+def test_compare_writes_report_scores_and_five_figures(library: tuple[ComparisonResult, Path]) -> None:
+    result, out = library
+    expected = {out / name for name in (REPORT_NAME, SCORES_NAME, *FIGURES)}
+    assert set(result.files) == expected
+    for name in FIGURES:
+        assert_png(out / name)
+    written = pd.read_csv(out / SCORES_NAME, index_col="forecast")
+    assert list(written.index) == list(FORECASTS)
+    assert {*CONTINUOUS, "rmse_skill_vs_persistence", "rmse_skill_vs_climatology", "csi_1mm", "pod_1mm", "far_1mm",
+            "fss_1mm_w3"} <= set(written.columns)
+    pd.testing.assert_frame_equal(written, result.scores.astype(float), check_names=False, rtol=1e-12, atol=0)
+
+
+def test_skill_scores_against_the_references(library: tuple[ComparisonResult, Path]) -> None:
+    scores = library[0].scores
+    assert scores.loc["persistence", "rmse_skill_vs_persistence"] == 0.0
+    assert scores.loc["climatology", "rmse_skill_vs_climatology"] == 0.0
+    for name in FORECASTS:
+        for reference in ("persistence", "climatology"):
+            expected = 1.0 - scores.loc[name, "rmse_mm"] / scores.loc[reference, "rmse_mm"]
+            assert scores.loc[name, f"rmse_skill_vs_{reference}"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_differences_have_bootstrap_intervals(library: tuple[ComparisonResult, Path]) -> None:
+    result = library[0]
+    scores, differences = result.scores, result.differences
+    assert set(differences) == {"rmse_mm", *(f"csi_{t:g}mm" for t in DEFAULT_THRESHOLDS_MM)}
+    rmse = differences["rmse_mm"]
+    assert all(np.isfinite(rmse[key]) for key in ("estimate", "low", "high"))
+    assert rmse["low"] <= rmse["high"]
+    assert rmse["estimate"] == pytest.approx(scores.loc["upstream", "rmse_mm"] - scores.loc["baseline", "rmse_mm"], abs=1e-9)
+    assert rmse["excludes_zero"] == float(rmse["low"] > 0 or rmse["high"] < 0)
+    defined = 0
+    for threshold in DEFAULT_THRESHOLDS_MM:
+        key = f"csi_{threshold:g}mm"
+        diff = differences[key]
+        expected = scores.loc["upstream", key] - scores.loc["baseline", key]
+        if np.isfinite(expected):
+            defined += 1
+            assert diff["estimate"] == pytest.approx(expected, abs=1e-9), key
+            assert diff["low"] <= diff["high"], key
+        else:  # no event at that threshold: undefined, not a made-up zero
+            assert np.isnan(diff["estimate"]), key
+    assert defined >= 1
+    for name in FORECASTS:  # every forecast's CSI has its own interval for the bar chart
+        low_csi = result.csi_intervals[name]["0.1mm"]
+        assert low_csi[0] == pytest.approx(scores.loc[name, "csi_0.1mm"], abs=1e-9)
+        assert low_csi[1] <= low_csi[2]
+
+
+def test_verdict_names_both_rmses_and_is_in_the_report(library: tuple[ComparisonResult, Path]) -> None:
+    result, out = library
+    for name in EXPERIMENTS:
+        assert f"{result.scores.loc[name, 'rmse_mm']:.3f} mm" in result.verdict, name
+    assert result.verdict in (out / REPORT_NAME).read_text()
+
+
+def test_report_scores_equal_continuous_scores_on_the_same_arrays(library: tuple[ComparisonResult, Path],
+                                                                  model_inputs: ComparisonInputs) -> None:
+    result, out = library
+    table = report_table((out / REPORT_NAME).read_text())
+    assert list(table.index) == list(FORECASTS)
+    assert set(CONTINUOUS) <= set(table.columns)
+    for name in FORECASTS:
+        expected = continuous_scores(model_inputs.forecasts[name], model_inputs.truth)
+        for key in CONTINUOUS:
+            assert table.loc[name, key] == pytest.approx(expected[key], abs=5e-4 + 1e-9), (name, key)
+            assert result.scores.loc[name, key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12), (name, key)
+
+
+# ---------------------------------------------------------------------------------------------- files and refusals
+
+
+def test_files_give_the_same_forecasts_and_truth_as_the_models(predictions: dict[str, Path], ws: Workspace,
+                                                               model_inputs: ComparisonInputs) -> None:
+    from_files = inputs_from_files(predictions["baseline"], predictions["upstream"], ws.tiny)
+    assert tuple(from_files.forecasts) == FORECASTS
+    np.testing.assert_array_equal(from_files.truth["time"].values, model_inputs.truth["time"].values)
+    np.testing.assert_allclose(from_files.truth.values, model_inputs.truth.values, rtol=0, atol=0)
+    for name in ("baseline", "upstream", "persistence"):
+        np.testing.assert_allclose(from_files.forecasts[name].values, model_inputs.forecasts[name].values,
+                                   rtol=0, atol=1e-6, err_msg=name)
+    assert from_files.forecasts["climatology"].shape == from_files.truth.shape
+    assert any("Climatology" in note for note in from_files.notes)
+
+
+def test_predictions_with_different_times_are_refused(predictions: dict[str, Path], ws: Workspace,
+                                                      tmp_path: Path) -> None:
+    with xr.open_dataset(predictions["upstream"]) as ds:
+        times = ds["time"].values
+    dropped = times[len(times) // 2]
+    shorter = rewrite(predictions["upstream"], tmp_path / "shorter.nc", lambda ds: ds.drop_sel(time=dropped))
+    with pytest.raises(DataError, match="differ in time") as refused:
+        inputs_from_files(predictions["baseline"], shorter, ws.tiny)
+    message = str(refused.value)
+    assert f"{len(times)} vs {len(times) - 1}" in message
+    assert "baseline" in message and "upstream" in message
+    assert np.datetime_as_string(dropped, unit="D") in message
+
+
+@pytest.mark.parametrize("dim", ["lat", "lon"])
+def test_predictions_on_different_grids_are_refused(predictions: dict[str, Path], ws: Workspace, tmp_path: Path,
+                                                    dim: str) -> None:
+    moved = rewrite(predictions["upstream"], tmp_path / "moved.nc", lambda ds: ds.assign_coords({dim: ds[dim] + 5.0}))
+    with pytest.raises(DataError, match=f"differ in {dim}"):
+        inputs_from_files(predictions["baseline"], moved, ws.tiny)
+
+
+def test_ground_truth_lacking_a_forecast_time_is_refused(predictions: dict[str, Path], ws: Workspace,
+                                                         tmp_path: Path) -> None:
+    with xr.open_dataset(predictions["baseline"]) as ds:
+        dropped = ds["time"].values[3]
+    gappy = rewrite(ws.tiny, tmp_path / "gappy.nc", lambda ds: ds.drop_sel(time=dropped))
+    with pytest.raises(DataError, match=r"lacks 1 forecast time") as refused:
+        inputs_from_files(predictions["baseline"], predictions["upstream"], gappy)
+    assert np.datetime_as_string(dropped, unit="D") in str(refused.value)
+
+
+def test_missing_predictions_file_is_refused(predictions: dict[str, Path], ws: Workspace, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        inputs_from_files(predictions["baseline"], tmp_path / "absent.nc", ws.tiny)
+
+
+def _grid(n_time: int = 4) -> xr.DataArray:
+    return xr.DataArray(np.zeros((n_time, 3, 2), dtype=np.float32), dims=("time", "lat", "lon"),
+                        coords={"time": pd.date_range("2000-01-01", periods=n_time, freq="12h"),
+                                "lat": [30.0, 32.5, 35.0], "lon": [115.0, 117.5]})
+
+
+@pytest.mark.parametrize("dim", ["time", "lat", "lon"])
+@pytest.mark.parametrize("how", ["shifted", "shorter"])
+def test_check_same_grid_names_the_dimension_that_differs(dim: str, how: str) -> None:
+    first = _grid()
+    other = first.isel({dim: slice(0, -1)}) if how == "shorter" else first.assign_coords(
+        {dim: first[dim] + (np.timedelta64(12, "h") if dim == "time" else 0.5)})
+    check_same_grid({"first": first, "second": first.copy()})  # identical: accepted
+    with pytest.raises(DataError, match=f"first and second forecasts differ in {dim}:"):
+        check_same_grid({"first": first, "second": other})
+    with pytest.raises(DataError, match=f"first and third forecasts differ in {dim}:"):  # any later entry is checked
+        check_same_grid({"first": first, "second": first.copy(), "third": other})
+
+
+# ---------------------------------------------------------------------------------------------- the entry point
+
+
+def test_compare_cli_with_files_logs_a_comparison_run(predictions: dict[str, Path], ws: Workspace,
+                                                      library: tuple[ComparisonResult, Path]) -> None:
+    out = ws.root / "files-compare"
+    done = run_module(ws.root, "entrypoints.compare", "--predictions-exp1", predictions["baseline"],
+                      "--predictions-exp2", predictions["upstream"], "--ground-truth", ws.tiny,
+                      "--n-boot", N_BOOT, "--experiment-name", EXPERIMENT, "--output-dir", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Report: {out / REPORT_NAME}" in done.stdout
+    for name in (REPORT_NAME, SCORES_NAME, *FIGURES, "compare.log"):
+        assert (out / name).is_file(), name
+
+    (run,) = [r for r in ws.runs("tags.run_type = 'comparison'")
+              if r.data.params.get("predictions_exp1") == str(predictions["baseline"])]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["baseline_run_id"] == run.data.tags["upstream_run_id"] == ""  # files: no training runs
+    assert run.data.params["n_boot"] == str(N_BOOT)
+    assert run.data.params["ground_truth"] == str(ws.tiny)
+    metrics = run.data.metrics
+    # the same forecasts and truth as the models give, the same seed: the same difference and interval
+    reference = library[0]
+    for key in ("", "_ci_low", "_ci_high"):
+        field = {"": "estimate", "_ci_low": "low", "_ci_high": "high"}[key]
+        assert metrics[f"delta_rmse_mm{key}"] == pytest.approx(reference.differences["rmse_mm"][field], abs=1e-6)
+    assert metrics["exp1_rmse_mm"] == pytest.approx(reference.scores.loc["baseline", "rmse_mm"], abs=1e-6)
+    assert metrics["exp2_rmse_mm"] == pytest.approx(reference.scores.loc["upstream", "rmse_mm"], abs=1e-6)
+    artifacts = {item.path for item in ws.client().list_artifacts(run.info.run_id)}
+    assert {REPORT_NAME, SCORES_NAME, "compare.log", *FIGURES} <= artifacts
+
+    children = ws.runs(f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert {child.info.status for child in children} == {"FINISHED"}
+    assert {child.data.tags["run_type"] for child in children} == {"comparison_forecast"}
+    assert_same_metric_keys(children)
+
+
+@pytest.mark.parametrize("case", ["models and files", "only baseline", "only predictions-exp1", "bad thresholds"])
+def test_compare_cli_usage_errors(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/never.db")
+    monkeypatch.chdir(tmp_path)
+    existing = tmp_path / "predictions.nc"
+    existing.write_bytes(b"")
+    args, expected = {
+        "models and files": (["--baseline", "abc", "--predictions-exp1", existing], ["not both"]),
+        "only baseline": (["--baseline", "abc"], ["Missing --upstream"]),
+        "only predictions-exp1": (["--predictions-exp1", existing], ["Missing --predictions-exp2, --ground-truth"]),
+        "bad thresholds": (["--thresholds", "abc"], ["--thresholds", "'abc'"]),
+    }[case]
+    with pytest.raises(SystemExit) as exited:
+        run_cli(compare_command, [*map(str, args), "--output-dir", str(tmp_path / "never")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err, err
+    assert not (tmp_path / "never").exists()
+    assert not (tmp_path / "never.db").exists()  # refused before touching any tracking store
+
+
+# ---------------------------------------------------------------------------------------------- end to end (slow)
+
+
+@pytest.mark.slow
+def test_mlflow_run_compares_the_newest_finished_runs_and_sets_aliases(ws: Workspace,
+                                                                       library: tuple[ComparisonResult, Path]) -> None:
+    client = ws.client()
+    experiment_id = ws.experiment_id()
+    # decoys that must be passed over: an older finished baseline run and a newer failed upstream run
+    older_start = client.get_run(ws.run_ids["baseline"]).info.start_time - 3_600_000
+    decoys = {}
+    for kind, start, status in (("baseline", older_start, "FINISHED"), ("upstream", int(time.time() * 1000), "FAILED")):
+        decoy = client.create_run(experiment_id, start_time=start, run_name=f"decoy-{kind}",
+                                  tags={"run_type": "training", "experiment_type": kind})
+        client.set_terminated(decoy.info.run_id, status)
+        decoys[kind] = decoy.info.run_id
+    before = {run.info.run_id for run in ws.runs()}
+    absent = [name for name in ("mlflow.db", "outputs") if not (REPO / name).exists()]
+    out = ws.root / "mlflow-run-compare"
+
+    # `mlflow run` starts the command in the project directory: the data and output paths are absolute
+    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "compare", "--env-manager", "local",
+                           "--experiment-name", EXPERIMENT, "-P", f"n_boot={N_BOOT}", "-P", f"data={ws.tiny}",
+                           "-P", f"output_dir={out}"],
+                          cwd=ws.root, env=subprocess_env(ws.root), capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not [name for name in absent if (REPO / name).exists()], "compare wrote into the repository"
+
+    new = [run for run in ws.runs() if run.info.run_id not in before]
+    (run,) = [r for r in new if r.data.tags.get("run_type") == "comparison"]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["baseline_run_id"] == ws.run_ids["baseline"]
+    assert run.data.tags["upstream_run_id"] == ws.run_ids["upstream"]
+    assert run.data.params["n_boot"] == str(N_BOOT)
+    assert run.data.params["block_length"] == "None"  # added by the script beside the launcher's -P values
+    metrics = run.data.metrics
+    for key in ("delta_rmse_mm", "delta_rmse_mm_ci_low", "delta_rmse_mm_ci_high", "exp1_rmse_mm", "exp2_rmse_mm"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["delta_rmse_mm_ci_low"] <= metrics["delta_rmse_mm_ci_high"]
+    assert metrics["delta_rmse_mm"] == pytest.approx(metrics["exp2_rmse_mm"] - metrics["exp1_rmse_mm"], abs=1e-9)
+    assert metrics["exp1_rmse_mm"] == pytest.approx(library[0].scores.loc["baseline", "rmse_mm"], abs=1e-6)
+    assert metrics["exp2_rmse_mm"] == pytest.approx(library[0].scores.loc["upstream", "rmse_mm"], abs=1e-6)
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {REPORT_NAME, SCORES_NAME, *FIGURES} <= artifacts
+
+    children = [r for r in new if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+    assert len(children) == 4 and len(new) == 5
+    assert {child.info.status for child in children} == {"FINISHED"}
+    assert_same_metric_keys(children)
+    for child in children:
+        assert child.data.metrics["rmse_mm"] == pytest.approx(
+            library[0].scores.loc[child.info.run_name, "rmse_mm"], abs=1e-6), child.info.run_name
+    assert "RUNNING" not in {r.info.status for r in ws.runs()}
+
+    versions = {kind: client.search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}' and run_id='{ws.run_ids[kind]}'")
+                for kind in EXPERIMENTS}
+    assert all(len(found) == 1 for found in versions.values())
+    winner = "baseline" if metrics["exp1_rmse_mm"] <= metrics["exp2_rmse_mm"] else "upstream"
+    loser = "upstream" if winner == "baseline" else "baseline"
+    champion = client.get_model_version_by_alias(DEFAULT_REGISTERED_NAME, "champion")
+    challenger = client.get_model_version_by_alias(DEFAULT_REGISTERED_NAME, "challenger")
+    assert (champion.run_id, champion.version) == (ws.run_ids[winner], versions[winner][0].version)
+    assert (challenger.run_id, challenger.version) == (ws.run_ids[loser], versions[loser][0].version)
+    assert not set(decoys.values()) & {run.data.tags["baseline_run_id"], run.data.tags["upstream_run_id"]}
