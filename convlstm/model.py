@@ -4,18 +4,26 @@ The model reads a sequence of gridded fields ``[B, T, C, H, W]`` and predicts a
 single non-negative field ``[B, output_channels, H, W]`` (e.g. the next
 precipitation map).
 
-Every recurrent layer splits its work into two parts so that as little as
-possible runs sequentially over time:
+What makes it faster than the textbook cell (one convolution over ``cat([x_t, h])`` per
+timestep), measured in ``benchmarks/``, with the same outputs:
 
-* the input-to-state convolution is applied once to all timesteps at once
-  (a single batched ``Conv2d`` over ``[B*T, C, H, W]``);
-* only the state-to-state convolution and the gate arithmetic run in a
-  Python loop over ``T``.
+* the input-to-state convolution has no recurrence, so it runs over many timesteps in one
+  batched ``Conv2d``; only the state-to-state convolution and the gate arithmetic run in the loop
+  over ``T``. On a CPU the batch is capped in bytes (see ``_CPU_PROJECTION_BYTES``);
+* sequences are kept channels-last and time-major (``[B, T, C, H, W]`` indexing over
+  ``[T, B, H, W, C]`` memory): frames in the layout oneDNN and cuDNN convolve fastest, and any
+  stretch of timesteps a view; the input is converted once;
+* from the zero initial state the first step needs no state-to-state convolution (it would
+  convolve zeros) and no forget term (``f * c0 = 0``);
+* the input-to-state gradient of the raw input is never computed: the input needs none, and the
+  split keeps it apart from the state convolution, whose gradient is needed;
+* ``forward_windows`` forecasts overlapping (sliding) windows from the frames they share, so the
+  first level projects each frame once, not once per window it appears in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 
 import torch
@@ -27,6 +35,12 @@ __all__ = ["ConvLSTMCell", "ConvLSTMUNet"]
 State = tuple[Tensor, Tensor]
 
 HEAD_BIAS_INIT = 0.5
+
+# glibc serves allocations above 32 MiB (its largest mmap threshold) with fresh mmaps that the
+# kernel zero-fills page by page on every use, so on a CPU an input projection batched over many
+# timesteps is only worth it up to that size; beyond it each chunk costs more in page faults than
+# batching gains (benchmarks/README.md). CUDA's caching allocator has no such cost.
+_CPU_PROJECTION_BYTES = 32 * 2**20
 
 
 def _require_positive_int(name: str, value: int) -> None:
@@ -62,7 +76,8 @@ class ConvLSTMCell(nn.Module):
         self.kernel_size = kernel_size
         padding = kernel_size // 2
         self.input_conv = nn.Conv2d(input_dim, 4 * hidden_dim, kernel_size, padding=padding, bias=True)
-        # The input convolution already carries the bias; a second one would be redundant.
+        # The input convolution already carries the bias; a second one would be redundant, and without
+        # it the state convolution of a zero state is exactly zero (the first step skips it).
         self.hidden_conv = nn.Conv2d(hidden_dim, 4 * hidden_dim, kernel_size, padding=padding, bias=False)
         # Forget-gate bias of 1.0 keeps the cell state flowing early in training,
         # which avoids vanishing gradients through time (Jozefowicz et al., 2015).
@@ -83,18 +98,20 @@ class ConvLSTMCell(nn.Module):
 
         ``[B, T, C, H, W]`` -> ``[B, T, 4*hidden_dim, H, W]``.
         """
-        b, t, c, h, w = x_seq.shape
-        projected = self.input_conv(x_seq.reshape(b * t, c, h, w))
-        return projected.reshape(b, t, 4 * self.hidden_dim, h, w)
+        return _map_frames(self.input_conv, x_seq)
 
-    def step(self, projected_t: Tensor, state: State) -> State:
-        """Advance one timestep given an already-projected input ``[B, 4*hidden_dim, H, W]``."""
-        h_cur, c_cur = state
-        gates = projected_t + self.hidden_conv(h_cur)
-        i, f, o, g = torch.chunk(gates, 4, dim=1)
-        c_next = torch.sigmoid(f) * c_cur + torch.sigmoid(i) * torch.tanh(g)
-        h_next = torch.sigmoid(o) * torch.tanh(c_next)
-        return h_next, c_next
+    def step(self, projected_t: Tensor, state: State | None) -> State:
+        """Advance one timestep given an already-projected input ``[B, 4*hidden_dim, H, W]``.
+
+        ``state=None`` is the zero state: ``hidden_conv(0) = 0`` and ``f * 0 = 0`` are skipped.
+        """
+        hd = self.hidden_dim
+        gates = projected_t if state is None else projected_t + self.hidden_conv(state[0])
+        sig = torch.sigmoid(gates[:, : 3 * hd])  # i, f, o in one call
+        i, f, o = sig[:, :hd], sig[:, hd : 2 * hd], sig[:, 2 * hd :]
+        g = torch.tanh(gates[:, 3 * hd :])
+        c_next = i * g if state is None else torch.addcmul(f * state[1], i, g)
+        return o * torch.tanh(c_next), c_next
 
     def forward(self, input_tensor: Tensor, cur_state: State) -> State:
         """Advance one timestep from a raw input ``[B, input_dim, H, W]``."""
@@ -103,26 +120,59 @@ class ConvLSTMCell(nn.Module):
     def forward_sequence(self, x_seq: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Run the cell over ``[B, T, C, H, W]``; return all hidden states and the last state.
 
-        Outputs have shape ``[B, T, hidden_dim, H, W]``. A missing ``state`` starts from zeros.
+        Outputs have shape ``[B, T, hidden_dim, H, W]`` (``[T, B, H, W, C]`` memory). A missing
+        ``state`` starts from zeros.
         """
-        b, t, _, h, w = x_seq.shape
-        projected = self.project_inputs(x_seq)
-        if state is None:
-            # Zeros in the parameters' dtype: under autocast the cell state then
-            # stays in full precision while the convolutions run in low precision.
-            state = self.init_hidden(b, h, w, device=x_seq.device)
+        return self.recur(self._projections(x_seq), state)
+
+    def recur(self, projections: Iterable[Tensor], state: State | None = None) -> tuple[Tensor, State]:
+        """Run the recurrence over inputs already projected (one ``[B, 4*hidden_dim, H, W]`` per step)."""
         outputs = []
-        for step_idx in range(t):
-            state = self.step(projected[:, step_idx], state)
+        for projected_t in projections:
+            state = self.step(projected_t, state)
             outputs.append(state[0])
-        return torch.stack(outputs, dim=1), state
+        if state is None:
+            raise ValueError("a sequence needs at least one timestep")
+        return _stack_time(outputs), state
+
+    def _projections(self, x_seq: Tensor) -> Iterator[Tensor]:
+        """Projected inputs ``[B, 4*hidden_dim, H, W]`` step by step, computed in as few batched calls as pay."""
+        b, t, _, h, w = x_seq.shape
+        chunk = t
+        if x_seq.device.type == "cpu":
+            frame_bytes = b * 4 * self.hidden_dim * h * w * x_seq.element_size()
+            chunk = max(1, min(t, _CPU_PROJECTION_BYTES // frame_bytes))
+        # split and unbind, not indexing: backward then joins the gradients once instead of
+        # zero-filling a full-size gradient per chunk and per step.
+        for part in x_seq.split(chunk, dim=1):
+            yield from self.project_inputs(part).unbind(1)
 
 
 def _map_frames(fn: Callable[[Tensor], Tensor], seq: Tensor) -> Tensor:
-    """Apply a 4-D spatial op to every frame of ``[B, T, C, H, W]`` in one call."""
-    b, t = seq.shape[:2]
-    out = fn(seq.reshape(b * t, *seq.shape[2:]))
-    return out.reshape(b, t, *out.shape[1:])
+    """Apply a 4-D spatial op to every frame of ``[B, T, C, H, W]`` in one call.
+
+    The library's sequences are laid out ``[T, B, H, W, C]`` in memory, so the frames of a whole
+    sequence, or of any stretch of its timesteps, are a view, not a copy.
+    """
+    frames = seq.transpose(0, 1)
+    t, b = frames.shape[:2]
+    out = fn(frames.reshape(t * b, *frames.shape[2:]))
+    return out.reshape(t, b, *out.shape[1:]).transpose(0, 1)
+
+
+def _channels_last(seq: Tensor) -> Tensor:
+    """``[B, T, C, H, W]`` with ``[T, B, H, W, C]`` memory: every frame a channels-last image, time outermost."""
+    return seq.permute(1, 0, 3, 4, 2).contiguous().permute(1, 0, 4, 2, 3)
+
+
+def _stack_time(frames: list[Tensor]) -> Tensor:
+    """Stack ``[B, C, H, W]`` channels-last frames into a ``[B, T, C, H, W]`` sequence, laid out as above."""
+    return torch.stack([f.permute(0, 2, 3, 1) for f in frames]).permute(1, 0, 4, 2, 3)
+
+
+def _cat_channels(*seqs: Tensor) -> Tensor:
+    """Concatenate ``[B, T, C_k, H, W]`` sequences along C, laid out as above."""
+    return torch.cat([s.permute(1, 0, 3, 4, 2) for s in seqs], dim=-1).permute(1, 0, 4, 2, 3)
 
 
 class ConvLSTMUNet(nn.Module):
@@ -176,6 +226,8 @@ class ConvLSTMUNet(nn.Module):
         # the active side; cells the model learns to call dry then move below zero on their own.
         with torch.no_grad():
             self.head.bias.fill_(HEAD_BIAS_INIT)
+        # Weights in the layout of the activations: no conversion on every call.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``[B, T, input_channels, H, W]`` to a non-negative ``[B, output_channels, H, W]``."""
@@ -184,18 +236,41 @@ class ConvLSTMUNet(nn.Module):
                 f"expected input of shape [B, T, {self.input_channels}, H, W] "
                 f"(batch, time >= 1, channels, height, width), got {list(x.shape)}"
             )
+        return self._run(self.encoders[0]._projections(_channels_last(x)))
 
-        skips: list[Tensor] = []
-        seq = x
-        for level, encoder in enumerate(self.encoders):
-            if level > 0:
-                seq = _map_frames(partial(F.max_pool2d, kernel_size=2, ceil_mode=True), seq)
-            seq, _ = encoder.forward_sequence(seq)
+    def forward_windows(self, frames: Tensor, starts: Tensor, window_size: int) -> Tensor:
+        """``forward`` of the windows ``frames[s : s + window_size]`` for each ``s`` in ``starts``.
+
+        Sliding windows overlap: consecutive ones share all but one frame. The first level's input
+        convolution has no recurrence, so it runs once per distinct frame here instead of once per
+        frame of every window; the recurrences still start afresh in each window. ``frames`` is
+        ``[N, input_channels, H, W]``, ``starts`` ``[B]`` integers.
+        """
+        _require_positive_int("window_size", window_size)
+        if frames.dim() != 4 or frames.shape[1] != self.input_channels:
+            raise ValueError(f"expected frames of shape [N, {self.input_channels}, H, W], got {list(frames.shape)}")
+        starts = torch.as_tensor(starts, dtype=torch.long, device=frames.device)
+        if starts.dim() != 1 or len(starts) == 0 or starts.min() < 0 or starts.max() + window_size > len(frames):
+            raise ValueError(f"every window start must lie in 0..{len(frames) - window_size} "
+                             f"({len(frames)} frames, windows of {window_size}), got {starts.tolist()}")
+        projected = self.encoders[0].input_conv(frames.contiguous(memory_format=torch.channels_last))
+        first, count = int(starts[0]), len(starts)
+        if torch.equal(starts, torch.arange(first, first + count, device=starts.device)):
+            # consecutive windows (the usual batch): each step's inputs are one slice, a view
+            return self._run(projected[first + step:first + step + count] for step in range(window_size))
+        return self._run(projected[starts + step] for step in range(window_size))
+
+    def _run(self, first_projections: Iterable[Tensor]) -> Tensor:
+        """The U-Net from the first level's projected inputs (one ``[B, 4*hidden, H, W]`` per step)."""
+        seq, _ = self.encoders[0].recur(first_projections)
+        skips = [seq]
+        for encoder in self.encoders[1:]:
+            seq, _ = encoder.forward_sequence(_map_frames(partial(F.max_pool2d, kernel_size=2, ceil_mode=True), seq))
             skips.append(seq)
 
         for level in range(len(self.decoders) - 1, -1, -1):
             skip = skips[level]
             up = _map_frames(partial(F.interpolate, size=skip.shape[-2:], mode="nearest"), seq)
-            seq, _ = self.decoders[level].forward_sequence(torch.cat([up, skip], dim=2))
+            seq, _ = self.decoders[level].forward_sequence(_cat_channels(up, skip))
 
         return F.relu(self.head(seq[:, -1]))

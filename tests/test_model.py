@@ -98,13 +98,39 @@ def test_forward_sequence_with_initial_state_continues_sequence() -> None:
     torch.testing.assert_close(end_state[1], full_state[1], atol=1e-5, rtol=1e-5)
 
 
-def test_forward_sequence_projects_inputs_once() -> None:
-    cell = ConvLSTMCell(2, 3)
+def _count_conv_calls(cell: ConvLSTMCell) -> dict[str, int]:
     calls = {"input": 0, "hidden": 0}
     cell.input_conv.register_forward_hook(lambda *_: calls.__setitem__("input", calls["input"] + 1))
     cell.hidden_conv.register_forward_hook(lambda *_: calls.__setitem__("hidden", calls["hidden"] + 1))
+    return calls
+
+
+def test_forward_sequence_projects_inputs_once_and_skips_the_zero_state_convolution() -> None:
+    cell = ConvLSTMCell(2, 3)
+    calls = _count_conv_calls(cell)
     cell.forward_sequence(torch.randn(2, 4, 2, 5, 5))
-    assert calls == {"input": 1, "hidden": 4}
+    # From the zero state, step 0 has nothing to convolve: 3 state convolutions for 4 steps.
+    assert calls == {"input": 1, "hidden": 3}
+    cell.forward_sequence(torch.randn(2, 4, 2, 5, 5), cell.init_hidden(2, 5, 5))
+    assert calls == {"input": 2, "hidden": 7}
+
+
+def test_cpu_projection_is_chunked_by_bytes_with_identical_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    cell = ConvLSTMCell(2, 3)
+    x_seq = torch.randn(2, 5, 2, 4, 4)
+    whole, _ = cell.forward_sequence(x_seq)
+    frame_bytes = 2 * 4 * 3 * 4 * 4 * 4  # B * 4 * hidden * H * W * sizeof(float32)
+    monkeypatch.setattr("convlstm.model._CPU_PROJECTION_BYTES", 2 * frame_bytes)
+    calls = _count_conv_calls(cell)
+    chunked, _ = cell.forward_sequence(x_seq)
+    assert calls["input"] == 3  # 5 steps in chunks of 2, 2, 1
+    torch.testing.assert_close(chunked, whole)
+
+
+def test_sequences_stay_channels_last() -> None:
+    cell = ConvLSTMCell(3, 4)
+    outputs, _ = cell.forward_sequence(torch.randn(2, 3, 3, 5, 6))
+    assert outputs.permute(1, 0, 3, 4, 2).is_contiguous()  # [T, B, H, W, C] memory
 
 
 def test_project_inputs_shape() -> None:
@@ -275,3 +301,36 @@ def test_head_starts_active_so_relu_passes_gradient(hidden: list[int]) -> None:
     assert (out > 0).float().mean() > 0.9
     out.mean().backward()
     assert model.head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("starts", [[0, 1, 2, 3], [5, 0, 2, 2], [4]])
+def test_forward_windows_equals_forward_of_the_stacked_windows(starts: list[int]) -> None:
+    model = ConvLSTMUNet(input_channels=5, hidden_channels=[4, 6, 8]).eval()
+    frames = torch.randn(9, 5, 7, 10)
+    expected = model(torch.stack([frames[s:s + 4] for s in starts]))
+    torch.testing.assert_close(model.forward_windows(frames, torch.tensor(starts), 4), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_windows_projects_each_frame_once() -> None:
+    model = ConvLSTMUNet(input_channels=3, hidden_channels=[4, 6])
+    seen: list[int] = []
+    model.encoders[0].input_conv.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+    model.forward_windows(torch.randn(10, 3, 6, 6), torch.arange(5), 6)
+    assert seen == [10]  # 5 windows of 6 steps: 10 distinct frames, not 30
+
+
+@pytest.mark.parametrize(
+    ("frames", "starts", "window", "match"),
+    [
+        ((9, 4, 5, 5), [0], 3, "frames of shape"),
+        ((9, 5, 5), [0], 3, "frames of shape"),
+        ((9, 5, 5, 5), [7], 3, "window start"),
+        ((9, 5, 5, 5), [-1], 3, "window start"),
+        ((9, 5, 5, 5), [], 3, "window start"),
+        ((9, 5, 5, 5), [0], 0, "window_size"),
+    ],
+)
+def test_forward_windows_refuses_bad_arguments(frames: tuple[int, ...], starts: list[int], window: int, match: str) -> None:
+    model = ConvLSTMUNet(input_channels=5, hidden_channels=[4])
+    with pytest.raises(ValueError, match=match):
+        model.forward_windows(torch.randn(frames), torch.tensor(starts, dtype=torch.long), window)

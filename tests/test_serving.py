@@ -8,14 +8,8 @@ ones an HTTP 400 that says what was expected, and the server must keep serving a
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -32,15 +26,11 @@ from convlstm.data.stacking import stack_channels
 from convlstm.data.synthetic import write_demo_dataset
 from convlstm.inference import ForecastModel, load_forecast_model
 from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
+from convlstm.serving import ScoringServer
 
 pytestmark = pytest.mark.slow
 
-HOST = "127.0.0.1"
-START_TIMEOUT_S = 90.0
-REQUEST_TIMEOUT_S = 60.0
 EXPECTED_SHAPE = "(-1, 6, 56, 4, 12)"
-# no proxy, whatever the environment says: the server is on this machine
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
@@ -59,68 +49,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "forecast": load_forecast_model(root / "train")}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Terminate the server (mlflow passes the signal on to uvicorn); kill its process group if it lingers."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # anything of the group still alive (it is ours: start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def server(trained: dict[str, object]):
-    """``mlflow models serve`` of the registered version; yields its base URL."""
+    """``mlflow models serve`` of the registered version."""
     root: Path = trained["root"]  # type: ignore[assignment]
-    port = free_port()
-    log_path = root / "server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(trained["uri"]), "--env-manager", "local",
-             "-h", HOST, "-p", str(port)],
-            cwd=root, env=subprocess_env(root), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://{HOST}:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        ready = False
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with OPENER.open(f"{url}/ping", timeout=5) as response:
-                    ready = response.status == 200
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if ready:
-                break
-            time.sleep(0.5)
-        if not ready:
-            pytest.fail(f"the server did not answer /ping within {START_TIMEOUT_S:g} s "
-                        f"(exit code {process.poll()}); its log:\n{log_path.read_text()[-5000:]}")
-        yield {"url": url, "process": process, "log": log_path}
-    finally:
-        stop(process)
-
-
-def post(url: str, body: object) -> tuple[int, dict]:
-    """POST a JSON body (or raw bytes) to /invocations; the status and the decoded answer."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/invocations", data=data, headers={"Content-Type": "application/json"})
-    try:
-        with OPENER.open(request, timeout=REQUEST_TIMEOUT_S) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    with ScoringServer(str(trained["uri"]), root / "server.log", env=subprocess_env(root), cwd=root) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +89,7 @@ def test_served_forecast_equals_the_model_in_process(server, trained, raw: xr.Da
     forecast: ForecastModel = trained["forecast"]  # type: ignore[assignment]
     window = windows(raw, forecast, [0, 40, 100])
     assert window.dtype == np.float32 and window.shape == (3, 6, 56, 4, 12)
-    status, answer = post(server["url"], {key: window.tolist()})
+    status, answer = server.post({key: window.tolist()})
     assert status == 200, answer
     served = np.asarray(answer["predictions"], dtype=np.float32)
     assert served.shape == (3, 4, 4)
@@ -163,7 +97,7 @@ def test_served_forecast_equals_the_model_in_process(server, trained, raw: xr.Da
     np.testing.assert_allclose(served, in_process.predict(window), rtol=0, atol=1e-5)
     np.testing.assert_allclose(served, forecast.predict_stacked(window), rtol=0, atol=1e-5)
     # the forecast of each window does not depend on the others sent with it
-    status, single = post(server["url"], {key: window[1:2].tolist()})
+    status, single = server.post({key: window[1:2].tolist()})
     assert status == 200
     np.testing.assert_allclose(np.asarray(single["predictions"]), served[1:2], rtol=0, atol=1e-5)
 
@@ -199,21 +133,21 @@ BAD = ["rank", "time steps", "channels (levels subset)", "grid size", "nan", "in
 @pytest.mark.parametrize("case", BAD)
 def test_bad_request_is_a_400_saying_what_was_expected(server, trained, raw: xr.Dataset, case: str) -> None:
     body, expected = _bad_bodies(raw, trained["forecast"])[case]  # type: ignore[arg-type]
-    status, answer = post(server["url"], body)
+    status, answer = server.post(body)
     assert status == 400, answer
     message = answer["message"]
     for text in expected:
         assert text in message, f"{text!r} not in {message[-600:]!r}"
-    assert server["process"].poll() is None
+    assert server.process.poll() is None
 
 
 def test_server_keeps_serving_after_bad_requests(server, trained, raw: xr.Dataset) -> None:
     forecast: ForecastModel = trained["forecast"]  # type: ignore[assignment]
     for case, (body, _) in _bad_bodies(raw, forecast).items():  # again, all of them in a row
-        assert post(server["url"], body)[0] == 400, case
+        assert server.post(body)[0] == 400, case
     window = windows(raw, forecast, [7])
-    status, answer = post(server["url"], {"inputs": window.tolist()})
+    status, answer = server.post({"inputs": window.tolist()})
     assert status == 200, answer
     np.testing.assert_allclose(np.asarray(answer["predictions"]), forecast.predict_stacked(window), rtol=0, atol=1e-5)
-    assert server["process"].poll() is None
-    assert "Traceback" not in server["log"].read_text()
+    assert server.process.poll() is None
+    assert "Traceback" not in server.log_path.read_text()

@@ -221,6 +221,25 @@ def test_dataloader_batches():
     assert batches[-1][0].shape[0] == 1
 
 
+@pytest.mark.parametrize("gappy", [False, True])
+def test_window_batches_hold_every_window_in_order_as_views(gappy):
+    data = make_dataset(n_time=24, lat=SMALL_LAT, lon=SMALL_LON)
+    if gappy:
+        data["TEM"][9, 0, 0, 0] = np.nan  # dropped on opening: windows jump over the gap
+    opened = open_dataset(data, nan_policy="drop")
+    dataset = ConvLSTMDataset(opened, window_size=3, region_config=REGIONS, target_offset=2, include_upstream=True)
+    index = 0
+    for batch, targets in dataset.window_batches(batch_size=4):
+        assert np.shares_memory(batch.frames.numpy(), dataset.inputs)
+        assert batch.window_size == 3 and len(batch.starts) == len(targets) <= 4
+        for start, target in zip(batch.starts.tolist(), targets):
+            x, y = dataset[index]
+            torch.testing.assert_close(batch.frames[start:start + 3], x, rtol=0, atol=0)
+            torch.testing.assert_close(target, y, rtol=0, atol=0)
+            index += 1
+    assert index == len(dataset)
+
+
 def test_too_few_time_steps(tmp_path):
     path = tmp_path / "short.nc"
     make_dataset(n_time=5, lat=SMALL_LAT, lon=SMALL_LON).to_netcdf(path)

@@ -1,6 +1,6 @@
 """Data pipeline: open → split → normalize → crop regions → stack → windows."""
 
-from convlstm.data.dataset import ConvLSTMDataset, window_starts
+from convlstm.data.dataset import ConvLSTMDataset, WindowBatch, window_starts
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import RegionConfig, RegionCrop, crop_regions
 from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, VARIABLES, open_dataset
@@ -17,6 +17,7 @@ __all__ = [
     "RegionConfig",
     "RegionCrop",
     "VARIABLES",
+    "WindowBatch",
     "channel_names",
     "create_train_val_test_split",
     "crop_regions",

@@ -7,6 +7,9 @@ dropped time steps (missing data) simply remove the windows that would cross the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import xarray as xr
@@ -33,6 +36,21 @@ def window_starts(times: np.ndarray, window_size: int, target_offset: int) -> np
     # A window starting at s covers steps s .. s+span-2: it is valid when none of them is irregular.
     starts = np.arange(len(times) - span + 1)
     return starts[irregular[starts + span - 1] == irregular[starts]]
+
+
+class WindowBatch(NamedTuple):
+    """Consecutive windows as the one stretch of frames they share.
+
+    Window ``k`` is ``frames[starts[k] : starts[k] + window_size]``; ``ConvLSTMUNet.forward_windows``
+    takes it apart without copying a window.
+    """
+
+    frames: torch.Tensor
+    starts: torch.Tensor
+    window_size: int
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "WindowBatch":
+        return WindowBatch(self.frames.to(device, non_blocking=non_blocking), self.starts.to(device), self.window_size)
 
 
 class ConvLSTMDataset(Dataset):
@@ -99,6 +117,19 @@ class ConvLSTMDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def window_batches(self, batch_size: int) -> Iterator[tuple[WindowBatch, torch.Tensor]]:
+        """Every window in order, ``batch_size`` at a time, with its targets ``[B, H_down, W_down]``.
+
+        The windows of a batch arrive as the stretch of frames they span (a view, no copy), so
+        overlapping windows are neither copied nor, by ``forward_windows``, projected twice.
+        """
+        for first in range(0, len(self), batch_size):
+            starts = self.starts[first:first + batch_size]
+            low, high = int(starts[0]), int(starts[-1]) + self.window_size
+            targets = self.inputs[self.target_indices[first:first + batch_size], -1, :, self.downstream_columns]
+            batch = WindowBatch(torch.from_numpy(self.inputs[low:high]), torch.from_numpy(starts - low), self.window_size)
+            yield batch, torch.from_numpy(targets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = int(self.starts[index])

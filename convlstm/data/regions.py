@@ -72,7 +72,7 @@ class RegionConfig(DictRoundTrip):
 
     def validate(self, data: xr.Dataset, include_upstream: bool = True) -> None:
         """Check that the region(s) lie inside the data and select usable, matching grids."""
-        crop_regions(data, self, include_upstream)
+        _region_crops(data, self, include_upstream)
 
 
 class RegionCrop(NamedTuple):
@@ -84,10 +84,23 @@ class RegionCrop(NamedTuple):
 
 def crop_regions(data: xr.Dataset, regions: RegionConfig, include_upstream: bool) -> RegionCrop:
     """Cut out the downstream region, or upstream ⊕ downstream joined along longitude (upstream west)."""
+    downstream, upstream = _region_crops(data, regions, include_upstream)
+    if upstream is None:
+        return RegionCrop(downstream, slice(0, downstream.sizes["lon"]))
+    joined = xr.concat([upstream, downstream], dim="lon", data_vars="all", coords="minimal", compat="override", join="override")
+    start = upstream.sizes["lon"]
+    return RegionCrop(joined, slice(start, start + downstream.sizes["lon"]))
+
+
+def _region_crops(data: xr.Dataset, regions: RegionConfig, include_upstream: bool) -> tuple[xr.Dataset, xr.Dataset | None]:
+    """The downstream crop and, with ``include_upstream``, the upstream one in the downstream's longitude frame.
+
+    Checked to be joinable; views of ``data`` where the cells are contiguous (no copy yet).
+    """
     downstream = _crop(data, "downstream", regions.downstream_lat_min, regions.downstream_lat_max,
                        regions.downstream_lon_min, regions.downstream_lon_max, include_east=True)
     if not include_upstream:
-        return RegionCrop(downstream, slice(0, downstream.sizes["lon"]))
+        return downstream, None
     regions.check_upstream()
     # Regions that touch share the boundary column: it belongs to the downstream region.
     touching = abs(regions.upstream_lon_max - regions.downstream_lon_min) <= _TOL
@@ -100,9 +113,7 @@ def crop_regions(data: xr.Dataset, regions: RegionConfig, include_upstream: bool
     upstream = upstream.assign_coords(
         lon=xr.DataArray(_shift_to(up_lon, regions.downstream_lon_min - ((regions.downstream_lon_min - up_lon) % 360.0)),
                          dims="lon", attrs=upstream["lon"].attrs))
-    joined = xr.concat([upstream, downstream], dim="lon", data_vars="all", coords="minimal", compat="override", join="override")
-    start = upstream.sizes["lon"]
-    return RegionCrop(joined, slice(start, start + downstream.sizes["lon"]))
+    return downstream, upstream
 
 
 def data_bounds(data: xr.Dataset) -> str:
@@ -132,8 +143,15 @@ def _crop(data: xr.Dataset, region: str, lat_min: float, lat_max: float, lon_min
             f"The {region} region (lat {lat_min:g}..{lat_max:g}, lon {lon_min:g}..{lon_max:g}) contains no grid cell of {name} "
             f"({data_bounds(data)}). Widen the region to at least one grid spacing."
         )
-    out = data.isel(lat=lat_idx, lon=lon_idx)
+    out = data.isel(lat=_as_slice(lat_idx), lon=_as_slice(lon_idx))
     return out.assign_coords(lon=xr.DataArray(_shift_to(lon[lon_idx], lon_min + offsets[lon_idx]), dims="lon", attrs=data["lon"].attrs))
+
+
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """A run of consecutive indices as a slice (``isel`` then gives a view, not a copy)."""
+    if np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        return slice(int(index[0]), int(index[0]) + len(index))
+    return index
 
 
 def _shift_to(lon: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -221,7 +221,7 @@ def _standard_variables(ds: xr.Dataset, name: str) -> xr.Dataset:
         )
     out = {}
     for var in VARIABLES:
-        out[var] = _check_dims(fields[var], var, name).astype(np.float32).assign_attrs(CF_ATTRS[var])
+        out[var] = _check_dims(fields[var], var, name).astype(np.float32, copy=False).assign_attrs(CF_ATTRS[var])
     return xr.Dataset(out, attrs=dict(ds.attrs))
 
 
@@ -263,7 +263,11 @@ def _orient(ds: xr.Dataset, name: str) -> xr.Dataset:
         values = ds[dim].values
         if len(np.unique(values)) != len(values):
             raise DataError(f"{name}: coordinate '{dim}' has duplicate values. Remove them, e.g. ds.drop_duplicates('{dim}').")
-    ds = ds.sortby("lat").sortby("lon").sortby("level", ascending=False)
+    for dim, ascending in (("lat", True), ("lon", True), ("level", False)):
+        index = ds.indexes[dim]
+        # Sorting copies every variable; most files are already in order.
+        if not (index.is_monotonic_increasing if ascending else index.is_monotonic_decreasing):
+            ds = ds.sortby(dim, ascending=ascending)
     _check_time(ds["time"].values, name)
     for dim in DIMS:
         ds[dim].attrs = {**CF_ATTRS[dim], **({"axis": {"lat": "Y", "lon": "X", "level": "Z", "time": "T"}[dim]})}

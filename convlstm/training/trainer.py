@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from convlstm.config import ConvLSTMConfig
+from convlstm.data.dataset import ConvLSTMDataset, WindowBatch
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.errors import TrainingDiverged
 from convlstm.predict import forward_downstream
@@ -93,15 +94,15 @@ class Trainer:
         self.state = TrainingState()
 
     # ---- public API -------------------------------------------------------------------------
-    def fit(self, train_data: Dataset, val_data: Dataset) -> TrainingState:
+    def fit(self, train_data: Dataset, val_data: ConvLSTMDataset) -> TrainingState:
         """Train until ``num_epochs`` or early stopping, from the current state (fresh or resumed)."""
-        loader = self._loader(train_data, shuffle=True)
+        loader = self.loader(train_data, shuffle=True)
         if len(loader) == 0:
             raise ValueError("The training split has no windows.")
         while self.state.epoch < self.config.num_epochs and not self.state.stopped_early:
             epoch = self.state.epoch + 1
             started = time.perf_counter()
-            train_loss = self._train_epoch(loader, epoch)
+            train_loss = self.train_epoch(loader, epoch)
             scores = self.evaluate(val_data)
             if len(val_data) and not math.isfinite(scores["loss"]):  # type: ignore[arg-type]
                 # The last optimizer step of the epoch can leave non-finite weights that no training batch
@@ -131,11 +132,11 @@ class Trainer:
         return self.state
 
     @torch.no_grad()
-    def evaluate(self, data: Dataset) -> dict[str, float]:
+    def evaluate(self, data: ConvLSTMDataset) -> dict[str, float]:
         """Weighted loss (normalized space) and RMSE / MAE in mm on the downstream cells."""
         self.model.eval()
         loss_sum, sq_sum, abs_sum, n_cells, n_windows = 0.0, 0.0, 0.0, 0, 0
-        for inputs, targets in self._loader(data, shuffle=False):
+        for inputs, targets in data.window_batches(self.config.batch_size):
             inputs, targets = self._to_device(inputs, targets)
             prediction = self._forward(inputs)
             loss_sum += float(self.criterion(prediction, targets)) * len(targets)
@@ -175,20 +176,23 @@ class Trainer:
                     self.state.best_val_loss, self.state.best_epoch)
 
     # ---- internals --------------------------------------------------------------------------
-    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+    def loader(self, data: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
             data, batch_size=self.config.batch_size, shuffle=shuffle, generator=self.generator if shuffle else None,
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
         )
 
-    def _to_device(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_device(self, inputs: torch.Tensor | WindowBatch, targets: torch.Tensor
+                   ) -> tuple[torch.Tensor | WindowBatch, torch.Tensor]:
         non_blocking = self.pin_memory
         return inputs.to(self.device, non_blocking=non_blocking), targets.to(self.device, non_blocking=non_blocking)
 
-    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def _forward(self, inputs: torch.Tensor | WindowBatch) -> torch.Tensor:
         return forward_downstream(self.model, inputs, self.downstream_columns, self.amp_dtype)
 
-    def _train_epoch(self, loader: DataLoader, epoch: int) -> float:
+    def train_epoch(self, loader: DataLoader | Sequence[tuple[torch.Tensor, torch.Tensor]], epoch: int) -> float:
+        """One pass of optimizer steps over ``loader``; the mean loss. ``benchmarks/bench_epoch.py`` passes
+        a list of pre-loaded batches to time the pure model steps of an epoch."""
         self.model.train()
         accumulate = self.config.gradient_accumulation_steps
         total, count = 0.0, 0

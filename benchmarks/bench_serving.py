@@ -1,0 +1,125 @@
+"""Serving: requests/s and latency of ``mlflow models serve`` against in-process ``predict``.
+
+Run from the repository root::
+
+    python benchmarks/bench_serving.py                      # upstream model, 200 requests or 60 s (~2 min)
+    python benchmarks/bench_serving.py --experiment baseline --requests 100
+
+A model with the train command's default architecture is trained for one epoch on the demo
+atmosphere (its weights do not matter for speed) and registered in a temporary SQLite MLflow store.
+The registered version is served on 127.0.0.1 by the real scoring server (``--env-manager local``);
+one client sends one-window requests (``{"inputs": [1, T, C, H, W]}``, JSON encoded once, before
+timing) one after another until ``--requests`` are answered or ``--seconds`` have passed. The same
+window goes through ``mlflow.pyfunc.load_model(uri).predict`` in this process; the difference of
+the medians is the server's overhead (HTTP, JSON decoding and encoding, input conversion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness import REPO, Target, fmt_table, percentile, print_header, report_targets, set_threads, write_json
+
+from convlstm.data.regions import RegionConfig, crop_regions
+from convlstm.data.schema import open_dataset
+from convlstm.data.stacking import stack_channels
+from convlstm.data.synthetic import demo_data_path
+from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
+from convlstm.serving import ScoringServer
+
+SERVING_FACTOR = 2.0
+SERVING_SLACK_S = 0.050
+
+
+def train_and_register(experiment: str, root: Path, env: dict[str, str]) -> str:
+    """One-epoch model through the train command; the registered version's URI."""
+    command = [sys.executable, "-m", "entrypoints.train", "--include-upstream", "true" if experiment == "upstream" else "false",
+               "--num-epochs", "1", "--output-dir", str(root / "train"), "--experiment-name", "bench-serving"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the train command failed:\n{done.stderr[-3000:]}")
+    return f"models:/{DEFAULT_REGISTERED_NAME}/1"
+
+
+def request_window(uri: str) -> np.ndarray:
+    """The first window of the demo data, built from the model's metadata as the README's client does."""
+    import mlflow
+
+    meta = mlflow.models.get_model_info(uri).metadata
+    regions = RegionConfig.from_dict(meta["region_config"])
+    grid = crop_regions(open_dataset(demo_data_path()), regions, meta["include_upstream"]).data
+    return stack_channels(grid, time_slice=slice(0, meta["window_size"]))[None]
+
+
+def time_calls(fn, count: int, seconds: float) -> list[float]:  # noqa: ANN001 - any zero-argument callable
+    """Latencies of up to ``count`` calls, stopping early after ``seconds``."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    while len(latencies) < count and time.monotonic() < deadline:
+        began = time.perf_counter()
+        fn()
+        latencies.append(time.perf_counter() - began)
+    return latencies
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", choices=["baseline", "upstream"], default="upstream")
+    parser.add_argument("--requests", type=int, default=200, help="stop after this many answered requests")
+    parser.add_argument("--seconds", type=float, default=60.0, help="... or after this long")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads here (the server uses its default)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    out: dict[str, object] = print_header(f"Serving benchmark ({args.experiment} model, one-window requests)")
+
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        root = Path(tmp)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+        os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+        uri = train_and_register(args.experiment, root, env)
+
+        import mlflow
+
+        window = request_window(uri)
+        body = json.dumps({"inputs": window.tolist()}).encode()
+        model = mlflow.pyfunc.load_model(uri)
+        expected = model.predict(window)
+        local = time_calls(lambda: model.predict(window), args.requests, args.seconds)
+
+        with ScoringServer(uri, root / "server.log", env=env, cwd=root) as server:
+            status, answer = server.post(body)
+            if status != 200 or not np.allclose(np.asarray(answer["predictions"]), expected, atol=1e-5):
+                raise SystemExit(f"the server's answer differs from predict() in process (HTTP {status})")
+            for _ in range(3):  # warm-up
+                server.post(body)
+            served = time_calls(lambda: server.post(body), args.requests, args.seconds)
+
+    local_p50, served_p50 = statistics.median(local), statistics.median(served)
+    rows = [[name, str(len(lat)), f"{len(lat) / sum(lat):.1f}", f"{1e3 * statistics.median(lat):.1f}",
+             f"{1e3 * percentile(lat, 99):.1f}"] for name, lat in (("in-process predict", local), ("served", served))]
+    print(f"request: {list(window.shape)} float32, {len(body) / 2**20:.1f} MiB of JSON; answer {list(expected.shape)}\n")
+    print(fmt_table(["path", "requests", "req/s", "p50 ms", "p99 ms"], rows))
+    print(f"server overhead at the median: {1e3 * (served_p50 - local_p50):.1f} ms "
+          f"({served_p50 / local_p50:.1f}x in-process predict)")
+    bound = SERVING_FACTOR * local_p50 + SERVING_SLACK_S
+    targets = [Target("served p50 / (2 x in-process p50 + 50 ms)", served_p50 / bound, 1.0, at_least=False)]
+    report_targets(targets)
+    out.update({"request_shape": list(window.shape), "request_bytes": len(body), "local_s": local, "served_s": served,
+                "targets": [t.__dict__ | {"met": t.met} for t in targets]})
+    write_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""What every benchmark script shares: timing, the machine's yardsticks, tables and target lines.
+
+Every figure is the median of repeats after a warm-up; competitors run back to back within each
+repeat, so a change in the machine's load hits them alike and their ratio stays meaningful even
+when absolute times drift (this machine is shared).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # the library, when it is not installed
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                     faults: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
+    """Run every fn ``warmup`` times, then ``repeats`` rounds of all fns back to back; seconds per call.
+
+    With ``faults``, also record each call's minor page faults (process-wide ``getrusage``).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt if faults is not None else 0
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            if faults is not None:
+                faults.setdefault(name, []).append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return times
+
+
+def iqr_pct(values: list[float]) -> float:
+    """Interquartile range as a % of the median (max - min for fewer than 4 values)."""
+    if len(values) < 4:
+        return 100.0 * (max(values) - min(values)) / statistics.median(values)
+    q = statistics.quantiles(values, n=4)
+    return 100.0 * (q[2] - q[0]) / statistics.median(values)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The ``pct``-th percentile (linear interpolation between order statistics)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * pct / 100.0
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+    """Best dense float32 ``torch.mm`` rate in FLOP/s (2*n^3 per product): the machine's yardstick."""
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    out = torch.empty(size, size)
+    times = time_interleaved({"mm": lambda: torch.mm(a, b, out=out)}, repeats=repeats, warmup=2)["mm"]
+    return 2.0 * size**3 / min(times)
+
+
+def cpu_description() -> str:
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model", "flags") and key not in info:
+                    info[key] = value.strip()
+    except OSError:
+        return platform.processor() or platform.machine()
+    flags = info.get("flags", "").split()
+    simd = "avx512f" if "avx512f" in flags else ("avx2" if "avx2" in flags else "no avx2")
+    family, model = info.get("cpu family", "?"), info.get("model", "?")
+    return f"{info.get('model name', '?')} (family {family}, model {model}, {simd})"
+
+
+def machine() -> dict[str, str]:
+    """Where and with what the figures were measured."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": f"{cpu_description()}; {os.cpu_count()} logical CPUs, torch threads = {torch.get_num_threads()}",
+        "gpu": device,
+        "torch": f"{torch.__version__}, python {platform.python_version()}",
+        "load": "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def print_header(title: str) -> dict[str, str]:
+    info = machine()
+    print(title)
+    for key, value in info.items():
+        print(f"{key:<9} {value}")
+    print()
+    return info
+
+
+def fmt_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: first column left-aligned, the rest right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+@dataclass
+class Target:
+    """One line of the issue's targets: what was measured against what was asked."""
+
+    name: str
+    measured: float
+    threshold: float
+    at_least: bool = True  # True: measured >= threshold passes; False: measured <= threshold passes
+    unit: str = "x"
+
+    @property
+    def met(self) -> bool:
+        return self.measured >= self.threshold if self.at_least else self.measured <= self.threshold
+
+    def line(self) -> str:
+        sign = ">=" if self.at_least else "<="
+        verdict = "met" if self.met else "NOT MET"
+        return f"{self.name:<58} {self.measured:8.2f}{self.unit:<2} (target {sign} {self.threshold:g}{self.unit})  {verdict}"
+
+
+def report_targets(targets: list[Target]) -> None:
+    print("\nTargets")
+    for target in targets:
+        print("  " + target.line())
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads`` (default: the CPUs this process may use)."""
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))

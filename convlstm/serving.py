@@ -1,0 +1,125 @@
+"""A local ``mlflow models serve`` process, started, waited for, asked and stopped from Python.
+
+The tests and ``benchmarks/bench_serving.py`` talk to the real scoring server through this one
+helper; a user can do the same to try a registered model before deploying it::
+
+    with ScoringServer("models:/convlstm-precipitation@champion") as server:
+        status, answer = server.post({"inputs": window.tolist()})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+HOST = "127.0.0.1"
+# No proxy, whatever the environment says: the server is on this machine.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ServerError(RuntimeError):
+    """The scoring server did not come up; the message holds the end of its log."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def post(url: str, body: object, timeout_s: float = 60.0) -> tuple[int, dict]:
+    """POST a JSON body (or raw bytes) to ``url``; the HTTP status and the decoded answer."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with _OPENER.open(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+class ScoringServer:
+    """``mlflow models serve -m <uri> --env-manager local`` on ``host`` at a free port, as a context manager.
+
+    The server runs in its own process group with its output in ``log_path``; leaving the context
+    stops it (and anything it started) even when the block failed.
+    """
+
+    def __init__(self, model_uri: str, log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, host: str = HOST, start_timeout_s: float = 90.0) -> None:
+        self.model_uri = model_uri
+        self.log_path = Path(log_path)
+        self.env = env
+        self.cwd = cwd
+        self.host = host
+        self.start_timeout_s = start_timeout_s
+        self.port = free_port(host)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def post(self, body: object, timeout_s: float = 60.0) -> tuple[int, dict]:
+        """POST to ``/invocations``."""
+        return post(f"{self.url}/invocations", body, timeout_s)
+
+    def __enter__(self) -> "ScoringServer":
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "models", "serve", "-m", self.model_uri, "--env-manager", "local",
+                 "-h", self.host, "-p", str(self.port)],
+                cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    def _wait_until_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with _OPENER.open(f"{self.url}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        raise ServerError(f"`mlflow models serve -m {self.model_uri}` did not answer /ping within "
+                          f"{self.start_timeout_s:g} s (exit code {self.process.poll()}); its log "
+                          f"{self.log_path}:\n{self.log_path.read_text()[-5000:]}")
+
+    def stop(self) -> None:
+        """Terminate the server (mlflow passes the signal on to uvicorn); kill its process group if it lingers."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # anything of the group still alive (ours: start_new_session)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.wait(timeout=20)
+        self.process = None
