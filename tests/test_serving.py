@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from io import BytesIO
 from pathlib import Path
 
 import mlflow
 import mlflow.tracking._tracking_service.utils as tracking_utils
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from mlflow.tracking import MlflowClient
@@ -26,7 +28,7 @@ from convlstm.data.stacking import stack_channels
 from convlstm.data.synthetic import write_demo_dataset
 from convlstm.inference import ForecastModel, load_forecast_model
 from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
-from convlstm.serving import ScoringServer
+from convlstm.serving import PARQUET_CONTENT_TYPE, ScoringServer, request_body, request_parquet
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +98,13 @@ def test_served_forecast_equals_the_model_in_process(server, trained, raw: xr.Da
     assert (served >= 0).all()
     np.testing.assert_allclose(served, in_process.predict(window), rtol=0, atol=1e-5)
     np.testing.assert_allclose(served, forecast.predict_stacked(window), rtol=0, atol=1e-5)
+    # the compact encoding a client gets from request_body gives the very same answer
+    status, compact = server.post(request_body(window, key))
+    assert status == 200
+    np.testing.assert_array_equal(np.asarray(compact["predictions"], dtype=np.float32), served)
+    status, parquet = server.post(request_parquet(window), content_type=PARQUET_CONTENT_TYPE)
+    assert status == 200, parquet
+    np.testing.assert_array_equal(np.asarray(parquet["predictions"], dtype=np.float32), served)
     # the forecast of each window does not depend on the others sent with it
     status, single = server.post({key: window[1:2].tolist()})
     assert status == 200
@@ -151,3 +160,16 @@ def test_server_keeps_serving_after_bad_requests(server, trained, raw: xr.Datase
     np.testing.assert_allclose(np.asarray(answer["predictions"]), forecast.predict_stacked(window), rtol=0, atol=1e-5)
     assert server.process.poll() is None
     assert "Traceback" not in server.log_path.read_text()
+
+
+def test_bad_parquet_request_is_a_400_saying_what_was_expected(server, trained, raw: xr.Dataset) -> None:
+    window = windows(raw, trained["forecast"], [0])  # type: ignore[arg-type]
+    status, answer = server.post(request_parquet(window[:, :5]), content_type=PARQUET_CONTENT_TYPE)
+    assert status == 400 and "expected shape" in answer["message"] and EXPECTED_SHAPE in answer["message"]
+    poisoned = window.copy()
+    poisoned[0, 1, 2, 0, 0] = np.nan
+    buffer = BytesIO()
+    pd.DataFrame({"windows": list(poisoned.reshape(1, -1))}).to_parquet(buffer)
+    status, answer = server.post(buffer.getvalue(), content_type=PARQUET_CONTENT_TYPE)
+    assert status == 400 and "NaN or infinite" in answer["message"]
+    assert server.process.poll() is None

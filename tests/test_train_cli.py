@@ -35,7 +35,8 @@ from convlstm.training.checkpoint import LAST_NAME, load_checkpoint
 from entrypoints.train import build_options, train
 
 TINY_ARGS = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1"]
-EPOCH_METRICS = ("train_loss", "val_loss", "val_rmse_mm", "val_mae_mm", "lr", "epoch_time_s")
+EPOCH_METRICS = ("train_loss", "val_loss", "val_rmse_mm", "val_mae_mm", "lr", "epoch_time_s", "train_step_time_s",
+                 "val_time_s")
 ARTIFACTS = {"checkpoints/best_model.pt", "checkpoints/last.pt", "normalizer.pkl", "config.json", "training.log",
              "loss_curve.png", "precipitation_maps.png"}
 #: Flags that choose how to run or where to record rather than what is trained: not logged as params.

@@ -92,8 +92,11 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert not different, f"weights differ in {different}"
 
 
+TIMING_METRICS = {"epoch_time_s", "train_step_time_s", "val_time_s"}
+
+
 def without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{key: value for key, value in row.items() if key != "epoch_time_s"} for row in history]
+    return [{key: value for key, value in row.items() if key not in TIMING_METRICS} for row in history]
 
 
 class StopAfter(TrainingCallback):
@@ -138,6 +141,9 @@ def test_run_training_writes_every_output(trained) -> None:
         assert (output_dir / figure).read_bytes().startswith(PNG_SIGNATURE)
     assert {path.name for path in outcome.files} >= {NORMALIZER_NAME, CONFIG_NAME, LOSS_CURVE_NAME, MAPS_NAME}
     assert outcome.state.epoch == 3 and [row["epoch"] for row in outcome.state.history] == [1, 2, 3]
+    for row in outcome.state.history:  # the epoch's time split: steps and validation within the epoch's total
+        assert 0 < row["train_step_time_s"] and 0 < row["val_time_s"]
+        assert row["train_step_time_s"] + row["val_time_s"] <= row["epoch_time_s"]
     assert set(outcome.test_scores) == {"test_loss", "test_rmse_mm", "test_mae_mm"}
     assert all(math.isfinite(value) for value in outcome.test_scores.values())
 

@@ -31,6 +31,8 @@ from convlstm.training.loss import WeightedPrecipitationLoss
 
 logger = logging.getLogger(__name__)
 
+EVAL_BATCH_FACTOR = 4  # evaluation batches hold this many times the training batch size
+
 
 class TrainingCallback:
     """Receives the trainer's events; the default does nothing, subclasses override what they need."""
@@ -96,14 +98,16 @@ class Trainer:
     # ---- public API -------------------------------------------------------------------------
     def fit(self, train_data: Dataset, val_data: ConvLSTMDataset) -> TrainingState:
         """Train until ``num_epochs`` or early stopping, from the current state (fresh or resumed)."""
-        loader = self.loader(train_data, shuffle=True)
+        loader = self._loader(train_data, shuffle=True)
         if len(loader) == 0:
             raise ValueError("The training split has no windows.")
         while self.state.epoch < self.config.num_epochs and not self.state.stopped_early:
             epoch = self.state.epoch + 1
             started = time.perf_counter()
-            train_loss = self.train_epoch(loader, epoch)
+            train_loss, step_time = self._train_epoch(loader, epoch)
+            validation_started = time.perf_counter()
             scores = self.evaluate(val_data)
+            validation_time = time.perf_counter() - validation_started
             if len(val_data) and not math.isfinite(scores["loss"]):  # type: ignore[arg-type]
                 # The last optimizer step of the epoch can leave non-finite weights that no training batch
                 # saw; refuse them here, before they overwrite last.pt (the "last good checkpoint").
@@ -119,6 +123,9 @@ class Trainer:
                 "val_mae_mm": scores["mae_mm"],
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "epoch_time_s": time.perf_counter() - started,
+                # where an epoch goes: the model's own steps, and validation (the rest is loading and upkeep)
+                "train_step_time_s": step_time,
+                "val_time_s": validation_time,
             }
             self.scheduler.step()
             self._end_epoch(epoch, metrics)
@@ -136,7 +143,8 @@ class Trainer:
         """Weighted loss (normalized space) and RMSE / MAE in mm on the downstream cells."""
         self.model.eval()
         loss_sum, sq_sum, abs_sum, n_cells, n_windows = 0.0, 0.0, 0.0, 0, 0
-        for inputs, targets in data.window_batches(self.config.batch_size):
+        # No activations are kept for backward here, so a larger batch fits in a training batch's memory.
+        for inputs, targets in data.window_batches(EVAL_BATCH_FACTOR * self.config.batch_size):
             inputs, targets = self._to_device(inputs, targets)
             prediction = self._forward(inputs)
             loss_sum += float(self.criterion(prediction, targets)) * len(targets)
@@ -176,7 +184,7 @@ class Trainer:
                     self.state.best_val_loss, self.state.best_epoch)
 
     # ---- internals --------------------------------------------------------------------------
-    def loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
             data, batch_size=self.config.batch_size, shuffle=shuffle, generator=self.generator if shuffle else None,
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
@@ -190,16 +198,17 @@ class Trainer:
     def _forward(self, inputs: torch.Tensor | WindowBatch) -> torch.Tensor:
         return forward_downstream(self.model, inputs, self.downstream_columns, self.amp_dtype)
 
-    def train_epoch(self, loader: DataLoader | Sequence[tuple[torch.Tensor, torch.Tensor]], epoch: int) -> float:
-        """One pass of optimizer steps over ``loader``; the mean loss. ``benchmarks/bench_epoch.py`` passes
-        a list of pre-loaded batches to time the pure model steps of an epoch."""
+    def _train_epoch(self, loader: DataLoader, epoch: int) -> tuple[float, float]:
+        """One pass of optimizer steps over ``loader``: the mean loss, and the seconds spent in the steps
+        themselves (forward, backward, optimizer; not loading batches)."""
         self.model.train()
         accumulate = self.config.gradient_accumulation_steps
-        total, count = 0.0, 0
+        total, count, step_time = 0.0, 0, 0.0
         self.optimizer.zero_grad(set_to_none=True)
         progress = tqdm(loader, desc=f"epoch {epoch}/{self.config.num_epochs}", leave=False, dynamic_ncols=True, disable=None)
         for batch_index, (inputs, targets) in enumerate(progress):
             inputs, targets = self._to_device(inputs, targets)
+            step_started = time.perf_counter()
             loss = self.criterion(self._forward(inputs), targets)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
@@ -216,10 +225,13 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.state.global_step += 1
+            # Each step ends in float(loss), which waits for the device, so on a GPU too the sum is right
+            # to within the last step's backward.
+            step_time += time.perf_counter() - step_started
             total += loss_value * len(targets)
             count += len(targets)
             progress.set_postfix(loss=f"{total / count:.4f}")
-        return total / count
+        return total / count, step_time
 
     def _end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Update the state and write checkpoints: best (on improvement), periodic, and last."""
