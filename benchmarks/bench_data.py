@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from harness import Target, fmt_table, print_header, report_targets, set_threads, time_interleaved, write_json
+from harness import Target, finish, fmt_table, print_header, set_threads, time_interleaved
 
 from convlstm.data.prepare import PreparedData, prepare_data
 from convlstm.data.regions import RegionConfig
@@ -111,11 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     print(fmt_table(["grid", "C x H x W (input)", "windows tr/va/te", "ready (median)", "loader windows/s",
                      "train samples/s", "ratio", "peak RSS GiB"], rows))
     print("ready = open + validate + split + fit + normalize + stack every split; peak RSS is the process's so far.")
-    report_targets(targets)
     out["results"] = results
-    out["targets"] = [t.__dict__ | {"met": t.met} for t in targets]
-    write_json(args.json, out)
-    return 0
+    return finish(targets, out, args.json)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import REPO, Target, fmt_table, print_header, report_targets, write_json
+from harness import REPO, Target, finish, fmt_table, print_header
 
 OVERHEAD_TARGET_PCT = 10.0
 EXPERIMENT = "bench-epoch"
@@ -109,11 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"medians over epochs 2..{args.epochs}. rest of loop: loading batches, progress bar; after epoch: checkpoints,\n"
           "MLflow logging. set-up (data, before epoch 1) and finish (test scores, plots, model packaging and\n"
           "registration) happen once per run.")
-    report_targets(targets)
     out["results"] = results
-    out["targets"] = [t.__dict__ | {"met": t.met} for t in targets]
-    write_json(args.json, out)
-    return 0
+    return finish(targets, out, args.json)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from harness import Target, finish, fmt_table, iqr_pct, matmul_rate, print_header, set_threads, time_interleaved
 from torch import Tensor, nn
-
-from harness import (Target, fmt_table, iqr_pct, matmul_rate, print_header, report_targets, set_threads,
-                     time_interleaved, write_json)
 
 from convlstm.model import ConvLSTMUNet
 
@@ -377,10 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     mm_after = matmul_rate(repeats=2 if args.quick else 5)
     print(f"\nmatmul after the run: {mm_after / 1e9:.0f} GFLOP/s; total time {time.perf_counter() - started:.0f} s")
     out["matmul_gflops"] = [mm_rate / 1e9, mm_after / 1e9]
-    report_targets(targets)
-    out["targets"] = [t.__dict__ | {"met": t.met} for t in targets]
-    write_json(args.json, out)
-    return 0
+    return finish(targets, out, args.json)
 
 
 if __name__ == "__main__":

@@ -30,16 +30,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from harness import REPO, Target, fmt_table, percentile, print_header, report_targets, set_threads, write_json
+from harness import REPO, Target, finish, fmt_table, percentile, print_header, set_threads
 
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import open_dataset
 from convlstm.data.stacking import stack_channels
 from convlstm.data.synthetic import demo_data_path
 from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
-from convlstm.serving import (JSON_CONTENT_TYPE, PARQUET_CONTENT_TYPE, ScoringServer, request_body,
-                              request_parquet)
+from convlstm.serving import JSON_CONTENT_TYPE, PARQUET_CONTENT_TYPE, ScoringServer, request_body, request_parquet
 
 SERVING_FACTOR = 2.0
 SERVING_SLACK_S = 0.050
@@ -126,11 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     # The library's two client encodings are held to the target; plain json is shown for comparison only.
     targets = [Target(f"{args.experiment}: {name} p50 / (2 x in-process p50 + 50 ms)", p50[name] / bound, 1.0,
                       at_least=False) for name in bodies if name != "served, plain json"]
-    report_targets(targets)
     out.update({"request_shape": list(window.shape), "request_bytes": {k: len(v[0]) for k, v in bodies.items()},
-                "latencies_s": latencies, "targets": [t.__dict__ | {"met": t.met} for t in targets]})
-    write_json(args.json, out)
-    return 0
+                "latencies_s": latencies})
+    return finish(targets, out, args.json)
 
 
 if __name__ == "__main__":

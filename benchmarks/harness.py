@@ -141,15 +141,15 @@ class Target:
         return f"{self.name:<58} {self.measured:8.2f}{self.unit:<2} (target {sign} {self.threshold:g}{self.unit})  {verdict}"
 
 
-def report_targets(targets: list[Target]) -> None:
+def finish(targets: list[Target], out: dict, json_path: Path | None) -> int:
+    """Print the targets, add them to ``out`` and write it to ``json_path`` (when given); the exit code."""
     print("\nTargets")
     for target in targets:
         print("  " + target.line())
-
-
-def write_json(path: Path | None, payload: dict) -> None:
-    if path is not None:
-        path.write_text(json.dumps(payload, indent=2, default=str))
+    out["targets"] = [t.__dict__ | {"met": t.met} for t in targets]
+    if json_path is not None:
+        json_path.write_text(json.dumps(out, indent=2, default=str))
+    return 0
 
 
 def set_threads(threads: int | None) -> None:

@@ -107,9 +107,11 @@ class ConvLSTMCell(nn.Module):
         """
         hd = self.hidden_dim
         gates = projected_t if state is None else projected_t + self.hidden_conv(state[0])
-        sig = torch.sigmoid(gates[:, : 3 * hd])  # i, f, o in one call
-        i, f, o = sig[:, :hd], sig[:, hd : 2 * hd], sig[:, 2 * hd :]
-        g = torch.tanh(gates[:, 3 * hd :])
+        # split, not slicing: backward joins the pieces' gradients in one cat instead of zero-filling
+        # a full-size gradient per slice
+        ifo, g = gates.split([3 * hd, hd], dim=1)
+        i, f, o = torch.sigmoid(ifo).split(hd, dim=1)  # i, f, o in one call
+        g = torch.tanh(g)
         c_next = i * g if state is None else torch.addcmul(f * state[1], i, g)
         return o * torch.tanh(c_next), c_next
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 import xarray as xr
 
 from convlstm.data.schema import CF_ATTRS, LEVEL_VARIABLES, PRECIPITATION
+from convlstm.data.synthetic import write_demo_dataset
+from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,6 +34,62 @@ def subprocess_env(directory: Path) -> dict[str, str]:
     })
     (directory / "tmp").mkdir(parents=True, exist_ok=True)
     return env
+
+
+def run_module(directory: Path, module: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` from ``directory`` against its tracking store."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=directory, env=subprocess_env(directory),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class Workspace:
+    """A temporary directory with tiny demo data, its own tracking store, and tiny baseline and upstream
+    models trained through the train entry point (``train()``), for the end-to-end tests."""
+
+    EXPERIMENT = "t"
+    KINDS = ("baseline", "upstream")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tiny = root / "tiny.nc"
+        self.train_dirs = {kind: root / f"train-{kind}" for kind in self.KINDS}
+        self.run_ids: dict[str, str] = {}
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root}/mlflow.db"
+
+    def client(self):  # noqa: ANN201 - MlflowClient, imported lazily
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def experiment_id(self) -> str:
+        return self.client().get_experiment_by_name(self.EXPERIMENT).experiment_id
+
+    def runs(self, filter_string: str = "") -> list:
+        return self.client().search_runs([self.experiment_id()], filter_string, max_results=1000)
+
+    def model_version(self, kind: str) -> str:
+        (version,) = self.client().search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}' and run_id='{self.run_ids[kind]}'")
+        return version.version
+
+    def train(self) -> "Workspace":
+        """Write the tiny demo file and train both models on it (2 epochs, hidden 4 8); nothing lands in the repo."""
+        absent = [name for name in ("mlruns", "mlflow.db", "outputs") if not (REPO / name).exists()]
+        write_demo_dataset(self.tiny, years=0.2, resolution=5.0)
+        for kind in self.KINDS:
+            done = run_module(self.root, "entrypoints.train", "--data", self.tiny,
+                              *(["--include-upstream"] if kind == "upstream" else []), "--hidden-channels", "4", "8",
+                              "--num-epochs", "2", "--batch-size", "8", "--output-dir", self.train_dirs[kind],
+                              "--experiment-name", self.EXPERIMENT)
+            assert done.returncode == 0, done.stderr[-3000:]
+            (run,) = self.runs(f"tags.experiment_type = '{kind}'")
+            assert run.info.status == "FINISHED"
+            self.run_ids[kind] = run.info.run_id
+        assert not [name for name in absent if (REPO / name).exists()], "training wrote into the repository"
+        assert (self.root / "mlruns").is_dir()
+        return self
 
 
 def assert_png(path: Path) -> None:

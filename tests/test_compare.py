@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from mlflow.tracking import MlflowClient
 
-from conftest import REPO, assert_png, subprocess_env
+from conftest import REPO, Workspace, assert_png, run_module, subprocess_env
 from convlstm.cli import run_cli
 from convlstm.comparison import (
     REPORT_NAME,
@@ -33,65 +32,26 @@ from convlstm.comparison import (
     inputs_from_models,
 )
 from convlstm.data.schema import PRECIPITATION, open_dataset
-from convlstm.data.synthetic import write_demo_dataset
 from convlstm.errors import DataError
 from convlstm.inference import PREDICTIONS_NAME, ForecastModel, load_forecast_model
 from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
 from convlstm.verification import DEFAULT_THRESHOLDS_MM, continuous_scores
 from entrypoints.compare import compare as compare_command
 
-EXPERIMENTS = ("baseline", "upstream")
+EXPERIMENTS = Workspace.KINDS
 FORECASTS = ("baseline", "upstream", "persistence", "climatology")
 FIGURES = ("rmse_difference_map.png", "case_maps.png", "csi_bars.png", "performance_diagram.png", "error_by_time.png")
 CONTINUOUS = ("rmse_mm", "mae_mm", "bias_mm", "correlation", "rmse_latw_mm")
 N_BOOT = 200
-EXPERIMENT = "t"
+EXPERIMENT = Workspace.EXPERIMENT
 
 
 # ---------------------------------------------------------------------------------------------- fixtures and helpers
 
 
-def run_module(directory: Path, module: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m MODULE ARGS`` from ``directory`` against its tracking store."""
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=directory, env=subprocess_env(directory),
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-class Workspace:
-    """The temporary directory holding the data, the tracking store and the two trained models."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.tiny = root / "tiny.nc"
-        self.train_dirs = {kind: root / f"train-{kind}" for kind in EXPERIMENTS}
-        self.run_ids: dict[str, str] = {}
-
-    def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=f"sqlite:///{self.root}/mlflow.db")
-
-    def experiment_id(self) -> str:
-        return self.client().get_experiment_by_name(EXPERIMENT).experiment_id
-
-    def runs(self, filter_string: str = "") -> list:
-        return self.client().search_runs([self.experiment_id()], filter_string, max_results=1000)
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    workspace = Workspace(tmp_path_factory.mktemp("compare"))
-    absent = [name for name in ("mlruns", "mlflow.db", "outputs") if not (REPO / name).exists()]
-    write_demo_dataset(workspace.tiny, years=0.2, resolution=5.0)
-    for kind in EXPERIMENTS:
-        done = run_module(workspace.root, "entrypoints.train", "--data", workspace.tiny,
-                          *(["--include-upstream"] if kind == "upstream" else []), "--hidden-channels", "4", "8",
-                          "--num-epochs", "2", "--batch-size", "8", "--output-dir", workspace.train_dirs[kind],
-                          "--experiment-name", EXPERIMENT)
-        assert done.returncode == 0, done.stderr[-3000:]
-        (run,) = workspace.runs(f"tags.experiment_type = '{kind}'")
-        assert run.info.status == "FINISHED"
-        workspace.run_ids[kind] = run.info.run_id
-    assert not [name for name in absent if (REPO / name).exists()], "training wrote into the repository"
-    return workspace
+    return Workspace(tmp_path_factory.mktemp("compare")).train()
 
 
 @pytest.fixture(scope="module")

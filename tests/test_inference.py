@@ -9,8 +9,6 @@ nothing is written into the repository); every test reuses them.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -21,13 +19,13 @@ import torch
 import xarray as xr
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, subprocess_env
+from conftest import Workspace, run_module
 from convlstm.cli import run_cli
 from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.regions import crop_regions
 from convlstm.data.schema import PRECIPITATION, STANDARD_GRAVITY, open_dataset
 from convlstm.data.stacking import channel_names, stack_channels
-from convlstm.data.synthetic import DEMO_LEVELS, write_demo_dataset
+from convlstm.data.synthetic import DEMO_LEVELS
 from convlstm.data.thermo import saturation_vapour_pressure
 from convlstm.errors import DataError
 from convlstm.inference import (
@@ -56,50 +54,9 @@ PRECIP_STANDARD_NAME = "lwe_thickness_of_precipitation_amount"
 # ---------------------------------------------------------------------------------------------- fixtures and helpers
 
 
-def run_module(directory: Path, module: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m MODULE ARGS`` from ``directory`` against its tracking store."""
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=directory, env=subprocess_env(directory),
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-class Workspace:
-    """The temporary directory holding the data, the tracking store and the trained models."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.tiny = root / "tiny.nc"
-        self.train_dirs = {"upstream": root / "train", "baseline": root / "train-baseline"}
-        self.run_ids: dict[str, str] = {}
-
-    @property
-    def tracking_uri(self) -> str:
-        return f"sqlite:///{self.root}/mlflow.db"
-
-    def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.tracking_uri)
-
-    def model_version(self, kind: str) -> str:
-        (version,) = self.client().search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}' and run_id='{self.run_ids[kind]}'")
-        return version.version
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    workspace = Workspace(tmp_path_factory.mktemp("inference"))
-    absent = [name for name in ("mlruns", "mlflow.db", "outputs") if not (REPO / name).exists()]
-    write_demo_dataset(workspace.tiny, years=0.2, resolution=5.0)
-    for kind, upstream in (("upstream", True), ("baseline", False)):
-        done = run_module(workspace.root, "entrypoints.train", "--data", workspace.tiny,
-                          *(["--include-upstream"] if upstream else []), "--hidden-channels", "4", "8",
-                          "--num-epochs", "2", "--batch-size", "8", "--output-dir", workspace.train_dirs[kind],
-                          "--experiment-name", "t")
-        assert done.returncode == 0, done.stderr[-3000:]
-        (run,) = workspace.client().search_runs(
-            [workspace.client().get_experiment_by_name("t").experiment_id], f"tags.experiment_type = '{kind}'")
-        workspace.run_ids[kind] = run.info.run_id
-    assert not [name for name in absent if (REPO / name).exists()], "training wrote into the repository"
-    assert (workspace.root / "mlruns").is_dir()
-    return workspace
+    return Workspace(tmp_path_factory.mktemp("inference")).train()
 
 
 @pytest.fixture(scope="module")
