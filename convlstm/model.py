@@ -125,7 +125,7 @@ class ConvLSTMCell(nn.Module):
         Outputs have shape ``[B, T, hidden_dim, H, W]`` (``[T, B, H, W, C]`` memory). A missing
         ``state`` starts from zeros.
         """
-        return self.recur(self._projections(x_seq), state)
+        return self.recur(self.projected_steps(x_seq), state)
 
     def recur(self, projections: Iterable[Tensor], state: State | None = None) -> tuple[Tensor, State]:
         """Run the recurrence over inputs already projected (one ``[B, 4*hidden_dim, H, W]`` per step)."""
@@ -137,7 +137,7 @@ class ConvLSTMCell(nn.Module):
             raise ValueError("a sequence needs at least one timestep")
         return _stack_time(outputs), state
 
-    def _projections(self, x_seq: Tensor) -> Iterator[Tensor]:
+    def projected_steps(self, x_seq: Tensor) -> Iterator[Tensor]:
         """Projected inputs ``[B, 4*hidden_dim, H, W]`` step by step, computed in as few batched calls as pay."""
         b, t, _, h, w = x_seq.shape
         chunk = t
@@ -238,7 +238,7 @@ class ConvLSTMUNet(nn.Module):
                 f"expected input of shape [B, T, {self.input_channels}, H, W] "
                 f"(batch, time >= 1, channels, height, width), got {list(x.shape)}"
             )
-        return self._run(self.encoders[0]._projections(_channels_last(x)))
+        return self._run(self.encoders[0].projected_steps(_channels_last(x)))
 
     def forward_windows(self, frames: Tensor, starts: Tensor, window_size: int) -> Tensor:
         """``forward`` of the windows ``frames[s : s + window_size]`` for each ``s`` in ``starts``.
