@@ -52,11 +52,7 @@ class MlflowTracker(TrainingCallback):
 
     def on_data_ready(self, data_info: dict[str, Any]) -> None:
         """Log every option and the derived shapes as params, and the data file as the run's input."""
-        existing = self.client.get_run(self.run_id).data.params
-        params = {**self.options.to_params(), "output_dir": str(self.options.output_dir), **data_info}
-        new = {key: value for key, value in params.items() if key not in existing}
-        if new:
-            mlflow.log_params(new)
+        _log_new_params(self.run_id, {**self.options.to_params(), "output_dir": str(self.options.output_dir), **data_info})
         source = LocalArtifactDatasetSource(str(Path(data_info["data_path"]).resolve()))
         dataset = MetaDataset(source, name=Path(data_info["data_path"]).name, digest=data_info["data_digest"])
         mlflow.log_input(dataset, context="training")
@@ -100,6 +96,15 @@ class MlflowTracker(TrainingCallback):
                             f"(test RMSE {outcome.test_scores.get('test_rmse_mm', float('nan')):.3f} mm)")
             mlflow.set_tag("registered_model", f"{self.registered_model_name}/{version}")
             logger.info("Registered model %s version %s.", self.registered_model_name, version)
+
+
+def _log_new_params(run_id: str, params: dict[str, Any]) -> None:
+    """Log the params the run does not have yet: under `mlflow run` the launcher has already logged the
+    -P values (e.g. ``data=''``) and MLflow refuses to change a param; a resumed run has them all."""
+    existing = MlflowClient().get_run(run_id).data.params
+    new = {key: value for key, value in params.items() if key not in existing}
+    if new:
+        mlflow.log_params(new)
 
 
 def _scratch_dir(prefix: str) -> str:
@@ -273,12 +278,7 @@ def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
     them in the MLflow UI's compare view lines every forecast up side by side.
     """
     parent = mlflow.active_run().info.run_id
-    # Under `mlflow run` the launcher has already logged the -P values (e.g. baseline=''); MLflow refuses
-    # to change a param, so only the ones not there yet are added (the resolved run ids are tags).
-    existing = MlflowClient().get_run(parent).data.params
-    new = {key: value for key, value in params.items() if key not in existing}
-    if new:
-        mlflow.log_params(new)
+    _log_new_params(parent, params)  # the resolved run ids are tags
     flat: dict[str, float] = {}
     for key, diff in result.differences.items():
         flat[f"delta_{key}"] = diff["estimate"]

@@ -152,70 +152,50 @@ def input_grid(dataset: ConvLSTMDataset) -> dict[str, Any]:
             "downstream_columns": [columns.start, columns.stop]}
 
 
-def prepare_experiment_data(options: TrainOptions, normalizer: ConvLSTMNormalizer | None = None
-                            ) -> tuple[Path, PreparedData]:
-    """The data file of ``options`` (the demo when none is given) prepared as the run trains on it."""
-    config = options.config
-    data_path = Path(options.data) if options.data else demo_data_path()
-    prepared = prepare_data(
-        data_path, options.regions, options.include_upstream, config.window_size, config.target_offset,
-        config.train_ratio, config.val_ratio, normalizer=normalizer, nan_policy=options.nan_policy,  # type: ignore[arg-type]
-    )
-    return data_path, prepared
-
-
-def build_trainer(options: TrainOptions, prepared: PreparedData, data_info: dict[str, Any],
-                  callbacks: list[TrainingCallback] | None = None) -> Trainer:
-    """A fresh model and its trainer, configured by ``options`` for the prepared data."""
-    config = options.config
-    model = ConvLSTMUNet(config.input_channels, config.hidden_channels, config.output_channels, config.kernel_size)
-    return Trainer(
-        model, config, prepared.normalizer, prepared.train.downstream_columns, select_device(options.device),
-        Path(options.output_dir),
-        metadata={**options.checkpoint_metadata(), "normalizer": prepared.normalizer.to_dict(),
-                  "data_digest": data_info["data_digest"], "input_grid": input_grid(prepared.train)},
-        callbacks=callbacks or [], num_workers=options.num_workers, pin_memory=options.pin_memory,
-    )
-
-
-def with_data_shapes(options: TrainOptions, data_info: dict[str, Any]) -> TrainOptions:
-    """``options`` with the input channels the data has (``C = 5 × levels + 1``, never assumed)."""
-    config = dataclasses.replace(options.config, input_channels=int(data_info["input_channels"]))
-    return dataclasses.replace(options, config=config)
-
-
 def run_training(options: TrainOptions, callbacks: list[TrainingCallback] | None = None,
                  on_data_ready: Callable[[dict[str, Any]], None] | None = None) -> TrainingOutcome:
     """Train one experiment; ``on_data_ready(data_info)`` is called once the data is prepared."""
+    callbacks = callbacks or []
     output_dir = Path(options.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(options.config.seed)
-    select_device(options.device)  # a missing device is refused before any data work
+    config = options.config
+    torch.manual_seed(config.seed)
+    device = select_device(options.device)
+    data_path = Path(options.data) if options.data else demo_data_path()
 
     resumed_normalizer = None
     if options.resume_from:
         resumed_normalizer = ConvLSTMNormalizer.from_dict(load_checkpoint(options.resume_from)["normalizer"])
-    data_path, prepared = prepare_experiment_data(options, resumed_normalizer)
+    prepared = prepare_data(
+        data_path, options.regions, options.include_upstream, config.window_size, config.target_offset,
+        config.train_ratio, config.val_ratio, normalizer=resumed_normalizer, nan_policy=options.nan_policy,  # type: ignore[arg-type]
+    )
     data_info = describe_data(data_path, prepared)
-    options = with_data_shapes(options, data_info)
+    config = dataclasses.replace(config, input_channels=int(data_info["input_channels"]))
+    options = dataclasses.replace(options, config=config)
     if on_data_ready is not None:
         on_data_ready(data_info)
+    logger.info("%s experiment on %s: input %s×%s×%s, windows train/val/test = %s/%s/%s, device %s",
+                options.experiment_type, data_path, data_info["input_channels"], data_info["input_height"],
+                data_info["input_width"], data_info["n_windows_train"], data_info["n_windows_val"],
+                data_info["n_windows_test"], device)
 
     prepared.normalizer.save(output_dir / NORMALIZER_NAME)
     atomic_write_bytes(output_dir / CONFIG_NAME, json.dumps(
         {**options.checkpoint_metadata(), "data_info": data_info}, indent=2, default=str).encode())
 
-    trainer = build_trainer(options, prepared, data_info, callbacks)
-    logger.info("%s experiment on %s: input %s×%s×%s, windows train/val/test = %s/%s/%s, device %s",
-                options.experiment_type, data_path, data_info["input_channels"], data_info["input_height"],
-                data_info["input_width"], data_info["n_windows_train"], data_info["n_windows_val"],
-                data_info["n_windows_test"], trainer.device)
+    model = ConvLSTMUNet(config.input_channels, config.hidden_channels, config.output_channels, config.kernel_size)
+    trainer = Trainer(
+        model, config, prepared.normalizer, prepared.train.downstream_columns, device, output_dir,
+        metadata={**options.checkpoint_metadata(), "normalizer": prepared.normalizer.to_dict(),
+                  "data_digest": data_info["data_digest"], "input_grid": input_grid(prepared.train)},
+        callbacks=callbacks, num_workers=options.num_workers, pin_memory=options.pin_memory,
+    )
     if options.resume_from:
         trainer.restore(Path(options.resume_from))
     state = trainer.fit(prepared.train, prepared.val)
 
-    model = trainer.model
-    best = load_checkpoint(output_dir / BEST_NAME, map_location=trainer.device)
+    best = load_checkpoint(output_dir / BEST_NAME, map_location=device)
     model.load_state_dict(best["model_state_dict"])
     test_scores = {}
     if prepared.test is not None:
