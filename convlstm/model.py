@@ -112,7 +112,12 @@ class ConvLSTMCell(nn.Module):
         ifo, g = gates.split([3 * hd, hd], dim=1)
         i, f, o = torch.sigmoid(ifo).split(hd, dim=1)  # i, f, o in one call
         g = torch.tanh(g)
-        c_next = i * g if state is None else torch.addcmul(f * state[1], i, g)
+        if state is None:
+            # In the parameters' dtype, as the zero state would have been: under autocast the cell state
+            # stays in full precision while the convolutions run in low precision.
+            c_next = (i * g).to(self.input_conv.weight.dtype)
+        else:
+            c_next = torch.addcmul(f * state[1], i, g)
         return o * torch.tanh(c_next), c_next
 
     def forward(self, input_tensor: Tensor, cur_state: State) -> State:

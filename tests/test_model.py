@@ -292,6 +292,15 @@ def test_unet_runs_under_autocast() -> None:
     torch.testing.assert_close(out.float(), model(x), atol=5e-2, rtol=5e-2)
 
 
+def test_cell_state_stays_in_the_parameters_dtype_under_autocast() -> None:
+    # Low-precision convolutions, full-precision memory: the cell state accumulates over the window.
+    cell = ConvLSTMCell(2, 3)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        for state in (None, cell.init_hidden(1, 5, 5)):
+            _, (h, c) = cell.forward_sequence(torch.randn(1, 3, 2, 5, 5), state)
+            assert c.dtype == torch.float32 and h.dtype == torch.float32
+
+
 @pytest.mark.parametrize("hidden", [[8], [8, 16], [8, 16, 32]])
 def test_head_starts_active_so_relu_passes_gradient(hidden: list[int]) -> None:
     """Regression: a head that starts negative everywhere outputs zeros and never learns."""
