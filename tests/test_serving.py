@@ -8,8 +8,6 @@ ones an HTTP 400 that says what was expected, and the server must keep serving a
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from io import BytesIO
 from pathlib import Path
 
@@ -19,13 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from mlflow.tracking import MlflowClient
 
-from conftest import subprocess_env
+from conftest import Workspace, subprocess_env
 from convlstm.data.regions import crop_regions
 from convlstm.data.schema import open_dataset
 from convlstm.data.stacking import stack_channels
-from convlstm.data.synthetic import write_demo_dataset
 from convlstm.inference import ForecastModel, load_forecast_model
 from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
 from convlstm.serving import PARQUET_CONTENT_TYPE, ScoringServer, request_body, request_parquet
@@ -37,18 +33,10 @@ EXPECTED_SHAPE = "(-1, 6, 56, 4, 12)"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """One tiny upstream model, trained and registered through the train entry point."""
-    root = tmp_path_factory.mktemp("serving")
-    tiny = write_demo_dataset(root / "tiny.nc", years=0.2, resolution=5.0)
-    done = subprocess.run(
-        [sys.executable, "-m", "entrypoints.train", "--data", str(tiny), "--include-upstream", "--hidden-channels", "4", "8",
-         "--num-epochs", "2", "--batch-size", "8", "--output-dir", str(root / "train"), "--experiment-name", "t"],
-        cwd=root, env=subprocess_env(root), capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    (version,) = client.search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}'")
-    return {"root": root, "tiny": tiny, "uri": f"models:/{DEFAULT_REGISTERED_NAME}/{version.version}",
-            "forecast": load_forecast_model(root / "train")}
+    """The tiny upstream model of a trained workspace, registered through the train entry point."""
+    ws = Workspace(tmp_path_factory.mktemp("serving")).train()
+    return {"root": ws.root, "tiny": ws.tiny, "uri": f"models:/{DEFAULT_REGISTERED_NAME}/{ws.model_version('upstream')}",
+            "forecast": load_forecast_model(ws.train_dirs["upstream"])}
 
 
 @pytest.fixture(scope="module")
