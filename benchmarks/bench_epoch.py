@@ -20,31 +20,22 @@ the rest of the training loop (loading batches, progress bar) and what follows t
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import REPO, Target, finish, fmt_table, print_header
+from harness import Target, finish, fmt_table, print_header, run_train
 
 OVERHEAD_TARGET_PCT = 10.0
 EXPERIMENT = "bench-epoch"
 
 
-def run_train(experiment: str, epochs: int, root: Path) -> str:
-    """The train command, defaults but the epoch count, in ``root``; its MLflow run id."""
+def train_run_id(experiment: str, epochs: int, root: Path) -> str:
+    """Run the train command in ``root``; its MLflow run id."""
     from mlflow.tracking import MlflowClient
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "entrypoints.train", "--include-upstream", "true" if experiment == "upstream" else "false",
-               "--num-epochs", str(epochs), "--output-dir", str(root / experiment), "--experiment-name", EXPERIMENT]
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"the train command failed:\n{done.stderr[-3000:]}")
+    run_train(root, experiment, epochs, EXPERIMENT)
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     (run,) = client.search_runs(client.get_experiment_by_name(EXPERIMENT).experiment_id,
                                 f"tags.experiment_type = '{experiment}'")
@@ -89,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
         for experiment in experiments:
             began = time.perf_counter()
-            run_id = run_train(experiment, args.epochs, Path(tmp))
+            run_id = train_run_id(experiment, args.epochs, Path(tmp))
             run_s = time.perf_counter() - began
             fig = epoch_figures(Path(tmp), run_id)
             median = {key: statistics.median(fig[key]) for key in ("wall_s", "steps_s", "validation_s", "train_val_s")}

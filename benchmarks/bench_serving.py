@@ -23,14 +23,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from harness import REPO, Target, finish, fmt_table, percentile, print_header, set_threads
+from harness import Target, finish, fmt_table, percentile, print_header, run_train, set_threads, store_env
 
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import open_dataset
@@ -41,16 +39,6 @@ from convlstm.serving import JSON_CONTENT_TYPE, PARQUET_CONTENT_TYPE, ScoringSer
 
 SERVING_FACTOR = 2.0
 SERVING_SLACK_S = 0.050
-
-
-def train_and_register(experiment: str, root: Path, env: dict[str, str]) -> str:
-    """One-epoch model through the train command; the registered version's URI."""
-    command = [sys.executable, "-m", "entrypoints.train", "--include-upstream", "true" if experiment == "upstream" else "false",
-               "--num-epochs", "1", "--output-dir", str(root / "train"), "--experiment-name", "bench-serving"]
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"the train command failed:\n{done.stderr[-3000:]}")
-    return f"models:/{DEFAULT_REGISTERED_NAME}/1"
 
 
 def request_window(uri: str) -> np.ndarray:
@@ -107,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         root = Path(tmp)
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        env = store_env(root)
         os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
-        uri = train_and_register(args.experiment, root, env)
+        run_train(root, args.experiment, 1, "bench-serving")  # weights do not matter for speed
+        uri = f"models:/{DEFAULT_REGISTERED_NAME}/1"
 
         import mlflow
 

@@ -13,6 +13,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -150,6 +151,22 @@ def finish(targets: list[Target], out: dict, json_path: Path | None) -> int:
     if json_path is not None:
         json_path.write_text(json.dumps(out, indent=2, default=str))
     return 0
+
+
+def store_env(root: Path) -> dict[str, str]:
+    """Environment for subprocesses: an MLflow store in ``root`` (artifacts land there, not in the
+    repository) and the repository importable."""
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def run_train(root: Path, experiment: str, epochs: int, experiment_name: str) -> None:
+    """The real train command with its defaults but the epoch count, run in ``root`` against its store."""
+    command = [sys.executable, "-m", "entrypoints.train", "--include-upstream", str(experiment == "upstream").lower(),
+               "--num-epochs", str(epochs), "--output-dir", str(root / experiment), "--experiment-name", experiment_name]
+    done = subprocess.run(command, cwd=root, env=store_env(root), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the train command failed:\n{done.stderr[-3000:]}")
 
 
 def set_threads(threads: int | None) -> None:
