@@ -106,18 +106,21 @@ class ConvLSTMCell(nn.Module):
         ``state=None`` is the zero state: ``hidden_conv(0) = 0`` and ``f * 0 = 0`` are skipped.
         """
         hd = self.hidden_dim
-        gates = projected_t if state is None else projected_t + self.hidden_conv(state[0])
+        # in place where autograd allows it: neither the convolution's nor the product's backward needs its output
+        gates = projected_t if state is None else F.conv2d(
+            state[0], self.hidden_conv.weight, None, padding=self.hidden_conv.padding).add_(projected_t)
         # split, not slicing: backward joins the pieces' gradients in one cat instead of zero-filling
         # a full-size gradient per slice
-        ifo, g = gates.split([3 * hd, hd], dim=1)
-        i, f, o = torch.sigmoid(ifo).split(hd, dim=1)  # i, f, o in one call
+        # (the C++ methods: ``Tensor.split``'s Python wrapper costs as much as a small gate op)
+        ifo, g = gates.split_with_sizes([3 * hd, hd], dim=1)
+        i, f, o = torch.sigmoid(ifo).chunk(3, dim=1)  # i, f, o in one call
         g = torch.tanh(g)
         if state is None:
             # In the parameters' dtype, as the zero state would have been: under autocast the cell state
             # stays in full precision while the convolutions run in low precision.
             c_next = (i * g).to(self.input_conv.weight.dtype)
         else:
-            c_next = torch.addcmul(f * state[1], i, g)
+            c_next = (f * state[1]).addcmul_(i, g)
         return o * torch.tanh(c_next), c_next
 
     def forward(self, input_tensor: Tensor, cur_state: State) -> State:
@@ -167,6 +170,22 @@ def _map_frames(fn: Callable[[Tensor], Tensor], seq: Tensor) -> Tensor:
     return out.reshape(t, b, *out.shape[1:]).transpose(0, 1)
 
 
+def _window_steps(projected: Tensor, starts: Tensor, window_size: int) -> Iterator[Tensor]:
+    """Step ``k`` of the windows starting at ``starts``: ``projected[starts + k]``, from projected frames ``[N, ...]``.
+
+    A generator, so that it holds the only reference to ``projected``: the projection is freed as soon
+    as the first level's recurrence has consumed it, not at the end of the forward.
+    """
+    first, count = int(starts[0]), len(starts)
+    if torch.equal(starts, torch.arange(first, first + count, device=starts.device)):
+        # consecutive windows (the usual batch): each step's inputs are one slice, a view
+        for step in range(window_size):
+            yield projected[first + step:first + step + count]
+    else:
+        for step in range(window_size):
+            yield projected[starts + step]
+
+
 def _channels_last(seq: Tensor) -> Tensor:
     """``[B, T, C, H, W]`` with ``[T, B, H, W, C]`` memory: every frame a channels-last image, time outermost."""
     return seq.permute(1, 0, 3, 4, 2).contiguous().permute(1, 0, 4, 2, 3)
@@ -180,6 +199,12 @@ def _stack_time(frames: list[Tensor]) -> Tensor:
 def _cat_channels(*seqs: Tensor) -> Tensor:
     """Concatenate ``[B, T, C_k, H, W]`` sequences along C, laid out as above."""
     return torch.cat([s.permute(1, 0, 3, 4, 2) for s in seqs], dim=-1).permute(1, 0, 4, 2, 3)
+
+
+def _upsample_onto(coarse: Tensor, skip: Tensor) -> Tensor:
+    """The decoder's input: ``coarse`` upsampled (nearest) to the skip's grid, then the skip, along C."""
+    up = _map_frames(partial(F.interpolate, size=skip.shape[-2:], mode="nearest"), coarse)
+    return _cat_channels(up, skip)
 
 
 class ConvLSTMUNet(nn.Module):
@@ -260,24 +285,19 @@ class ConvLSTMUNet(nn.Module):
         if starts.dim() != 1 or len(starts) == 0 or starts.min() < 0 or starts.max() + window_size > len(frames):
             raise ValueError(f"every window start must lie in 0..{len(frames) - window_size} "
                              f"({len(frames)} frames, windows of {window_size}), got {starts.tolist()}")
-        projected = self.encoders[0].input_conv(frames.contiguous(memory_format=torch.channels_last))
-        first, count = int(starts[0]), len(starts)
-        if torch.equal(starts, torch.arange(first, first + count, device=starts.device)):
-            # consecutive windows (the usual batch): each step's inputs are one slice, a view
-            return self._run(projected[first + step:first + step + count] for step in range(window_size))
-        return self._run(projected[starts + step] for step in range(window_size))
+        # not bound to a name here: the generator then holds the projection's only reference
+        return self._run(_window_steps(
+            self.encoders[0].input_conv(frames.contiguous(memory_format=torch.channels_last)), starts, window_size))
 
     def _run(self, first_projections: Iterable[Tensor]) -> Tensor:
         """The U-Net from the first level's projected inputs (one ``[B, 4*hidden, H, W]`` per step)."""
         seq, _ = self.encoders[0].recur(first_projections)
-        skips = [seq]
+        skips = []
         for encoder in self.encoders[1:]:
-            seq, _ = encoder.forward_sequence(_map_frames(partial(F.max_pool2d, kernel_size=2, ceil_mode=True), seq))
             skips.append(seq)
-
-        for level in range(len(self.decoders) - 1, -1, -1):
-            skip = skips[level]
-            up = _map_frames(partial(F.interpolate, size=skip.shape[-2:], mode="nearest"), seq)
-            seq, _ = self.decoders[level].forward_sequence(_cat_channels(up, skip))
-
+            seq, _ = encoder.forward_sequence(_map_frames(partial(F.max_pool2d, kernel_size=2, ceil_mode=True), seq))
+        # Each intermediate is released as soon as it is used (a smaller working set is faster on a CPU):
+        # the skips are popped, and the upsampled sequence lives only until it is concatenated.
+        for decoder in reversed(self.decoders):
+            seq, _ = decoder.forward_sequence(_upsample_onto(seq, skips.pop()))
         return F.relu(self.head(seq[:, -1]))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from convlstm.model import ConvLSTMCell, ConvLSTMUNet
 
@@ -98,21 +99,30 @@ def test_forward_sequence_with_initial_state_continues_sequence() -> None:
     torch.testing.assert_close(end_state[1], full_state[1], atol=1e-5, rtol=1e-5)
 
 
-def _count_conv_calls(cell: ConvLSTMCell) -> dict[str, int]:
-    calls = {"input": 0, "hidden": 0}
-    cell.input_conv.register_forward_hook(lambda *_: calls.__setitem__("input", calls["input"] + 1))
-    cell.hidden_conv.register_forward_hook(lambda *_: calls.__setitem__("hidden", calls["hidden"] + 1))
-    return calls
+class _ConvCalls(TorchDispatchMode):
+    """Counts the convolutions a cell runs, told apart by their weight (however the library calls them)."""
+
+    def __init__(self, cell: ConvLSTMCell) -> None:
+        super().__init__()
+        self.weights = {"input": cell.input_conv.weight, "hidden": cell.hidden_conv.weight}
+        self.calls = {"input": 0, "hidden": 0}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func is torch.ops.aten.convolution.default:
+            for name, weight in self.weights.items():
+                if args[1] is weight:
+                    self.calls[name] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def test_forward_sequence_projects_inputs_once_and_skips_the_zero_state_convolution() -> None:
     cell = ConvLSTMCell(2, 3)
-    calls = _count_conv_calls(cell)
-    cell.forward_sequence(torch.randn(2, 4, 2, 5, 5))
-    # From the zero state, step 0 has nothing to convolve: 3 state convolutions for 4 steps.
-    assert calls == {"input": 1, "hidden": 3}
-    cell.forward_sequence(torch.randn(2, 4, 2, 5, 5), cell.init_hidden(2, 5, 5))
-    assert calls == {"input": 2, "hidden": 7}
+    with _ConvCalls(cell) as counter:
+        cell.forward_sequence(torch.randn(2, 4, 2, 5, 5))
+        # From the zero state, step 0 has nothing to convolve: 3 state convolutions for 4 steps.
+        assert counter.calls == {"input": 1, "hidden": 3}
+        cell.forward_sequence(torch.randn(2, 4, 2, 5, 5), cell.init_hidden(2, 5, 5))
+    assert counter.calls == {"input": 2, "hidden": 7}
 
 
 def test_cpu_projection_is_chunked_by_bytes_with_identical_results(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,9 +131,9 @@ def test_cpu_projection_is_chunked_by_bytes_with_identical_results(monkeypatch: 
     whole, _ = cell.forward_sequence(x_seq)
     frame_bytes = 2 * 4 * 3 * 4 * 4 * 4  # B * 4 * hidden * H * W * sizeof(float32)
     monkeypatch.setattr("convlstm.model._CPU_PROJECTION_BYTES", 2 * frame_bytes)
-    calls = _count_conv_calls(cell)
-    chunked, _ = cell.forward_sequence(x_seq)
-    assert calls["input"] == 3  # 5 steps in chunks of 2, 2, 1
+    with _ConvCalls(cell) as counter:
+        chunked, _ = cell.forward_sequence(x_seq)
+    assert counter.calls["input"] == 3  # 5 steps in chunks of 2, 2, 1
     torch.testing.assert_close(chunked, whole)
 
 
