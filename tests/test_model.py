@@ -107,7 +107,7 @@ class _ConvCalls(TorchDispatchMode):
         self.weights = {"input": cell.input_conv.weight, "hidden": cell.hidden_conv.weight}
         self.calls = {"input": 0, "hidden": 0}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten.convolution.default:
             for name, weight in self.weights.items():
                 if args[1] is weight:
