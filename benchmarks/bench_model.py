@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.only != "train":
         reps = ({"1 window": 5, "batch of 8": 3, "100 windows": 1} if args.quick
-                else {"1 window": 30, "batch of 8": 15, "100 windows": 7})
+                else {"1 window": 200, "batch of 8": 15, "100 windows": 7})
         results = bench_inference(reps)
         report_inference(results, mm_rate)
         out["inference"] = results

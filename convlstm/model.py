@@ -18,7 +18,9 @@ timestep), measured in ``benchmarks/``, with the same outputs:
 * the input-to-state gradient of the raw input is never computed: the input needs none, and the
   split keeps it apart from the state convolution, whose gradient is needed;
 * ``forward_windows`` forecasts overlapping (sliding) windows from the frames they share, so the
-  first level projects each frame once, not once per window it appears in.
+  first level projects each frame once, not once per window it appears in;
+* at small batches a step's cost is mostly operator overhead and memory traffic, so a step makes few
+  calls, works in place where autograd allows, and intermediates are released as soon as used.
 """
 
 from __future__ import annotations
