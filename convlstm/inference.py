@@ -122,8 +122,8 @@ class ForecastModel:
         """Normalized windows of ``data`` (opened with ``open_dataset``), checked against the model's grid."""
         self.normalizer.check_levels(data)
         self.check_grid(data)
-        return ConvLSTMDataset(self.normalizer.normalize(data), self.config.window_size, self.regions,
-                               self.config.target_offset, self.include_upstream)
+        return ConvLSTMDataset(data, self.config.window_size, self.regions, self.config.target_offset,
+                               self.include_upstream, self.normalizer)
 
     def check_grid(self, data: xr.Dataset) -> None:
         """Refuse data whose region cut-out differs from the grid the model was trained on."""

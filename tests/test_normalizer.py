@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.normalizer import ConvLSTMNormalizer
+from convlstm.data.regions import RegionConfig
 from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, VARIABLES
 from convlstm.data.split import create_train_val_test_split
 from convlstm.data.stacking import stack_channels
@@ -121,6 +123,24 @@ def test_normalize_stacked_matches_stacking_normalized(data, fitted):
     one = fitted.normalize_stacked(raw[3])  # [C, H, W]
     np.testing.assert_allclose(one, via_dataset[3], rtol=1e-6, atol=1e-6)
     assert np.shares_memory(raw, via_stack) is False
+
+
+def test_normalize_stacked_in_place_overwrites_and_equals_the_copy(data, fitted):
+    raw = stack_channels(data)
+    copied = fitted.normalize_stacked(raw)
+    assert fitted.normalize_stacked(raw, in_place=True) is raw
+    np.testing.assert_array_equal(raw, copied)
+    with pytest.raises(DataError, match="float32"):
+        fitted.normalize_stacked(raw.astype(np.float64), in_place=True)
+
+
+def test_dataset_given_the_normalizer_equals_the_dataset_of_normalized_data(data, fitted):
+    regions = RegionConfig(upstream_lon_min=100.0, upstream_lon_max=110.0)
+    from_raw = ConvLSTMDataset(data, 3, regions, include_upstream=True, normalizer=fitted)
+    from_normalized = ConvLSTMDataset(fitted.normalize(data), 3, regions, include_upstream=True)
+    np.testing.assert_array_equal(from_raw.inputs, from_normalized.inputs)
+    with pytest.raises(DataError, match="pressure levels"):
+        ConvLSTMDataset(data.isel(level=[0, 1]), 3, regions, include_upstream=True, normalizer=fitted)
 
 
 def test_normalize_stacked_wrong_channel_count(fitted, data):

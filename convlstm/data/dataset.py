@@ -15,6 +15,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
+from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import describe_source
 from convlstm.data.stacking import stack_channels
@@ -68,7 +69,10 @@ class ConvLSTMDataset(Dataset):
         region_config: RegionConfig,
         target_offset: int = 1,
         include_upstream: bool = False,
+        normalizer: ConvLSTMNormalizer | None = None,
     ) -> None:
+        """``data`` is normalized already, or in physical units when ``normalizer`` is given: then the
+        crop is stacked first and normalized in place, so no normalized copy of the whole grid is made."""
         if int(window_size) != window_size or window_size < 1:
             raise DataError(f"window_size must be a positive integer, got {window_size!r}.")
         if int(target_offset) != target_offset or target_offset < 1:
@@ -90,6 +94,9 @@ class ConvLSTMDataset(Dataset):
         self.levels = crop.data["level"].values
         self.times = crop.data["time"].values
         self.inputs = stack_channels(crop.data)
+        if normalizer is not None:
+            normalizer.check_levels(crop.data)
+            normalizer.normalize_stacked(self.inputs, in_place=True)
         self.starts = window_starts(self.times, self.window_size, self.target_offset)
         if len(self.starts) == 0:
             raise DataError(

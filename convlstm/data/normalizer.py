@@ -93,16 +93,23 @@ class ConvLSTMNormalizer:
         is_log[-1] = True
         return means, stds, is_log
 
-    def normalize_stacked(self, stacked: np.ndarray) -> np.ndarray:
-        """Normalize raw fields already stacked as ``[..., C, H, W]`` (what the pyfunc model receives)."""
+    def normalize_stacked(self, stacked: np.ndarray, in_place: bool = False) -> np.ndarray:
+        """Normalize raw fields already stacked as ``[..., C, H, W]`` (what the pyfunc model receives).
+
+        ``in_place`` overwrites a float32 ``stacked`` instead of copying it: for arrays built only to be
+        normalized, such as a dataset's stack, where a copy of a 0.25° grid costs gigabytes.
+        """
         means, stds, _ = self.channel_statistics()
         if stacked.shape[-3] != len(means):
             raise DataError(f"Expected {len(means)} channels (5 variables × {len(self.levels)} levels + precipitation), got {stacked.shape[-3]}.")
+        if in_place and stacked.dtype != np.float32:
+            raise DataError(f"In-place normalization needs a float32 array, got {stacked.dtype}.")
+        out = stacked if in_place else stacked.astype(np.float32)
+        precipitation = out[..., -1, :, :]
+        np.log1p(np.clip(precipitation, 0, None, out=precipitation), out=precipitation)  # as _forward(log=True)
         shape = (len(means), 1, 1)
-        out = _forward(stacked.astype(np.float32, copy=True), means.reshape(shape).astype(np.float32),
-                       stds.reshape(shape).astype(np.float32), log=False)
-        out[..., -1, :, :] = _forward(stacked[..., -1, :, :].astype(np.float32), np.float32(means[-1]),
-                                      np.float32(stds[-1]), log=True)
+        out -= means.reshape(shape).astype(np.float32)
+        out /= stds.reshape(shape).astype(np.float32)
         return out
 
     def normalize_precipitation(self, values: np.ndarray | torch.Tensor | float) -> np.ndarray | torch.Tensor:

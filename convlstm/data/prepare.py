@@ -65,7 +65,7 @@ def prepare_data(
     datasets: dict[str, ConvLSTMDataset | None] = {}
     for name, split in splits.items():
         try:
-            datasets[name] = ConvLSTMDataset(normalizer.normalize(split), window_size, regions, target_offset, include_upstream)
+            datasets[name] = ConvLSTMDataset(split, window_size, regions, target_offset, include_upstream, normalizer)
         except DataError as exc:
             if name != "test":
                 raise DataError(f"The {name} split of {describe_source(data)} is unusable: {exc}") from exc
