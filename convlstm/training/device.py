@@ -30,9 +30,9 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype for mixed precision on this device, or None where AMP is not used.
 
     bf16 where the GPU supports it (no loss scaling needed), else fp16 with a gradient scaler.
-    CPU and MPS run in fp32: MPS autocast is unsupported for these convolutions, and on a CPU bf16 only
-    pays on AMX hardware (there it measured 1.4-2.2x faster for inference, within 0.4 % of fp32 on an
-    untrained model) and is not yet checked for training quality, so it is not a default.
+    CPU and MPS run in fp32. On MPS autocast is slower or unsupported for these convolutions. On a CPU
+    with AMX, bf16 autocast measured 1.4-2.2x faster for inference (within 0.4 % of fp32, untrained
+    weights), but it is unchecked for training quality and for CPUs without AMX, so it is no default.
     """
     if device.type != "cuda":
         return None
