@@ -26,7 +26,7 @@ from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import CF_ATTRS, PRECIPITATION, describe_source, open_dataset
 from convlstm.data.stacking import channel_names
-from convlstm.errors import DataError
+from convlstm.errors import DataError, require_finite
 from convlstm.model import ConvLSTMUNet
 from convlstm.predict import forward_downstream, predict_windows
 from convlstm.training.checkpoint import BEST_NAME, load_checkpoint
@@ -101,8 +101,7 @@ class ForecastModel:
             )
         if raw.shape[0] == 0:
             raise DataError("The request holds no window (N = 0).")
-        if not np.isfinite(raw).all():
-            raise DataError(f"The request holds {int((~np.isfinite(raw)).sum())} NaN or infinite values; send finite numbers.")
+        require_finite(raw)
 
     @torch.no_grad()
     def predict_stacked(self, raw: np.ndarray, batch_size: int = 8) -> np.ndarray:

@@ -32,7 +32,7 @@ from types import TracebackType
 import numpy as np
 import pandas as pd
 
-from convlstm.errors import DataError
+from convlstm.errors import DataError, require_finite
 
 HOST = "127.0.0.1"
 JSON_CONTENT_TYPE = "application/json"
@@ -56,9 +56,7 @@ def _finite_windows(windows: np.ndarray) -> np.ndarray:
     array = np.asarray(windows, dtype=np.float32)
     if array.ndim == 0 or array.size == 0:
         raise DataError(f"A request needs a non-empty array of windows, got shape {list(array.shape)}.")
-    if not np.isfinite(array).all():
-        raise DataError(f"The windows hold {int((~np.isfinite(array)).sum())} NaN or infinite values, which the model "
-                        "refuses; send finite numbers.")
+    require_finite(array, "The windows")  # the model's own check, before anything is sent
     return array
 
 
