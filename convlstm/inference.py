@@ -118,15 +118,15 @@ class ForecastModel:
 
     # ---- the infer path: a netCDF file or dataset ---------------------------------------------
     def windows(self, data: xr.Dataset) -> ConvLSTMDataset:
-        """Normalized windows of ``data`` (opened with ``open_dataset``), checked against the model's grid."""
-        self.normalizer.check_levels(data)
+        """Normalized windows of ``data`` (opened with ``open_dataset``), checked against the model's grid and levels."""
         self.check_grid(data)
         return ConvLSTMDataset(data, self.config.window_size, self.regions, self.config.target_offset,
                                self.include_upstream, self.normalizer)
 
     def check_grid(self, data: xr.Dataset) -> None:
         """Refuse data whose region cut-out differs from the grid the model was trained on."""
-        crop = crop_regions(data, self.regions, self.include_upstream).data
+        # coordinates only: the cut-out of the fields themselves is built once, by the dataset
+        crop = crop_regions(data.drop_vars(list(data.data_vars)), self.regions, self.include_upstream).data
         for dim in ("lat", "lon"):
             got, want = crop[dim].values, np.asarray(self.grid[dim])
             if got.shape != want.shape or not np.allclose(got, want, atol=_GRID_TOL):

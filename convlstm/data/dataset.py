@@ -50,6 +50,10 @@ class WindowBatch(NamedTuple):
     starts: torch.Tensor
     window_size: int
 
+    @property
+    def device(self) -> torch.device:
+        return self.frames.device
+
     def to(self, device: torch.device, non_blocking: bool = False) -> "WindowBatch":
         return WindowBatch(self.frames.to(device, non_blocking=non_blocking), self.starts.to(device), self.window_size)
 
@@ -93,9 +97,10 @@ class ConvLSTMDataset(Dataset):
         self.lon = crop.data["lon"].values
         self.levels = crop.data["level"].values
         self.times = crop.data["time"].values
-        self.inputs = stack_channels(crop.data)
         if normalizer is not None:
             normalizer.check_levels(crop.data)
+        self.inputs = stack_channels(crop.data)
+        if normalizer is not None:
             normalizer.normalize_stacked(self.inputs, in_place=True)
         self.starts = window_starts(self.times, self.window_size, self.target_offset)
         if len(self.starts) == 0:
