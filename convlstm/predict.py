@@ -16,8 +16,7 @@ def forward_downstream(
 
     ``inputs`` is a batch of windows ``[B, T, C, H, W]``, or consecutive windows as a ``WindowBatch``.
     """
-    device = inputs.frames.device if isinstance(inputs, WindowBatch) else inputs.device
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    with torch.autocast(inputs.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         output = model.forward_windows(*inputs) if isinstance(inputs, WindowBatch) else model(inputs)
     return output[:, 0, :, downstream_columns].float()
 
