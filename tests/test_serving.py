@@ -34,7 +34,7 @@ EXPECTED_SHAPE = "(-1, 6, 56, 4, 12)"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The tiny upstream model of a trained workspace, registered through the train entry point."""
-    ws = Workspace(tmp_path_factory.mktemp("serving")).train()
+    ws = Workspace(tmp_path_factory.mktemp("serving")).train(kinds=("upstream",))
     return {"root": ws.root, "tiny": ws.tiny, "uri": f"models:/{DEFAULT_REGISTERED_NAME}/{ws.model_version('upstream')}",
             "forecast": load_forecast_model(ws.train_dirs["upstream"])}
 
