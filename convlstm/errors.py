@@ -1,18 +1,54 @@
-"""The one exception type users see for bad input, so callers can catch it and CLIs print it cleanly,
-and the finiteness check every entry to the model shares."""
+"""The errors a user can cause and fix, under one base, so a command line turns any of them into one
+line and an exit status (``convlstm.cli.run_cli``) instead of a traceback.
 
-import numpy as np
+Each message names what is wrong (the setting, file, variable or run) and how to fix it. Usage
+errors exit with status 2, failures with status 1.
+"""
 
-
-class DataError(ValueError):
-    """Input data, a region or an option is unusable; the message names it and says how to fix it."""
-
-
-def require_finite(values: np.ndarray, subject: str = "The request") -> None:
-    """Refuse NaN or infinite values with how many there are: the model's input must be finite numbers."""
-    if not np.isfinite(values).all():
-        raise DataError(f"{subject} holds {int((~np.isfinite(values)).sum())} NaN or infinite values; send finite numbers.")
+from __future__ import annotations
 
 
-class TrainingDiverged(RuntimeError):
+class ConvLSTMError(Exception):
+    """Base of every error convlstm raises for bad input or a failed step.
+
+    Attributes
+    ----------
+    exit_code : int
+        The process exit status a command line uses for this error.
+    """
+
+    exit_code = 1
+
+
+class ConfigError(ConvLSTMError, ValueError):
+    """A setting, flag or argument is invalid or contradicts another (a usage error, exit status 2).
+
+    Parameters
+    ----------
+    message : str
+        What is wrong and how to fix it.
+    setting : str, optional
+        The setting's name (``num_epochs``), so a command line can name its flag (``--num-epochs``).
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class DataError(ConvLSTMError, ValueError):
+    """Input data (a file, variable, grid, region or time axis) cannot be used."""
+
+
+class ModelError(ConvLSTMError):
+    """A checkpoint, model reference or model artifact cannot be found or read."""
+
+
+class TrackingError(ConvLSTMError):
+    """The tracking store cannot be used, or holds no run or experiment of that name."""
+
+
+class TrainingDiverged(ConvLSTMError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""

@@ -26,7 +26,8 @@ from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import CF_ATTRS, PRECIPITATION, describe_source, open_dataset
 from convlstm.data.stacking import channel_names
-from convlstm.errors import DataError, require_finite
+from convlstm.checks import require_finite
+from convlstm.errors import DataError
 from convlstm.model import ConvLSTMUNet
 from convlstm.predict import forward_downstream, predict_windows
 from convlstm.training.checkpoint import BEST_NAME, load_checkpoint

@@ -32,7 +32,8 @@ from types import TracebackType
 import numpy as np
 import pandas as pd
 
-from convlstm.errors import DataError, require_finite
+from convlstm.checks import require_finite
+from convlstm.errors import DataError
 
 HOST = "127.0.0.1"
 JSON_CONTENT_TYPE = "application/json"
