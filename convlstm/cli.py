@@ -1,25 +1,38 @@
-"""What every entry point shares: boolean flags MLflow can pass, logging set-up, and one error policy
-(a clear one-line message and exit code, never a deep traceback, and no run left RUNNING)."""
+"""What every entry point shares: a click command derived from its settings class, logging set-up, and
+one error policy (a one-line message naming the flag or file, exit status 2 for usage errors and 1
+for failures, never a traceback, and no MLflow run left RUNNING).
+
+This module imports neither torch nor mlflow nor xarray, so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
+from click_option_group import optgroup
 
-from convlstm.errors import DataError, TrainingDiverged
-
-#: ``--flag`` alone means true; ``--flag true|false|1|0|yes|no`` (what ``mlflow run -P`` passes) also works.
-BOOL_FLAG = {"type": click.BOOL, "is_flag": False, "flag_value": True, "show_default": True}
+from convlstm.errors import ConvLSTMError
+from convlstm.settings import Field, build, fields_of
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 def configure_logging(level: str, log_file: Path | None = None) -> None:
-    """Console logging at ``level``; with ``log_file``, the same records are also written there."""
+    """Console logging at ``level``; with ``log_file``, the same records are also written there.
+
+    Parameters
+    ----------
+    level : str
+        ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.
+    log_file : pathlib.Path, optional
+        A file that receives the records too (its folder is created).
+    """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -29,75 +42,139 @@ def configure_logging(level: str, log_file: Path | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-class SpaceSeparatedCommand(click.Command):
-    """Lets list options take space-separated values, as in ``--hidden-channels 32 64``.
+class _Optional(click.ParamType):
+    """A value that may be empty: ``mlflow run`` passes an unset optional parameter as ``''``, read as None."""
 
-    Click options take a fixed number of values; the following numeric tokens are joined into one
-    value here (``"32 64"``), which is also how ``mlflow run -P hidden_channels="32 64"`` passes it.
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return None if value in ("", None) else self.inner.convert(value, param, ctx)
+
+
+class _Numbers(click.ParamType):
+    """``"32 64"`` or ``"32,64"`` → ``[32, 64]``; ranges are checked by the settings class."""
+
+    def __init__(self, item: type) -> None:
+        self.item = item
+        self.name = f"{item.__name__} list"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        try:
+            return [self.item(token) for token in str(value).replace(",", " ").split()]
+        except ValueError:
+            self.fail(f"expected numbers such as '32 64', got {value!r}.", param, ctx)
+
+
+def _click_type(field: Field) -> click.ParamType | tuple[type, type]:
+    if field.kind is tuple:
+        return (field.item, field.item)  # type: ignore[return-value]
+    if field.kind is list:
+        return _Numbers(field.item)  # type: ignore[arg-type]
+    base = click.Choice(field.spec.choices, case_sensitive=False) if field.spec.choices else {
+        bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}[field.kind]
+    return _Optional(base) if field.optional else base
+
+
+def _option(field: Field) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    extra: dict[str, Any] = {"is_flag": False, "flag_value": True} if field.kind is bool else {}
+    default = " ".join(f"{v:g}" for v in field.default) if field.kind is list else field.default
+    return optgroup.option(field.flag, *field.spec.aliases, field.name, type=_click_type(field), default=default,
+                           show_default=field.default not in (None, ""), help=field.spec.help, **extra)
+
+
+class SettingsCommand(click.Command):
+    """A command whose list settings also take space-separated values, as in ``--hidden-channels 32 64``.
+
+    Click options take a fixed number of values; the numeric tokens after a list flag are joined into
+    one value here (``"32 64"``), which is also how ``mlflow run -P hidden_channels="32 64"`` passes it.
     """
 
-    list_options: tuple[str, ...] = ("--hidden-channels",)
+    list_flags: frozenset[str] = frozenset()
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         merged: list[str] = []
-        i = 0
-        while i < len(args):
-            token = args[i]
+        tokens = iter(args)
+        for token in tokens:
             merged.append(token)
-            i += 1
-            if token in self.list_options:
+            if token in self.list_flags:
                 values = []
-                while i < len(args) and args[i].replace(",", "").isdigit():
-                    values.append(args[i])
-                    i += 1
-                if values:
-                    merged.append(" ".join(values))
+                for value in tokens:
+                    if value.replace(",", "").replace(".", "").isdigit():
+                        values.append(value)
+                        continue
+                    merged.extend([" ".join(values), value] if values else [value])
+                    break
+                else:
+                    merged.extend([" ".join(values)] if values else [])
         return super().parse_args(ctx, merged)
 
 
-def parse_int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
-    """``"32 64"`` or ``"32,64"`` → ``[32, 64]`` (positive integers)."""
-    try:
-        numbers = [int(token) for token in value.replace(",", " ").split()]
-    except ValueError:
-        numbers = []
-    if not numbers or min(numbers) < 1:
-        raise click.BadParameter(f"expected positive integers such as '32 64', got {value!r}.", ctx, param)
-    return numbers
+def settings_command(settings_cls: type, epilog: str = "") -> Callable[[Callable[[Any], None]], click.Command]:
+    """Make a click command of ``run(settings)``: one option per setting of ``settings_cls``, grouped.
 
+    Parameters
+    ----------
+    settings_cls : type
+        A settings dataclass from ``convlstm.config``.
+    epilog : str
+        Examples shown at the end of ``--help``.
 
-def optional_existing_file(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
-    """An existing file, or None for a missing or empty value (``mlflow run`` passes "" for "not given")."""
-    if not value:
-        return None
-    path = Path(value)
-    if not path.is_file():
-        raise click.BadParameter(f"file {value} does not exist.", ctx, param)
-    return path
+    Returns
+    -------
+    callable
+        A decorator turning ``run(settings) -> None`` into a click command; the command builds and
+        checks the settings from the flags before calling ``run``.
+    """
+    fields = [f for f in fields_of(settings_cls) if f.spec.cli]
 
+    def decorate(run: Callable[[Any], None]) -> click.Command:
+        def callback(**values: Any) -> None:
+            run(build(settings_cls, values))
 
-def optional_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """None for a missing or empty value."""
-    return value or None
+        callback.__doc__ = run.__doc__
+        for group in reversed(list(dict.fromkeys(f.spec.group for f in fields))):
+            for field in reversed([f for f in fields if f.spec.group == group]):
+                callback = _option(field)(callback)
+            callback = optgroup.group(group)(callback)
+        command = SettingsCommand(run.__name__, callback=callback, params=getattr(callback, "__click_params__", [])[::-1],
+                                  help=run.__doc__, epilog=epilog, context_settings=CONTEXT)
+        command.list_flags = frozenset(flag for f in fields if f.kind is list for flag in (f.flag, *f.spec.aliases))
+        return command
+
+    return decorate
 
 
 def run_cli(command: click.Command, argv: Sequence[str] | None = None) -> None:
-    """Run a click command; turn usage and data errors into a message and exit code, and fail the
-    ``mlflow run`` run that was waiting for us."""
-    from convlstm.tracking import fail_pending_run
+    """Run a click command; turn usage and user errors into one line and an exit status, and fail the
+    run ``mlflow run`` created for us when we stop before starting it.
 
+    Parameters
+    ----------
+    command : click.Command
+        The entry point's command.
+    argv : sequence of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+    """
     try:
         command.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        return
     except click.exceptions.Exit as exc:  # --help and friends
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        fail_pending_run(exc.format_message())
-        sys.exit(exc.exit_code)
-    except (DataError, TrainingDiverged) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        fail_pending_run(str(exc))
-        sys.exit(1)
+        message, code = exc.format_message(), exc.exit_code
+    except ConvLSTMError as exc:
+        setting = getattr(exc, "setting", None)
+        flag = f" ({'--' + setting.replace('_', '-')})" if setting and f"--{setting.replace('_', '-')}" not in str(exc) else ""
+        click.echo(f"Error{flag}: {exc}", err=True)
+        message, code = str(exc), exc.exit_code
     except click.Abort:
-        fail_pending_run("aborted")
-        sys.exit(130)
+        message, code = "aborted", 130
+    from convlstm.tracking.runs import fail_pending_run
+
+    fail_pending_run(message)
+    sys.exit(code)

@@ -1,54 +1,315 @@
-"""Model and training settings as data: one dict becomes MLflow params, rides in every checkpoint and
-rebuilds the model in ``load_model`` without the original command line."""
+"""Every setting of every entry point, each defined once: type, default, range and help.
+
+``ConvLSTMConfig`` (the model and how it is trained) and ``RegionConfig`` (the two regions) are the
+configs that go into checkpoints and rebuild a model; ``TrainSettings``, ``InferSettings``,
+``CompareSettings`` and ``MakeDataSettings`` are what each entry point takes. The click options, the
+MLproject parameters and the validation are derived from these classes (``convlstm.settings``), so
+to change a default, a range or a help text, change it here and regenerate ``MLproject`` with
+``python -m convlstm.mlproject``.
+
+The defaults are sized for the built-in demo atmosphere on a 2-core CPU (three U-Net levels, 12
+epochs: a few minutes a run). The README's "Settings for real data" says what to raise on ERA5.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from convlstm.data.split import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO
-from convlstm.dictconfig import DictRoundTrip
-from convlstm.errors import DataError
+from convlstm.checks import check_split_ratios, require_odd_kernel
+from convlstm.errors import ConfigError
+from convlstm.settings import Settings, setting
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+NAN_POLICIES = ("raise", "drop", "fill")
+SPLITS = ("all", "train", "val", "test")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_REGISTERED_NAME = "convlstm-precipitation"
+DEMO_LEVELS = [1000.0, 925.0, 850.0, 700.0, 600.0, 500.0, 400.0, 300.0, 250.0, 200.0, 150.0]
+
+_DATA, _MODEL, _TRAINING = "Data", "Model", "Training"
+_REGIONS = "Regions (degrees; upstream lies west of downstream, same latitudes)"
+_SYSTEM, _TRACKING = "System", "Checkpoints and tracking"
+_POSITIVE = {"low": 0.0, "low_open": True}
+_RATIO = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
 
 
 @dataclass
-class ConvLSTMConfig(DictRoundTrip):
-    """Everything that defines a model and how it was trained (regions live in ``RegionConfig``)."""
+class ConvLSTMConfig(Settings):
+    """Everything that defines a model and how it was trained (the regions live in ``RegionConfig``)."""
 
-    input_channels: int = 56
-    hidden_channels: list[int] = field(default_factory=lambda: [32, 64])
-    output_channels: int = 1
-    kernel_size: int = 3
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_size: int = 4
-    num_epochs: int = 100
-    window_size: int = 6
-    target_offset: int = 1
-    train_ratio: float = DEFAULT_TRAIN_RATIO
-    val_ratio: float = DEFAULT_VAL_RATIO
-    high_precip_threshold: float = 10.0
-    high_precip_weight: float = 3.0
-    use_amp: bool = True
-    gradient_accumulation_steps: int = 1
-    gradient_clip_norm: float = 1.0
-    early_stopping_patience: int = 10
-    checkpoint_frequency: int = 10
-    seed: int = 42
+    input_channels: int = setting(56, "Input channels: 5 variables × levels + precipitation (from the data).",
+                                  low=1, cli=False, mlproject=False)
+    hidden_channels: list[int] = setting([16, 32, 64], "Hidden channels per U-Net level, e.g. 32 64.", low=1, group=_MODEL)
+    output_channels: int = setting(1, "Output channels (precipitation).", low=1, cli=False, mlproject=False)
+    kernel_size: int = setting(3, "Odd convolution kernel size.", low=1, group=_MODEL)
+    learning_rate: float = setting(1e-3, "AdamW learning rate (cosine-annealed).", group=_TRAINING, **_POSITIVE)
+    weight_decay: float = setting(1e-2, "AdamW weight decay.", low=0.0, group=_TRAINING)
+    batch_size: int = setting(4, "Windows per batch.", low=1, group=_TRAINING)
+    num_epochs: int = setting(12, "Maximum number of epochs.", low=1, group=_TRAINING)
+    window_size: int = setting(6, "Input time steps per window (6 = 3 days of 12-hourly data).", low=1, group=_DATA)
+    target_offset: int = setting(1, "Steps ahead of the last input to predict.", low=1, group=_DATA)
+    train_ratio: float = setting(0.7, "Fraction of time steps for training.", group=_DATA, **_RATIO)
+    val_ratio: float = setting(0.15, "Fraction for validation; the rest is the test split.", group=_DATA, **_RATIO)
+    high_precip_threshold: float = setting(10.0, "Rain (mm per step) from which errors weigh more in the loss.",
+                                           low=0.0, group=_TRAINING)
+    high_precip_weight: float = setting(3.0, "Loss weight of cells at or above the threshold.", group=_TRAINING, **_POSITIVE)
+    use_amp: bool = setting(True, "Mixed precision on CUDA (bf16, or fp16 with loss scaling).", group=_TRAINING)
+    gradient_accumulation_steps: int = setting(1, "Batches per optimizer step (effective batch = batch size × this).",
+                                               low=1, group=_TRAINING)
+    gradient_clip_norm: float = setting(1.0, "Max gradient norm.", group=_TRAINING, **_POSITIVE)
+    early_stopping_patience: int = setting(5, "Stop after this many epochs without a better validation loss (0: never).",
+                                           low=0, group=_TRAINING)
+    checkpoint_frequency: int = setting(5, "Keep checkpoint_epoch_N.pt every N epochs (last.pt and best_model.pt "
+                                           "are always written).", low=1, group=_TRACKING)
+    seed: int = setting(42, "Random seed (CPU runs repeat exactly).", low=0, group=_TRAINING)
 
     def __post_init__(self) -> None:
-        self.hidden_channels = [int(c) for c in self.hidden_channels]
-        positive_ints = ("input_channels", "output_channels", "kernel_size", "batch_size", "num_epochs",
-                         "window_size", "target_offset", "gradient_accumulation_steps", "checkpoint_frequency")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DataError(f"{name} must be a positive integer, got {value!r}.")
-        if not self.hidden_channels or min(self.hidden_channels) < 1:
-            raise DataError(f"hidden_channels must list one or more positive integers, got {self.hidden_channels!r}.")
-        if self.kernel_size % 2 == 0:
-            raise DataError(f"kernel_size must be odd so the grid size is kept, got {self.kernel_size}.")
-        for name in ("learning_rate", "high_precip_weight", "gradient_clip_norm"):
-            if not getattr(self, name) > 0:
-                raise DataError(f"{name} must be positive, got {getattr(self, name)!r}.")
-        if self.weight_decay < 0 or self.high_precip_threshold < 0 or self.early_stopping_patience < 0:
-            raise DataError("weight_decay, high_precip_threshold and early_stopping_patience must not be negative.")
+        super().__post_init__()
+        require_odd_kernel("kernel_size", self.kernel_size)
+        check_split_ratios(self.train_ratio, self.val_ratio)
+
+
+def _region(value: float, region: str, bound: str, coord: str) -> float:
+    what = "latitude (°N)" if coord == "lat" else "longitude (°E)"
+    limits = {"low": -90.0, "high": 90.0} if coord == "lat" else {}
+    return setting(value, f"{region.capitalize()} region {bound}imum {what}.", group=_REGIONS, **limits)
+
+
+@dataclass
+class RegionConfig(Settings):
+    """Bounds in degrees (inclusive) of the downstream target region and the upstream region west of it.
+
+    Both span 25–40 °N by default: the upstream block is joined to the west of the downstream block
+    along longitude, which needs the same latitude rows (the original documentation's 25–50 °N
+    upstream default could not be joined).
+    """
+
+    downstream_lat_min: float = _region(25.0, "downstream", "min", "lat")
+    downstream_lat_max: float = _region(40.0, "downstream", "max", "lat")
+    downstream_lon_min: float = _region(110.0, "downstream", "min", "lon")
+    downstream_lon_max: float = _region(125.0, "downstream", "max", "lon")
+    upstream_lat_min: float = _region(25.0, "upstream", "min", "lat")
+    upstream_lat_max: float = _region(40.0, "upstream", "max", "lat")
+    upstream_lon_min: float = _region(70.0, "upstream", "min", "lon")
+    upstream_lon_max: float = _region(110.0, "upstream", "max", "lon")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for region in ("downstream", "upstream"):
+            lat_min, lat_max = getattr(self, f"{region}_lat_min"), getattr(self, f"{region}_lat_max")
+            lon_min, lon_max = getattr(self, f"{region}_lon_min"), getattr(self, f"{region}_lon_max")
+            if not lat_min < lat_max:
+                raise ConfigError(f"{region} latitudes must satisfy lat_min < lat_max, got {lat_min}..{lat_max}.",
+                                  f"{region}_lat_min")
+            if not 0.0 < lon_max - lon_min < 360.0:
+                raise ConfigError(f"{region} longitudes must satisfy lon_min < lon_max < lon_min + 360 (west to east), "
+                                  f"got {lon_min}..{lon_max}.", f"{region}_lon_min")
+
+    def check_upstream(self) -> None:
+        """Refuse an upstream region that cannot be joined west of the downstream one."""
+        if (self.upstream_lat_min, self.upstream_lat_max) != (self.downstream_lat_min, self.downstream_lat_max):
+            raise ConfigError(
+                f"The upstream region ({self.upstream_lat_min}..{self.upstream_lat_max} °N) must span the same latitudes as the "
+                f"downstream region ({self.downstream_lat_min}..{self.downstream_lat_max} °N): the two are joined side by side "
+                "along longitude. Set --upstream-lat-min/--upstream-lat-max to the downstream values.", "upstream_lat_min")
+        if self.upstream_lon_max > self.downstream_lon_min + 1e-6:
+            raise ConfigError(
+                f"The upstream region ({self.upstream_lon_min}..{self.upstream_lon_max} °E) overlaps the downstream region "
+                f"({self.downstream_lon_min}..{self.downstream_lon_max} °E): it must lie to the west, with "
+                "upstream_lon_max <= downstream_lon_min.", "upstream_lon_max")
+        if self.downstream_lon_max - self.upstream_lon_min >= 360.0:
+            raise ConfigError("Upstream and downstream regions together must span less than 360° of longitude.",
+                              "upstream_lon_min")
+
+
+def _existing_file(value: str | None, name: str) -> None:
+    if value and not Path(value).is_file():
+        raise ConfigError(f"--{name.replace('_', '-')} {value}: the file does not exist.", name)
+
+
+def _data(help_text: str) -> str | None:
+    return setting(None, help_text + " Default: the built-in demo atmosphere.", group=_DATA)
+
+
+def _device() -> str:
+    return setting("auto", "auto picks cuda, then mps, then cpu.", choices=DEVICES, group=_SYSTEM)
+
+
+def _experiment_name(default: str) -> str | None:
+    return setting(None, f"MLflow experiment (default: {default}; under `mlflow run`, the experiment it runs in).",
+                   group=_TRACKING, mlproject=False)
+
+
+def _log_level() -> str:
+    return setting("INFO", "Logging detail on the console and in the log file.", choices=LOG_LEVELS, group=_SYSTEM)
+
+
+def _registered_model_name(help_text: str) -> str:
+    return setting(DEFAULT_REGISTERED_NAME, help_text, group=_TRACKING)
+
+
+@dataclass
+class TrainSettings(Settings):
+    """The ``train`` entry point: data, regions, model and training configs, and where things go."""
+
+    data: str | None = _data("netCDF reanalysis file (standard, descriptive or ERA5 names).")
+    output_dir: str | None = setting(None, "Where checkpoints, normalizer, log and figures go. "
+                                           "Default: outputs/<baseline|upstream>-<time>.", group=_DATA)
+    nan_policy: str = setting("raise", "Missing values: refuse them, drop those time steps, or interpolate them in time.",
+                              choices=NAN_POLICIES, group=_DATA)
+    include_upstream: bool = setting(False, "Join the upstream region west of the downstream one (the upstream "
+                                            "experiment).", group=_REGIONS)
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    model: ConvLSTMConfig = field(default_factory=ConvLSTMConfig)
+    device: str = _device()
+    num_workers: int = setting(0, "DataLoader worker processes (windows are in memory; 0 is fastest on CPU).",
+                               low=0, group=_SYSTEM)
+    pin_memory: bool = setting(True, "Pinned host memory for faster GPU copies (CUDA only).", group=_SYSTEM)
+    resume: str | None = setting(None, "Continue a run: its MLflow run id, output directory or a checkpoint file.",
+                                 group=_TRACKING)
+    experiment_name: str | None = _experiment_name("convlstm-upstream")
+    registered_model_name: str = _registered_model_name(
+        "Register the best model under this name in the MLflow model registry ('' to skip).")
+    log_level: str = _log_level()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _existing_file(self.data, "data")
+        if self.include_upstream:
+            self.regions.check_upstream()
+
+    @property
+    def experiment_type(self) -> str:
+        """``upstream`` or ``baseline``: the tag that tells the two experiments apart."""
+        return "upstream" if self.include_upstream else "baseline"
+
+
+@dataclass
+class InferSettings(Settings):
+    """The ``infer`` entry point: one trained model, the data to forecast, and what to write."""
+
+    checkpoint: str | None = setting(None, "A checkpoint file (best_model.pt) or a training output directory.")
+    model: str | None = setting(None, "Instead of --checkpoint: a training run id, runs:/<run id>, "
+                                      "models:/<name>/<version> or models:/<name>@<alias>.")
+    data: str | None = _data("netCDF file to forecast from (any naming open_dataset accepts).")
+    split: str = setting("test", "Forecast every window of the file, or only one split of it, cut as in training.",
+                         choices=SPLITS, group=_DATA)
+    output_dir: str | None = setting(None, "Default: outputs/infer-<baseline|upstream>-<time>.", group=_DATA)
+    visualize: bool = setting(False, "Write prediction_map_<time>.png (forecast beside the observation).")
+    max_maps: int = setting(12, "At most this many maps, evenly spread in time.", low=1)
+    batch_size: int = setting(8, "Windows per forward pass.", low=1, group=_SYSTEM)
+    device: str = _device()
+    experiment_name: str | None = _experiment_name("the training run's experiment")
+    log_level: str = _log_level()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.checkpoint) == bool(self.model):
+            raise ConfigError("Give exactly one of --checkpoint (a file or directory) and --model (a run id or "
+                              "models:/ URI).", "checkpoint")
+        _existing_file(self.data, "data")
+
+
+@dataclass
+class CompareSettings(Settings):
+    """The ``compare`` entry point: two models (or two predictions files and the truth) and how to score them."""
+
+    baseline: str | None = setting(None, "Baseline model: training run id, runs:/ or models:/ URI, or checkpoint. With "
+                                         "no models and no files: the newest finished baseline and upstream runs.")
+    upstream: str | None = setting(None, "Upstream model, likewise.")
+    data: str | None = _data("With models: the netCDF whose test split is scored.")
+    baseline_predictions: str | None = setting(None, "Instead of models: the baseline's predictions.nc.",
+                                               aliases=("--predictions-exp1",))
+    upstream_predictions: str | None = setting(None, "The upstream model's predictions.nc.",
+                                               aliases=("--predictions-exp2",))
+    ground_truth: str | None = setting(None, "With predictions files: the netCDF with the observed precipitation.")
+    output_dir: str | None = setting(None, "Default: outputs/compare-<time>.")
+    thresholds: list[float] = setting([0.1, 1.0, 5.0, 10.0, 20.0], "Rain thresholds (mm per step) for the categorical "
+                                                                  "scores.", low=0.0, group="Scores")
+    fss_windows: list[int] = setting([1, 3, 5], "FSS neighbourhood sizes (grid cells).", low=1, group="Scores")
+    n_boot: int = setting(1000, "Bootstrap resamples.", low=100, group="Scores")
+    block_length: int | None = setting(None, "Bootstrap block length in steps (default: n^(1/3)).", low=1, group="Scores")
+    set_aliases: bool = setting(True, "Give the better model's registered version the alias champion.", group=_TRACKING)
+    registered_model_name: str = _registered_model_name("The registered model whose versions get the aliases.")
+    batch_size: int = setting(8, "Windows per forward pass.", low=1, group=_SYSTEM)
+    device: str = _device()
+    experiment_name: str | None = _experiment_name("the baseline run's experiment")
+    log_level: str = _log_level()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        files = ("baseline_predictions", "upstream_predictions", "ground_truth")
+        if any(getattr(self, name) for name in files) and (self.baseline or self.upstream):
+            raise ConfigError("Give either --baseline and --upstream (models), or --baseline-predictions, "
+                              "--upstream-predictions and --ground-truth (files), not both.", "baseline")
+        if self.uses_files:
+            missing = [f"--{name.replace('_', '-')}" for name in files if not getattr(self, name)]
+            if missing:
+                raise ConfigError(f"Missing {', '.join(missing)}.", files[0])
+        elif bool(self.baseline) != bool(self.upstream):
+            raise ConfigError("Give both --baseline and --upstream, or neither (then the newest finished runs are "
+                              "compared).", "baseline")
+        for name in ("data", *files):
+            _existing_file(getattr(self, name), name)
+
+    @property
+    def uses_files(self) -> bool:
+        """Whether predictions files are compared (rather than two models forecasting the data)."""
+        return bool(self.baseline_predictions or self.upstream_predictions or self.ground_truth)
+
+
+@dataclass
+class DemoAtmosphere(Settings):
+    """What the synthetic demo atmosphere is generated from (``convlstm.data.demo``); the same values give
+    bit-identical files."""
+
+    start: str = setting("2000-01-01", "First time stamp (a date, or a date with 00 or 12 UTC).")
+    years: float = setting(2.0, "Length of the record in years (12-hourly steps).", low=0.0, high=200.0, low_open=True)
+    resolution: float = setting(1.0, "Grid spacing in degrees (e.g. 1.0 or 0.25).", low=0.05, high=10.0)
+    levels: list[float] = setting(DEMO_LEVELS, "Pressure levels (hPa), from the surface up.", low=50.0, high=1100.0,
+                                  cli=False, mlproject=False)
+    lat_range: tuple[float, float] = setting((25.0, 40.0), "Southern and northern edge (°N).", low=5.0, high=80.0,
+                                             mlproject=False)
+    lon_range: tuple[float, float] = setting((70.0, 125.0), "Western and eastern edge (°E).", low=-360.0, high=720.0,
+                                             mlproject=False)
+    seed: int = setting(0, "Random seed: the same settings give the same file contents.", low=0)
+
+    def __post_init__(self) -> None:
+        import pandas as pd
+
+        super().__post_init__()
+        try:
+            stamp = pd.Timestamp(self.start)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"start must be a date such as '2000-01-01', got {self.start!r} ({exc}).", "start") from None
+        if stamp is pd.NaT or stamp.tzinfo is not None or stamp.hour not in (0, 12) or stamp != stamp.floor("h"):
+            raise ConfigError(f"start must be a time-zone-naive date at 00 or 12 UTC (12-hourly steps), got {self.start!r}; "
+                              "e.g. '2000-01-01'.", "start")
+        if self.n_steps < 1:
+            raise ConfigError(f"years must cover at least one 12-hour step, got {self.years!r}.", "years")
+        if any(a <= b for a, b in zip(self.levels, self.levels[1:])):
+            raise ConfigError(f"levels must be strictly descending from the surface, got {self.levels}.", "levels")
+        for name in ("lat_range", "lon_range"):
+            low, high = getattr(self, name)
+            cells = (high - low) / self.resolution
+            if not (low < high and (name == "lat_range" or high - low < 360.0)) or cells < 1 - 1e-9 or abs(cells - round(cells)) > 1e-6:
+                raise ConfigError(f"{name} {low:g}..{high:g} must run west/south to east/north over a whole number (>= 1) "
+                                  f"of {self.resolution:g}-degree cells (less than 360°); choose a resolution that "
+                                  "divides it.", name)
+
+    @property
+    def n_steps(self) -> int:
+        """Number of 12-hourly time steps."""
+        return int(round(self.years * 365.25 * 2.0))
+
+
+@dataclass
+class MakeDataSettings(Settings):
+    """The ``make_data`` entry point: write the demo atmosphere to a netCDF file."""
+
+    output: str = setting("data/demo.nc", "netCDF file to write (its folder is created if needed).")
+    atmosphere: DemoAtmosphere = field(default_factory=DemoAtmosphere)
+    compress: bool = setting(True, "zlib level 1: about a third smaller, a few seconds slower to write at 1°.")
+    overwrite: bool = setting(False, "Replace --output if it already exists.")
+    log_level: str = _log_level()

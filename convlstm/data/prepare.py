@@ -14,7 +14,8 @@ import xarray as xr
 
 from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.normalizer import ConvLSTMNormalizer
-from convlstm.data.regions import RegionConfig, crop_regions
+from convlstm.config import RegionConfig
+from convlstm.data.regions import check_regions, crop_regions
 from convlstm.data.schema import NanPolicy, describe_source, open_dataset
 from convlstm.data.split import create_train_val_test_split
 from convlstm.errors import DataError
@@ -57,7 +58,7 @@ def prepare_data(
 ) -> PreparedData:
     """Prepare every split; fit a new normalizer on the training split unless one is given (resume)."""
     data = open_dataset(source, nan_policy=nan_policy)
-    regions.validate(data, include_upstream)
+    check_regions(data, regions, include_upstream)
     train, val, test = create_train_val_test_split(data, train_ratio=train_ratio, val_ratio=val_ratio)
     splits = {"train": train, "val": val, "test": test}
     if normalizer is None:

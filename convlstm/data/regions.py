@@ -4,75 +4,21 @@ Longitudes are handled as offsets east of the region's western edge, modulo 360,
 0..360 selects the same cells of a -180..180 file as of a 0..360 one (and may cross the seam of a
 global file). The cut-out carries longitudes in the region's own convention, increasing eastward.
 
-Defaults: both regions span 25–40 °N. The original documentation gave the upstream region 25–50 °N,
-but the upstream block is concatenated to the west of the downstream block along longitude, which
-needs the same latitude rows; so the upstream latitudes default to the downstream ones.
+The bounds themselves, their defaults and their checks are ``convlstm.config.RegionConfig``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
 
+from convlstm.config import RegionConfig
 from convlstm.data.schema import describe_source
-from convlstm.dictconfig import DictRoundTrip
 from convlstm.errors import DataError
 
 _TOL = 1e-6  # degrees: grid coordinates are compared with this slack
-
-
-@dataclass
-class RegionConfig(DictRoundTrip):
-    """Bounds in degrees (inclusive) of the downstream target region and the upstream region west of it."""
-
-    downstream_lat_min: float = 25.0
-    downstream_lat_max: float = 40.0
-    downstream_lon_min: float = 110.0
-    downstream_lon_max: float = 125.0
-    upstream_lat_min: float = 25.0
-    upstream_lat_max: float = 40.0
-    upstream_lon_min: float = 70.0
-    upstream_lon_max: float = 110.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
-                raise DataError(f"RegionConfig.{f.name} must be a finite number of degrees, got {value!r}.")
-            setattr(self, f.name, float(value))
-        for region in ("downstream", "upstream"):
-            lat_min, lat_max = getattr(self, f"{region}_lat_min"), getattr(self, f"{region}_lat_max")
-            lon_min, lon_max = getattr(self, f"{region}_lon_min"), getattr(self, f"{region}_lon_max")
-            if not -90.0 <= lat_min < lat_max <= 90.0:
-                raise DataError(f"{region} latitudes must satisfy -90 <= lat_min < lat_max <= 90, got {lat_min}..{lat_max}.")
-            if not 0.0 < lon_max - lon_min < 360.0:
-                raise DataError(
-                    f"{region} longitudes must satisfy lon_min < lon_max < lon_min + 360 (west to east), got {lon_min}..{lon_max}."
-                )
-
-    def check_upstream(self) -> None:
-        """Refuse an upstream region that is not directly usable west of the downstream one."""
-        if (self.upstream_lat_min, self.upstream_lat_max) != (self.downstream_lat_min, self.downstream_lat_max):
-            raise DataError(
-                f"The upstream region ({self.upstream_lat_min}..{self.upstream_lat_max} °N) must span the same latitudes as the "
-                f"downstream region ({self.downstream_lat_min}..{self.downstream_lat_max} °N): the two are joined side by side "
-                "along longitude. Set --upstream-lat-min/--upstream-lat-max to the downstream values."
-            )
-        if self.upstream_lon_max > self.downstream_lon_min + _TOL:
-            raise DataError(
-                f"The upstream region ({self.upstream_lon_min}..{self.upstream_lon_max} °E) overlaps the downstream region "
-                f"({self.downstream_lon_min}..{self.downstream_lon_max} °E): it must lie to the west, with "
-                "upstream_lon_max <= downstream_lon_min."
-            )
-        if self.downstream_lon_max - self.upstream_lon_min >= 360.0:
-            raise DataError("Upstream and downstream regions together must span less than 360° of longitude.")
-
-    def validate(self, data: xr.Dataset, include_upstream: bool = True) -> None:
-        """Check that the region(s) lie inside the data and select usable, matching grids."""
-        _region_crops(data, self, include_upstream)
 
 
 class RegionCrop(NamedTuple):
@@ -90,6 +36,21 @@ def crop_regions(data: xr.Dataset, regions: RegionConfig, include_upstream: bool
     joined = xr.concat([upstream, downstream], dim="lon", data_vars="all", coords="minimal", compat="override", join="override")
     start = upstream.sizes["lon"]
     return RegionCrop(joined, slice(start, start + downstream.sizes["lon"]))
+
+
+def check_regions(data: xr.Dataset, regions: RegionConfig, include_upstream: bool) -> None:
+    """Refuse regions that lie outside ``data`` or select grids that cannot be joined (nothing is copied).
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        Data in the library's layout (``open_dataset``).
+    regions : RegionConfig
+        The region bounds.
+    include_upstream : bool
+        Whether the upstream region is used too.
+    """
+    _region_crops(data, regions, include_upstream)
 
 
 def _region_crops(data: xr.Dataset, regions: RegionConfig, include_upstream: bool) -> tuple[xr.Dataset, xr.Dataset | None]:

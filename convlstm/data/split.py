@@ -11,19 +11,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from convlstm.checks import check_split_ratios
 from convlstm.data.schema import describe_source
 from convlstm.errors import DataError
 
-DEFAULT_TRAIN_RATIO = 0.70
-DEFAULT_VAL_RATIO = 0.15
 
 
 def create_train_val_test_split(
     data: xr.Dataset,
     train_end_year: int | None = None,
     val_end_year: int | None = None,
-    train_ratio: float = DEFAULT_TRAIN_RATIO,
-    val_ratio: float = DEFAULT_VAL_RATIO,
+    train_ratio: float = 0.7,
+    val_ratio: float = 0.15,
     test_start_date: str | None = None,
 ) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset]:
     """Return (train, val, test) as contiguous, ordered, non-overlapping time ranges.
@@ -49,7 +48,7 @@ def create_train_val_test_split(
         n_train = int(np.searchsorted(times.year, train_end_year, side="right"))
         n_val = int(np.searchsorted(times.year, val_end_year, side="right")) - n_train
     else:
-        _check_ratios(train_ratio, val_ratio, need_test=test_start_date is None)
+        check_split_ratios(train_ratio, val_ratio, need_test=test_start_date is None)
         if test_start_date is not None:
             try:
                 cutoff = pd.Timestamp(test_start_date)
@@ -71,16 +70,6 @@ def create_train_val_test_split(
             )
     _check_partition(times, splits)
     return splits  # type: ignore[return-value]
-
-
-def _check_ratios(train_ratio: float, val_ratio: float, need_test: bool) -> None:
-    total_ok = train_ratio + val_ratio < 1.0 if need_test else True
-    if not (0.0 < train_ratio < 1.0 and 0.0 < val_ratio < 1.0 and total_ok):
-        raise DataError(
-            f"train_ratio ({train_ratio}) and val_ratio ({val_ratio}) must each lie in (0, 1)"
-            + (" and sum to less than 1, leaving the rest for the test split" if need_test else "")
-            + f", e.g. {DEFAULT_TRAIN_RATIO} and {DEFAULT_VAL_RATIO}."
-        )
 
 
 def _span(times: pd.DatetimeIndex) -> str:
