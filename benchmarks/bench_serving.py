@@ -10,8 +10,8 @@ atmosphere (its weights do not matter for speed) and registered in a temporary S
 The registered version is served on 127.0.0.1 by the real scoring server (``--env-manager local``);
 one client sends one-window requests (``{"inputs": [1, T, C, H, W]}``, JSON encoded once, before
 timing) one after another until ``--requests`` are answered or ``--seconds`` have passed, in three
-encodings: Parquet (``convlstm.serving.request_parquet``), compact tensor JSON
-(``convlstm.serving.request_body``: each float32 in at most 9 significant digits, exact) and plain
+encodings: Parquet (``convlstm.scoring_client.request_parquet``), compact tensor JSON
+(``convlstm.scoring_client.request_body``: each float32 in at most 9 significant digits, exact) and plain
 ``json.dumps({"inputs": window.tolist()})`` (17 digits a number). The same window goes
 through ``mlflow.pyfunc.load_model(uri).predict`` in this process; the difference of the medians is
 the server's overhead (HTTP, JSON decoding and encoding, input conversion). The target (p50 within
@@ -36,8 +36,8 @@ from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import open_dataset
 from convlstm.data.stacking import stack_channels
 from convlstm.data.synthetic import demo_data_path
-from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
-from convlstm.serving import JSON_CONTENT_TYPE, PARQUET_CONTENT_TYPE, ScoringServer, request_body, request_parquet
+from convlstm.config import DEFAULT_REGISTERED_NAME
+from convlstm.scoring_client import JSON_CONTENT_TYPE, PARQUET_CONTENT_TYPE, ScoringServer, request_body, request_parquet
 
 SERVING_FACTOR = 2.0
 SERVING_SLACK_S = 0.050

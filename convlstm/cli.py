@@ -17,7 +17,7 @@ import click
 from click_option_group import optgroup
 
 from convlstm.errors import ConvLSTMError
-from convlstm.settings import Field, build, fields_of
+from convlstm.settings import Field, as_text, build, describe, fields_of
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -81,9 +81,11 @@ def _click_type(field: Field) -> click.ParamType | tuple[type, type]:
 
 def _option(field: Field) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     extra: dict[str, Any] = {"is_flag": False, "flag_value": True} if field.kind is bool else {}
-    default = " ".join(f"{v:g}" for v in field.default) if field.kind is list else field.default
-    return optgroup.option(field.flag, *field.spec.aliases, field.name, type=_click_type(field), default=default,
-                           show_default=field.default not in (None, ""), help=field.spec.help, **extra)
+    default = as_text(field.default) if field.kind is list else field.default
+    spec = field.spec
+    bounds = f" ({describe(field)})" if spec.low is not None or spec.high is not None else ""
+    return optgroup.option(field.flag, *spec.aliases, field.name, type=_click_type(field), default=default,
+                           show_default=field.default not in (None, ""), help=spec.help + bounds, **extra)
 
 
 class SettingsCommand(click.Command):

@@ -10,7 +10,7 @@ line reads as "not given".
 from __future__ import annotations
 
 from convlstm.config import CompareSettings, InferSettings, MakeDataSettings, TrainSettings
-from convlstm.settings import Field, fields_of
+from convlstm.settings import Field, as_text, fields_of
 
 #: Entry point name → its settings class (the command is ``python -m entrypoints.<name>``).
 ENTRY_POINTS: dict[str, type] = {"train": TrainSettings, "infer": InferSettings, "compare": CompareSettings,
@@ -41,16 +41,9 @@ def parameter(field: Field) -> tuple[str, str]:
     tuple of str
         ``("int", "12")``, ``("string", '"16 32 64"')``, ...
     """
-    value = field.default
-    if field.kind is list:
-        return "string", '"' + " ".join(f"{v:g}" for v in value) + '"'
-    if value is None:
-        return "string", '""'
-    if field.kind is bool:
-        return "string", f'"{str(value).lower()}"'
-    if field.kind in (int, float):
-        return field.kind.__name__, repr(value)
-    return "string", f'"{value}"'
+    if field.kind in (int, float) and not field.optional:
+        return field.kind.__name__, repr(field.default)
+    return "string", f'"{as_text(field.default)}"'
 
 
 def render() -> str:

@@ -22,12 +22,11 @@ from mlflow.types import Schema, TensorSpec
 
 import convlstm
 from convlstm.errors import DataError
-from convlstm.inference import ForecastModel, load_forecast_model
+from convlstm.forecast import ForecastModel, load_forecast_model
 
 logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
-DEFAULT_REGISTERED_NAME = "convlstm-precipitation"
 
 
 class ConvLSTMPyfunc(mlflow.pyfunc.PythonModel):
@@ -37,8 +36,26 @@ class ConvLSTMPyfunc(mlflow.pyfunc.PythonModel):
         self.forecast = load_forecast_model(context.artifacts["checkpoint"], device="auto",
                                             normalizer_path=context.artifacts["normalizer"])
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow reads type hints as a schema
-        """Raw fields ``[N, T, C, H, W]`` → precipitation ``[N, H, W_down]`` in mm."""
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> np.ndarray:
+        """Raw fields ``[N, T, C, H, W]`` → precipitation ``[N, H, W_down]`` in mm.
+
+        ``np.ndarray`` is a hint MLflow infers no schema from: the model's tensor signature checks shapes.
+
+        Parameters
+        ----------
+        context : mlflow.pyfunc.PythonModelContext
+            Unused (the model is loaded in ``load_context``).
+        model_input : numpy.ndarray
+            The windows as the scoring server decoded them (anything array-like is accepted).
+        params : dict, optional
+            Unused.
+
+        Returns
+        -------
+        numpy.ndarray
+            Precipitation in mm, never negative.
+        """
         try:
             return self.forecast.predict_stacked(_as_array(model_input))
         except DataError as exc:
@@ -77,7 +94,7 @@ def requirements() -> list[str]:
 
 
 def log_pyfunc_model(checkpoint: Path, normalizer: Path, input_example: np.ndarray,
-                     registered_model_name: str | None = DEFAULT_REGISTERED_NAME) -> mlflow.models.model.ModelInfo:
+                     registered_model_name: str | None = None) -> mlflow.models.model.ModelInfo:
     """Log (and register) the model in the active run, with signature, example and metadata."""
     forecast = load_forecast_model(checkpoint, device="cpu", normalizer_path=normalizer)
     return mlflow.pyfunc.log_model(

@@ -159,6 +159,28 @@ def flatten(settings: Any) -> dict[str, Any]:
     return out
 
 
+def as_text(value: Any) -> str:
+    """A setting's value as the text a command line takes: ``true``, ``16 32 64``, ``''`` for None.
+
+    Parameters
+    ----------
+    value : object
+        A setting's value.
+
+    Returns
+    -------
+    str
+        The text (also what MLflow shows as the run's param).
+    """
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return " ".join(f"{v:g}" if isinstance(v, numbers.Real) else str(v) for v in value)
+    return str(value)
+
+
 def describe(field: Field) -> str:
     """What a valid value looks like, e.g. ``'an integer >= 1'`` or ``'one of raise, drop, fill'``."""
     if field.spec.choices:

@@ -14,7 +14,7 @@ import xarray as xr
 
 from convlstm.data.schema import CF_ATTRS, LEVEL_VARIABLES, PRECIPITATION
 from convlstm.data.synthetic import write_demo_dataset
-from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
+from convlstm.config import DEFAULT_REGISTERED_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

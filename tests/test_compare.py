@@ -34,7 +34,7 @@ from convlstm.comparison import (
 from convlstm.data.schema import PRECIPITATION, open_dataset
 from convlstm.errors import DataError
 from convlstm.inference import PREDICTIONS_NAME, ForecastModel, load_forecast_model
-from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
+from convlstm.config import DEFAULT_REGISTERED_NAME
 from convlstm.verification import DEFAULT_THRESHOLDS_MM, continuous_scores
 from entrypoints.compare import compare as compare_command
 

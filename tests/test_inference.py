@@ -38,9 +38,9 @@ from convlstm.inference import (
     run_inference,
 )
 from convlstm.model import ConvLSTMUNet
-from convlstm.predict import predict_windows
-from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
-from convlstm.training.checkpoint import BEST_NAME
+from convlstm.forecast import predict_windows
+from convlstm.config import DEFAULT_REGISTERED_NAME
+from convlstm.checkpoint import BEST_NAME
 from entrypoints.infer import infer
 
 WINDOW, TARGET_OFFSET = 6, 1

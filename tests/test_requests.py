@@ -1,4 +1,4 @@
-"""``convlstm.serving.request_body`` and ``request_parquet``: what a client sends to the scoring server."""
+"""``convlstm.scoring_client.request_body`` and ``request_parquet``: what a client sends to the scoring server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from convlstm.errors import DataError
-from convlstm.serving import request_body, request_parquet
+from convlstm.scoring_client import request_body, request_parquet
 
 FINITE_FLOAT32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
 

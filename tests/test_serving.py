@@ -23,8 +23,8 @@ from convlstm.data.regions import crop_regions
 from convlstm.data.schema import open_dataset
 from convlstm.data.stacking import stack_channels
 from convlstm.inference import ForecastModel, load_forecast_model
-from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
-from convlstm.serving import PARQUET_CONTENT_TYPE, ScoringServer, request_body, request_parquet
+from convlstm.config import DEFAULT_REGISTERED_NAME
+from convlstm.scoring_client import PARQUET_CONTENT_TYPE, ScoringServer, request_body, request_parquet
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ import convlstm.tracking
 from conftest import REPO, subprocess_env
 from convlstm.cli import run_cli
 from convlstm.data.synthetic import write_demo_dataset
-from convlstm.training.checkpoint import LAST_NAME, load_checkpoint
+from convlstm.checkpoint import LAST_NAME, load_checkpoint
 from entrypoints.train import build_options, train
 
 TINY_ARGS = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1"]

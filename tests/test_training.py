@@ -23,8 +23,8 @@ from convlstm.data.regions import RegionConfig
 from convlstm.data.synthetic import write_demo_dataset
 from convlstm.errors import DataError, TrainingDiverged
 from convlstm.model import ConvLSTMUNet
-from convlstm.predict import predict_windows
-from convlstm.training.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name
+from convlstm.forecast import predict_windows
+from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name
 from convlstm.training.experiment import (
     CONFIG_NAME,
     LOSS_CURVE_NAME,

@@ -12,8 +12,9 @@ import pandas as pd
 import xarray as xr
 
 from convlstm.checks import check_split_ratios
+from convlstm.config import SPLITS, ConvLSTMConfig
 from convlstm.data.schema import describe_source
-from convlstm.errors import DataError
+from convlstm.errors import ConfigError, DataError
 
 
 
@@ -41,9 +42,9 @@ def create_train_val_test_split(
     n = len(times)
     if train_end_year is not None or val_end_year is not None:
         if train_end_year is None or val_end_year is None or val_end_year <= train_end_year:
-            raise DataError(
+            raise ConfigError(
                 f"Year split needs both train_end_year and val_end_year with val_end_year > train_end_year, "
-                f"got {train_end_year} and {val_end_year}."
+                f"got {train_end_year} and {val_end_year}.", "train_end_year"
             )
         n_train = int(np.searchsorted(times.year, train_end_year, side="right"))
         n_val = int(np.searchsorted(times.year, val_end_year, side="right")) - n_train
@@ -53,7 +54,8 @@ def create_train_val_test_split(
             try:
                 cutoff = pd.Timestamp(test_start_date)
             except ValueError as exc:
-                raise DataError(f"test_start_date must be a date like 2020-01-01, got {test_start_date!r}.") from exc
+                raise ConfigError(f"test_start_date must be a date like 2020-01-01, got {test_start_date!r}.",
+                                  "test_start_date") from exc
             n_before = int(np.searchsorted(times, cutoff, side="left"))
             n_train = int(round(n_before * train_ratio / (train_ratio + val_ratio)))
             n_val = n_before - n_train
@@ -70,6 +72,31 @@ def create_train_val_test_split(
             )
     _check_partition(times, splits)
     return splits  # type: ignore[return-value]
+
+
+def select_split(data: xr.Dataset, split: str, config: ConvLSTMConfig) -> xr.Dataset:
+    """The whole data or one split of it, cut exactly as training cut it (the model's ratios).
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        Data in the library's layout.
+    split : str
+        ``all``, ``train``, ``val`` or ``test``.
+    config : ConvLSTMConfig
+        The model's config, whose ``train_ratio`` and ``val_ratio`` cut the splits.
+
+    Returns
+    -------
+    xarray.Dataset
+        The selected time steps.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.", "split")
+    if split == "all":
+        return data
+    parts = create_train_val_test_split(data, train_ratio=config.train_ratio, val_ratio=config.val_ratio)
+    return dict(zip(("train", "val", "test"), parts))[split]
 
 
 def _span(times: pd.DatetimeIndex) -> str:

@@ -1,7 +1,7 @@
 """One training experiment end to end: data → model → training → test scores → figures.
 
-The ``train`` entry point builds ``TrainOptions`` from its flags and calls ``run_training``; the
-tests call it directly. MLflow is not imported: ``convlstm.tracking`` passes a callback.
+``convlstm.tracking.training`` calls ``run_training`` inside an MLflow run; the tests call it directly.
+MLflow is not imported here: the tracker is one of the trainer's callbacks.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,17 @@ import numpy as np
 import torch
 
 from convlstm.atomic import atomic_write_bytes
-from convlstm.config import ConvLSTMConfig
-from convlstm.data.normalizer import ConvLSTMNormalizer
+from convlstm.checkpoint import BEST_NAME, library_versions, load_checkpoint
+from convlstm.config import ConvLSTMConfig, RegionConfig, TrainSettings
 from convlstm.data.dataset import ConvLSTMDataset
+from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.prepare import PreparedData, prepare_data
-from convlstm.data.regions import RegionConfig, crop_regions
+from convlstm.data.regions import crop_regions
 from convlstm.data.stacking import stack_channels
-from convlstm.data.synthetic import demo_data_path
+from convlstm.device import select_device
+from convlstm.errors import ConfigError
+from convlstm.forecast import predict_windows
 from convlstm.model import ConvLSTMUNet
-from convlstm.predict import predict_windows
-from convlstm.training.checkpoint import BEST_NAME, library_versions, load_checkpoint
-from convlstm.training.device import select_device
 from convlstm.training.trainer import Trainer, TrainingCallback, TrainingState
 
 logger = logging.getLogger(__name__)
@@ -40,68 +41,73 @@ LOSS_CURVE_NAME = "loss_curve.png"
 MAPS_NAME = "precipitation_maps.png"
 
 
-@dataclass
-class TrainOptions:
-    """Everything one training run needs; flat names match the CLI flags and MLflow params."""
+def checkpoint_metadata(settings: TrainSettings, run_id: str | None) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild the model and resume the run without the command line.
 
-    output_dir: Path
-    config: ConvLSTMConfig = field(default_factory=ConvLSTMConfig)
-    regions: RegionConfig = field(default_factory=RegionConfig)
-    include_upstream: bool = False
-    data: Path | None = None  # None: the built-in demo atmosphere
-    device: str = "auto"
-    num_workers: int = 0
-    pin_memory: bool = False
-    nan_policy: str = "raise"
-    resume_from: Path | None = None  # a checkpoint to continue from
-    run_id: str | None = None  # the MLflow run, recorded in checkpoints so a resume continues it
+    Parameters
+    ----------
+    settings : TrainSettings
+        The run's settings (paths absolute).
+    run_id : str, optional
+        The MLflow run, so that a resume continues it.
 
-    @property
-    def experiment_type(self) -> str:
-        return "upstream" if self.include_upstream else "baseline"
+    Returns
+    -------
+    dict
+        ``config`` and ``region_config`` (what ``load_forecast_model`` reads), ``include_upstream``,
+        ``data``, ``output_dir``, the remaining settings as ``options``, and ``run_id``.
+    """
+    options = settings.to_dict()
+    options.pop("resume")
+    return {"config": options.pop("model"), "region_config": options.pop("regions"),
+            "include_upstream": options.pop("include_upstream"), "data": options.pop("data"),
+            "output_dir": options.pop("output_dir"), "options": options, "run_id": run_id}
 
-    def to_params(self) -> dict[str, Any]:
-        """Flat, CLI-named settings (the same keys for every run, so runs compare in the MLflow UI)."""
-        config = self.config.to_dict()
-        config["hidden_channels"] = " ".join(map(str, config["hidden_channels"]))
-        return {
-            "data": str(self.data) if self.data else "demo",
-            "include_upstream": str(self.include_upstream).lower(),  # as `mlflow run -P` logs it
-            **self.regions.to_dict(),
-            **config,
-            "device": self.device,
-            "num_workers": self.num_workers,
-            "pin_memory": self.pin_memory,
-            "nan_policy": self.nan_policy,
-        }
 
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        """What a checkpoint needs to rebuild the model and resume this run without the command line."""
-        return {
-            "config": self.config.to_dict(),
-            "region_config": self.regions.to_dict(),
-            "include_upstream": self.include_upstream,
-            "data": str(self.data) if self.data else None,
-            "options": {"device": self.device, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                        "nan_policy": self.nan_policy},
-            "run_id": self.run_id,
-            "output_dir": str(self.output_dir),
-        }
+def settings_from_checkpoint(path: Path, output_dir: str | None = None) -> tuple[TrainSettings, str | None]:
+    """The settings and MLflow run id of the run that wrote ``path``, set to resume from it.
 
-    @classmethod
-    def from_checkpoint(cls, path: Path, output_dir: Path | None = None) -> "TrainOptions":
-        """Options of the run that wrote ``path``, set to resume from it."""
-        state = load_checkpoint(path)
-        return cls(
-            output_dir=output_dir or Path(state.get("output_dir") or path.parent),
-            config=ConvLSTMConfig.from_dict(state["config"]),
-            regions=RegionConfig.from_dict(state["region_config"]),
-            include_upstream=bool(state["include_upstream"]),
-            data=Path(state["data"]) if state.get("data") else None,
-            resume_from=path,
-            run_id=state.get("run_id"),
-            **state.get("options", {}),
-        )
+    Parameters
+    ----------
+    path : pathlib.Path
+        A checkpoint written by training.
+    output_dir : str, optional
+        Where the resumed run writes (default: where the run wrote).
+
+    Returns
+    -------
+    tuple
+        The settings (``resume`` set to ``path``) and the run id (None if the run was not tracked).
+    """
+    state = load_checkpoint(path)
+    options = {**state.get("options", {}), "resume": str(path)}
+    settings = TrainSettings(model=ConvLSTMConfig.from_dict(state["config"]),
+                             regions=RegionConfig.from_dict(state["region_config"]),
+                             include_upstream=bool(state["include_upstream"]), data=state.get("data"),
+                             output_dir=output_dir or state.get("output_dir") or str(path.parent), **options)
+    return settings, state.get("run_id")
+
+
+def new_run_settings(settings: TrainSettings) -> TrainSettings:
+    """``settings`` with absolute paths (a checkpoint must find them from any directory) and the default
+    output directory ``outputs/<baseline|upstream>-<time>``; an output directory holding files is refused.
+
+    Parameters
+    ----------
+    settings : TrainSettings
+        As given on the command line.
+
+    Returns
+    -------
+    TrainSettings
+        A copy ready for :func:`run_training`.
+    """
+    output_dir = Path(settings.output_dir or Path("outputs") / f"{settings.experiment_type}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        raise ConfigError(f"--output-dir {output_dir} already holds files; choose a new directory, or --resume that run.",
+                          "output_dir")
+    return dataclasses.replace(settings, output_dir=str(output_dir.resolve()),
+                               data=str(Path(settings.data).resolve()) if settings.data else None)
 
 
 @dataclass
@@ -152,47 +158,64 @@ def input_grid(dataset: ConvLSTMDataset) -> dict[str, Any]:
             "downstream_columns": [columns.start, columns.stop]}
 
 
-def run_training(options: TrainOptions, callbacks: list[TrainingCallback] | None = None,
+def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None = None,
+                 callbacks: Sequence[TrainingCallback] = (),
                  on_data_ready: Callable[[dict[str, Any]], None] | None = None) -> TrainingOutcome:
-    """Train one experiment; ``on_data_ready(data_info)`` is called once the data is prepared."""
-    callbacks = callbacks or []
-    output_dir = Path(options.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config = options.config
-    torch.manual_seed(config.seed)
-    device = select_device(options.device)
-    data_path = Path(options.data) if options.data else demo_data_path()
+    """Train one experiment: data → model → training → test scores → figures.
 
-    resumed_normalizer = None
-    if options.resume_from:
-        resumed_normalizer = ConvLSTMNormalizer.from_dict(load_checkpoint(options.resume_from)["normalizer"])
+    Parameters
+    ----------
+    settings : TrainSettings
+        With an absolute ``output_dir`` (see :func:`new_run_settings`); ``settings.resume``, a checkpoint
+        file, continues from it.
+    data_path : pathlib.Path
+        The data file (``settings.data``, or the demo atmosphere's file when that is None).
+    run_id : str, optional
+        The MLflow run, recorded in checkpoints so a resume continues it.
+    callbacks : sequence of TrainingCallback
+        Receive the trainer's events (the MLflow tracker is one).
+    on_data_ready : callable, optional
+        Called with the data description (provenance, shapes) once the data is prepared.
+
+    Returns
+    -------
+    TrainingOutcome
+        The final state, the best model's test scores, the files written and a raw input window.
+    """
+    output_dir = Path(str(settings.output_dir))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = settings.model
+    torch.manual_seed(config.seed)
+    device = select_device(settings.device)
+    resume_from = Path(settings.resume) if settings.resume else None
+    resumed_normalizer = ConvLSTMNormalizer.from_dict(load_checkpoint(resume_from)["normalizer"]) if resume_from else None
     prepared = prepare_data(
-        data_path, options.regions, options.include_upstream, config.window_size, config.target_offset,
-        config.train_ratio, config.val_ratio, normalizer=resumed_normalizer, nan_policy=options.nan_policy,  # type: ignore[arg-type]
+        data_path, settings.regions, settings.include_upstream, config.window_size, config.target_offset,
+        config.train_ratio, config.val_ratio, normalizer=resumed_normalizer, nan_policy=settings.nan_policy,  # type: ignore[arg-type]
     )
     data_info = describe_data(data_path, prepared)
-    config = dataclasses.replace(config, input_channels=int(data_info["input_channels"]))
-    options = dataclasses.replace(options, config=config)
+    settings = dataclasses.replace(settings, model=dataclasses.replace(config, input_channels=int(data_info["input_channels"])))
+    config = settings.model
     if on_data_ready is not None:
         on_data_ready(data_info)
     logger.info("%s experiment on %s: input %s×%s×%s, windows train/val/test = %s/%s/%s, device %s",
-                options.experiment_type, data_path, data_info["input_channels"], data_info["input_height"],
+                settings.experiment_type, data_path, data_info["input_channels"], data_info["input_height"],
                 data_info["input_width"], data_info["n_windows_train"], data_info["n_windows_val"],
                 data_info["n_windows_test"], device)
 
     prepared.normalizer.save(output_dir / NORMALIZER_NAME)
-    atomic_write_bytes(output_dir / CONFIG_NAME, json.dumps(
-        {**options.checkpoint_metadata(), "data_info": data_info}, indent=2, default=str).encode())
+    metadata = checkpoint_metadata(settings, run_id)
+    atomic_write_bytes(output_dir / CONFIG_NAME, json.dumps({**metadata, "data_info": data_info}, indent=2, default=str).encode())
 
     model = ConvLSTMUNet(config.input_channels, config.hidden_channels, config.output_channels, config.kernel_size)
     trainer = Trainer(
         model, config, prepared.normalizer, prepared.train.downstream_columns, device, output_dir,
-        metadata={**options.checkpoint_metadata(), "normalizer": prepared.normalizer.to_dict(),
+        metadata={**metadata, "normalizer": prepared.normalizer.to_dict(),
                   "data_digest": data_info["data_digest"], "input_grid": input_grid(prepared.train)},
-        callbacks=callbacks, num_workers=options.num_workers, pin_memory=options.pin_memory,
+        callbacks=callbacks, num_workers=settings.num_workers, pin_memory=settings.pin_memory,
     )
-    if options.resume_from:
-        trainer.restore(Path(options.resume_from))
+    if resume_from:
+        trainer.restore(resume_from)
     state = trainer.fit(prepared.train, prepared.val)
 
     best = load_checkpoint(output_dir / BEST_NAME, map_location=device)
@@ -203,23 +226,23 @@ def run_training(options: TrainOptions, callbacks: list[TrainingCallback] | None
         logger.info("Best model (epoch %d) on the test split: RMSE %.3f mm, MAE %.3f mm",
                     state.best_epoch, test_scores["test_rmse_mm"], test_scores["test_mae_mm"])
     files = [output_dir / NORMALIZER_NAME, output_dir / CONFIG_NAME]
-    files += _figures(output_dir, state, prepared, model, trainer, options)
-    return TrainingOutcome(state, test_scores, files, data_info, raw_window(prepared, options))
+    files += _figures(output_dir, state, prepared, model, trainer, settings)
+    return TrainingOutcome(state, test_scores, files, data_info, raw_window(prepared, settings))
 
 
-def raw_window(prepared: PreparedData, options: TrainOptions) -> np.ndarray:
+def raw_window(prepared: PreparedData, settings: TrainSettings) -> np.ndarray:
     """The first validation window in physical units, stacked as the served model expects it."""
-    crop = crop_regions(prepared.splits["val"], options.regions, options.include_upstream).data
-    return stack_channels(crop, time_slice=slice(0, options.config.window_size))[None]
+    crop = crop_regions(prepared.splits["val"], settings.regions, settings.include_upstream).data
+    return stack_channels(crop, time_slice=slice(0, settings.model.window_size))[None]
 
 
 def _figures(output_dir: Path, state: TrainingState, prepared: PreparedData, model: torch.nn.Module,
-             trainer: Trainer, options: TrainOptions) -> list[Path]:
+             trainer: Trainer, options: TrainSettings) -> list[Path]:
     """Loss curve and observed / predicted / error maps for a few validation times (best model)."""
     from convlstm.plots import plot_loss_curve, plot_precipitation_maps
 
     val = prepared.val
-    predicted = predict_windows(model, val, val.downstream_columns, trainer.device, options.config.batch_size, trainer.amp_dtype)
+    predicted = predict_windows(model, val, val.downstream_columns, trainer.device, options.model.batch_size, trainer.amp_dtype)
     predicted_mm = prepared.normalizer.denormalize_tensor(predicted, val.lat, val.downstream_lon, val.target_times)["precipitation"]
     observed = prepared.normalizer.denormalize_tensor(
         torch.from_numpy(val.inputs[val.target_indices, -1]), val.lat, val.lon, val.target_times)["precipitation"]

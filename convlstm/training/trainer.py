@@ -24,9 +24,9 @@ from convlstm.config import ConvLSTMConfig
 from convlstm.data.dataset import ConvLSTMDataset, WindowBatch
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.errors import TrainingDiverged
-from convlstm.predict import forward_downstream
-from convlstm.training.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name, save_checkpoint
-from convlstm.training.device import amp_dtype
+from convlstm.forecast import forward_downstream
+from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name, save_checkpoint
+from convlstm.device import amp_dtype
 from convlstm.training.loss import WeightedPrecipitationLoss
 
 logger = logging.getLogger(__name__)

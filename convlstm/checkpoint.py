@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from convlstm.atomic import atomic_path
-from convlstm.errors import DataError
+from convlstm.errors import ModelError
 
 FORMAT_VERSION = 1
 BEST_NAME = "best_model.pt"
@@ -22,11 +22,18 @@ LAST_NAME = "last.pt"
 
 
 def periodic_name(epoch: int) -> str:
+    """``checkpoint_epoch_N.pt``: the name the original documentation gives periodic checkpoints."""
     return f"checkpoint_epoch_{epoch}.pt"
 
 
 def library_versions() -> dict[str, str]:
-    """Versions that matter for reproducing a run (recorded in checkpoints and as MLflow params)."""
+    """Versions that matter for reproducing a run (recorded in checkpoints and as MLflow params).
+
+    Returns
+    -------
+    dict of str to str
+        ``convlstm``, ``torch``, ``numpy`` and ``xarray`` versions.
+    """
     import numpy
     import xarray
 
@@ -36,21 +43,48 @@ def library_versions() -> dict[str, str]:
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
-    """Write a checkpoint atomically: a crash mid-write leaves the previous file intact."""
+    """Write a checkpoint atomically: a crash mid-write leaves the previous file intact.
+
+    Parameters
+    ----------
+    path : path-like
+        Where to write.
+    state : dict
+        Plain values and tensors (loadable with ``weights_only=True``); format version and library
+        versions are added.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
     with atomic_path(path) as tmp:
         torch.save({"format_version": FORMAT_VERSION, "versions": library_versions(), **state}, tmp)
     return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint``, refusing anything else with a clear message."""
+    """Read a checkpoint written by ``save_checkpoint``, refusing anything else with a clear message.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint file.
+    map_location : str or torch.device
+        Where tensors are loaded.
+
+    Returns
+    -------
+    dict
+        The checkpoint's contents.
+    """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"Checkpoint {path} does not exist.")
+        raise ModelError(f"Checkpoint {path} does not exist.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or corrupt files all end here
-        raise DataError(f"{path} is not a readable convlstm checkpoint ({type(exc).__name__}: {exc}).") from exc
+        raise ModelError(f"{path} is not a readable convlstm checkpoint ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path} is not a checkpoint written by this version of convlstm.")
+        raise ModelError(f"{path} is not a checkpoint written by this version of convlstm.")
     return state

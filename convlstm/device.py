@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from convlstm.errors import DataError
-
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+from convlstm.config import DEVICES
+from convlstm.errors import ConfigError
 
 
 def _mps_available() -> bool:
@@ -14,15 +13,28 @@ def _mps_available() -> bool:
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """``auto`` → cuda, else mps (Apple silicon), else cpu; a named device must exist."""
-    if name not in DEVICE_CHOICES:
-        raise DataError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {name!r}.")
+    """The device to compute on: ``auto`` takes cuda, else mps (Apple silicon), else cpu.
+
+    Parameters
+    ----------
+    name : str
+        One of ``auto``, ``cuda``, ``mps``, ``cpu``; a named device must exist.
+
+    Returns
+    -------
+    torch.device
+        The chosen device.
+    """
+    if name not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}.", "device")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda was requested but PyTorch sees no CUDA GPU (is a CUDA build of torch installed?). Use --device auto or cpu.")
+        raise ConfigError("--device cuda was requested but PyTorch sees no CUDA GPU (is a CUDA build of torch "
+                          "installed?). Use --device auto or cpu.", "device")
     if name == "mps" and not _mps_available():
-        raise DataError("--device mps was requested but MPS (Apple silicon GPU) is not available. Use --device auto or cpu.")
+        raise ConfigError("--device mps was requested but MPS (Apple silicon GPU) is not available. Use --device auto "
+                          "or cpu.", "device")
     return torch.device(name)
 
 
@@ -33,6 +45,16 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     CPU and MPS run in fp32. On MPS autocast is slower or unsupported for these convolutions. On a CPU
     with AMX, bf16 autocast measured 1.4-2.2x faster for inference (within 0.4 % of fp32, untrained
     weights), but it is unchecked for training quality and for CPUs without AMX, so it is no default.
+
+    Parameters
+    ----------
+    device : torch.device
+        Where the model runs.
+
+    Returns
+    -------
+    torch.dtype or None
+        ``torch.bfloat16``, ``torch.float16`` or None (full precision).
     """
     if device.type != "cuda":
         return None

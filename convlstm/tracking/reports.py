@@ -1,0 +1,169 @@
+"""Inference and comparison runs in MLflow: each lands beside the training runs it used, tagged with
+their ids; a comparison has one child run per forecast with identical metric keys."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from convlstm.cli import configure_logging
+from convlstm.config import CompareSettings, InferSettings
+from convlstm.data.demo import demo_data_path
+from convlstm.errors import TrackingError
+from convlstm.forecast import load_forecast_model
+from convlstm.inference import InferenceOutcome, run_inference
+from convlstm.tracking.registry import set_champion
+from convlstm.tracking.runs import DEFAULT_EXPERIMENT, experiment_of_run, log_new_params, managed_run, settings_params, timestamped
+from convlstm.tracking.uris import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+def infer_tracked(settings: InferSettings) -> InferenceOutcome:
+    """Forecast with a trained model inside an MLflow inference run tagged with its training run.
+
+    Parameters
+    ----------
+    settings : InferSettings
+        The model (checkpoint or reference), the data and what to write.
+
+    Returns
+    -------
+    InferenceOutcome
+        The predictions, the files written and the scores against the observations in the data.
+    """
+    reference = str(settings.checkpoint or settings.model)
+    checkpoint, normalizer = resolve_model(reference)
+    forecast = load_forecast_model(checkpoint, settings.device, normalizer)
+    out = Path(settings.output_dir or Path("outputs") / timestamped(f"infer-{forecast.experiment_type}"))
+    log_path = out / "inference.log"
+    configure_logging(settings.log_level, log_path)
+    data_path = Path(settings.data) if settings.data else demo_data_path()
+    experiment = settings.experiment_name or (experiment_of_run(forecast.run_id) if forecast.run_id else None)
+    tags = {"run_type": "inference", "experiment_type": forecast.experiment_type, "model_uri": reference,
+            "training_run_id": forecast.run_id or ""}
+    with managed_run(None, timestamped(f"infer-{forecast.experiment_type}"), experiment, tags, log_path) as run:
+        outcome = run_inference(forecast, data_path, out, settings.split, settings.batch_size, settings.visualize,
+                                settings.max_maps, extra_metadata={"model_uri": reference})
+        log_new_params(run.info.run_id, {**settings_params(settings), "data": str(data_path), "model_uri": reference})
+        mlflow.log_metrics(outcome.scores)
+        for path in outcome.files:
+            mlflow.log_artifact(str(path), "maps" if path.suffix == ".png" else None)
+    return outcome
+
+
+def latest_training_runs(experiment_name: str | None) -> dict[str, str]:
+    """The newest finished baseline and upstream training runs of an experiment (what ``compare`` uses
+    when no runs are named); under ``mlflow run`` the experiment is the one it runs in.
+
+    Parameters
+    ----------
+    experiment_name : str, optional
+        Default: ``mlflow run``'s experiment, else :data:`DEFAULT_EXPERIMENT`.
+
+    Returns
+    -------
+    dict of str to str
+        ``{"baseline": run id, "upstream": run id}``.
+    """
+    client = MlflowClient()
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if experiment_name or not experiment_id:
+        experiment = client.get_experiment_by_name(experiment_name or DEFAULT_EXPERIMENT)
+        if experiment is None:
+            raise TrackingError(f"No MLflow experiment named {experiment_name or DEFAULT_EXPERIMENT!r}; train first or "
+                                "name the runs (--baseline, --upstream).")
+        experiment_id = experiment.experiment_id
+    found = {}
+    for kind in ("baseline", "upstream"):
+        runs = client.search_runs([experiment_id], f"tags.run_type = 'training' and tags.experiment_type = '{kind}' "
+                                  "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            raise TrackingError(f"No finished {kind} training run in experiment {experiment_id}; train one, or pass "
+                                f"--{kind} <run id>.")
+        found[kind] = runs[0].info.run_id
+    logger.info("Comparing the latest runs: baseline %s, upstream %s.", found["baseline"], found["upstream"])
+    return found
+
+
+def log_comparison(result: Any, params: dict[str, Any]) -> None:
+    """Differences with intervals and the main scores on the parent run; one child run per forecast.
+
+    Child runs (baseline, upstream, persistence, climatology) carry identical metric keys, so ticking
+    them in the MLflow UI's compare view lines every forecast up side by side.
+
+    Parameters
+    ----------
+    result : ComparisonResult
+        What ``convlstm.evaluation.comparison.compare`` returned.
+    params : dict
+        The comparison's settings.
+    """
+    parent = mlflow.active_run().info.run_id
+    log_new_params(parent, params)  # the resolved run ids are tags
+    flat: dict[str, float] = {}
+    for key, diff in result.differences.items():
+        flat[f"delta_{key}"] = diff["estimate"]
+        flat[f"delta_{key}_ci_low"] = diff["low"]
+        flat[f"delta_{key}_ci_high"] = diff["high"]
+    for name in ("baseline", "upstream"):
+        flat.update({f"{name}_{k}": v for k, v in result.scores.loc[name].items()})
+    mlflow.log_metrics({k: float(v) for k, v in flat.items() if np.isfinite(v)})
+    mlflow.set_tag("verdict", result.verdict[:5000])
+    for path in result.files:
+        mlflow.log_artifact(str(path))
+    for name, row in result.scores.iterrows():
+        with mlflow.start_run(run_name=f"{name}", nested=True, parent_run_id=parent):
+            mlflow.set_tags({"run_type": "comparison_forecast", "forecast": str(name)})
+            # Every key, undefined scores as NaN: dropping them would give the children different key sets.
+            mlflow.log_metrics({k: float(v) for k, v in row.items()})
+
+
+def compare_tracked(settings: CompareSettings) -> tuple[Any, Path]:
+    """Compare two models (or two predictions files) inside an MLflow comparison run.
+
+    Parameters
+    ----------
+    settings : CompareSettings
+        The two models or files, and how to score them.
+
+    Returns
+    -------
+    tuple
+        The comparison result and the path of its ``report.md``.
+    """
+    from convlstm.comparison import compare, inputs_from_files, inputs_from_models
+
+    models = {"baseline": settings.baseline, "upstream": settings.upstream}
+    if not settings.uses_files and not settings.baseline:
+        models = dict(latest_training_runs(settings.experiment_name))
+    out = Path(settings.output_dir or Path("outputs") / timestamped("compare"))
+    log_path = out / "compare.log"
+    configure_logging(settings.log_level, log_path)
+    run_ids: dict[str, str | None] = {"baseline": None, "upstream": None}
+    if settings.uses_files:
+        inputs = inputs_from_files(settings.baseline_predictions, settings.upstream_predictions, settings.ground_truth)
+    else:
+        loaded = {}
+        for name, reference in models.items():
+            checkpoint, normalizer = resolve_model(str(reference))
+            loaded[name] = load_forecast_model(checkpoint, settings.device, normalizer)
+            run_ids[name] = loaded[name].run_id
+        inputs = inputs_from_models(loaded["baseline"], loaded["upstream"], settings.data or demo_data_path(),
+                                    settings.batch_size)
+    experiment = settings.experiment_name or (experiment_of_run(run_ids["baseline"]) if run_ids["baseline"] else None)
+    tags = {"run_type": "comparison", **{f"{name}_run_id": rid or "" for name, rid in run_ids.items()}}
+    with managed_run(None, timestamped("compare"), experiment, tags, log_path):
+        result = compare(inputs, out, tuple(settings.thresholds), tuple(settings.fss_windows), settings.n_boot,
+                         settings.block_length)
+        log_comparison(result, {**settings_params(settings), **models})
+        if not settings.uses_files and settings.set_aliases and all(run_ids.values()):
+            set_champion(run_ids, {name: float(result.scores.loc[name, "rmse_mm"]) for name in run_ids},  # type: ignore[arg-type]
+                         settings.registered_model_name)
+    return result, out / "report.md"

@@ -1,0 +1,162 @@
+"""The lifecycle of an MLflow run: start or continue it, and always end it (FINISHED, or FAILED / KILLED
+with the reason in its ``error`` tag; never left RUNNING).
+
+Under ``mlflow run`` the run already exists (``MLFLOW_RUN_ID``); it is used, or, when resuming another
+run, tagged as pointing to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from convlstm.settings import as_text, flatten
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "convlstm-upstream"
+SYSTEM_METRICS_INTERVAL_S = 5.0
+#: Settings that say how a command runs, not what it computes: not logged as params.
+UNLOGGED_SETTINGS = ("resume", "experiment_name", "log_level")
+
+
+def timestamped(prefix: str) -> str:
+    """``<prefix>-YYYYmmdd-HHMMSS``: run names and default output folders."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def settings_params(settings: Any) -> dict[str, str]:
+    """Every setting under its CLI name, as the text ``mlflow run -P`` would log it (``true``, ``16 32 64``).
+
+    Parameters
+    ----------
+    settings : dataclass instance
+        An entry point's settings.
+
+    Returns
+    -------
+    dict of str to str
+        The same keys for every run of the entry point, so runs line up in the MLflow UI.
+    """
+    return {name: as_text(value) for name, value in flatten(settings).items() if name not in UNLOGGED_SETTINGS}
+
+
+def log_new_params(run_id: str, params: dict[str, Any]) -> None:
+    """Log the params the run does not have yet.
+
+    Under ``mlflow run`` the launcher has already logged the -P values and MLflow refuses to change a
+    param; a resumed run has them all.
+
+    Parameters
+    ----------
+    run_id : str
+        The run.
+    params : dict
+        Candidate params.
+    """
+    existing = MlflowClient().get_run(run_id).data.params
+    new = {key: value for key, value in params.items() if key not in existing}
+    if new:
+        mlflow.log_params(new)
+
+
+def log_file(path: Path | None, artifact_path: str | None = None) -> None:
+    """Log ``path`` as an artifact of the active run if it exists (e.g. the command's log file)."""
+    if path is not None and path.is_file():
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+def fail_pending_run(message: str) -> None:
+    """End the run ``mlflow run`` created for us as FAILED when we stop before starting it.
+
+    Parameters
+    ----------
+    message : str
+        The reason, stored in the run's ``error`` tag.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    client = MlflowClient()
+    try:
+        client.set_tag(run_id, "error", message[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the store itself may be what failed; the error is shown anyway
+        logger.debug("Could not mark run %s as FAILED.", run_id, exc_info=True)
+
+
+def experiment_of_run(run_id: str) -> str | None:
+    """The experiment name a run belongs to (so an inference or comparison lands beside its runs).
+
+    Parameters
+    ----------
+    run_id : str
+        A run of this tracking store.
+
+    Returns
+    -------
+    str or None
+        None for a run of another store (e.g. a checkpoint brought from elsewhere).
+    """
+    client = MlflowClient()
+    try:
+        return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+    except Exception:  # noqa: BLE001 - a checkpoint from another tracking store: use the default experiment
+        return None
+
+
+@contextmanager
+def managed_run(run_id: str | None, run_name: str | None, experiment_name: str | None, tags: dict[str, str],
+                log_path: Path | None = None, system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """Start (or continue) a run; end it FINISHED, or FAILED (KILLED on Ctrl-C) with the error as a tag.
+
+    Parameters
+    ----------
+    run_id : str, optional
+        A run to continue (resume); None starts a new one (or uses ``mlflow run``'s).
+    run_name : str, optional
+        The new run's name.
+    experiment_name : str, optional
+        Default :data:`DEFAULT_EXPERIMENT`; ignored under ``mlflow run``, which sets it.
+    tags : dict of str to str
+        Set on the run.
+    log_path : pathlib.Path, optional
+        The command's log file, logged as an artifact at the end either way.
+    system_metrics : bool
+        Whether MLflow samples CPU, memory and GPU use.
+
+    Yields
+    ------
+    mlflow.ActiveRun
+        The active run.
+    """
+    env_run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id is None and env_run_id is None:
+        mlflow.set_experiment(experiment_name or DEFAULT_EXPERIMENT)
+    if run_id and env_run_id and env_run_id != run_id:
+        client = MlflowClient()
+        client.set_tag(env_run_id, "resumed_run_id", run_id)
+        client.set_tag(env_run_id, "mlflow.note.content", f"This launch resumed run {run_id}; its results are there.")
+        os.environ.pop("MLFLOW_RUN_ID")
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, log_system_metrics=system_metrics)
+    try:
+        if run_name and env_run_id and not run_id:
+            mlflow.set_tag("mlflow.runName", run_name)
+        mlflow.set_tags(tags)
+        yield run
+    except BaseException as exc:
+        mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+        log_file(log_path)
+        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    log_file(log_path)
+    mlflow.end_run("FINISHED")

@@ -1,0 +1,136 @@
+"""A training run in MLflow: params, per-epoch metrics (step = epoch), checkpoints, figures, the data
+input, and the model packaged with its normalizer and registered."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.tracking import MlflowClient
+
+from convlstm.checkpoint import BEST_NAME, load_checkpoint
+from convlstm.cli import configure_logging
+from convlstm.config import TrainSettings
+from convlstm.data.demo import demo_data_path
+from convlstm.training.experiment import (
+    NORMALIZER_NAME,
+    TrainingOutcome,
+    new_run_settings,
+    run_training,
+    settings_from_checkpoint,
+)
+from convlstm.training.trainer import TrainingCallback
+from convlstm.tracking.registry import describe_version
+from convlstm.tracking.runs import log_new_params, managed_run, settings_params, timestamped
+from convlstm.tracking.uris import CHECKPOINT_ARTIFACTS, resolve_resume
+
+logger = logging.getLogger(__name__)
+
+
+class MlflowTracker(TrainingCallback):
+    """Turns trainer events into MLflow metrics (step = epoch) and checkpoint artifacts.
+
+    Parameters
+    ----------
+    run_id : str
+        The active run.
+    settings : TrainSettings
+        The run's settings (logged as params once the data is known).
+    """
+
+    def __init__(self, run_id: str, settings: TrainSettings) -> None:
+        self.run_id = run_id
+        self.settings = settings
+
+    def on_data_ready(self, data_info: dict[str, Any]) -> None:
+        """Log every setting and the derived shapes as params, and the data file as the run's input."""
+        params = {**settings_params(self.settings), "data": self.settings.data or "demo", **data_info}
+        log_new_params(self.run_id, params)
+        source = LocalArtifactDatasetSource(str(Path(data_info["data_path"]).resolve()))
+        mlflow.log_input(MetaDataset(source, name=Path(data_info["data_path"]).name, digest=data_info["data_digest"]),
+                         context="training")
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+
+    def on_checkpoint(self, path: Path) -> None:
+        mlflow.log_artifact(str(path), CHECKPOINT_ARTIFACTS)
+
+    def backfill_history(self, history: list[dict[str, float]]) -> None:
+        """Log the epochs a killed run recorded in its checkpoint but not yet in MLflow (none twice)."""
+        logged = {m.step for m in MlflowClient().get_metric_history(self.run_id, "val_loss")}
+        for row in history:
+            if int(row["epoch"]) not in logged:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+    def log_outcome(self, outcome: TrainingOutcome) -> None:
+        """Final metrics, the run's files, and the model packaged with its normalizer (and registered)."""
+        from convlstm.pyfunc import log_pyfunc_model
+
+        state = outcome.state
+        mlflow.log_metrics({"best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
+                            "epochs_trained": state.epoch, **outcome.test_scores})
+        mlflow.set_tag("stopped_early", str(state.stopped_early).lower())
+        for path in outcome.files:
+            mlflow.log_artifact(str(path))
+        output_dir, name = Path(str(self.settings.output_dir)), self.settings.registered_model_name or None
+        info = log_pyfunc_model(output_dir / BEST_NAME, output_dir / NORMALIZER_NAME, outcome.input_example, name)
+        if name and info.registered_model_version is not None:
+            describe_version(name, str(info.registered_model_version), self.run_id, self.settings.experiment_type,
+                             outcome.test_scores.get("test_rmse_mm", float("nan")))
+
+
+@dataclass
+class TrackedTraining:
+    """What ``train_tracked`` did: the run, its settings and where its files are."""
+
+    run_id: str
+    settings: TrainSettings
+    outcome: TrainingOutcome
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(str(self.settings.output_dir))
+
+
+def train_tracked(settings: TrainSettings) -> TrackedTraining:
+    """Train one experiment inside an MLflow run (a new one, or the one a resumed checkpoint belongs to).
+
+    Parameters
+    ----------
+    settings : TrainSettings
+        As given on the command line; with ``resume``, the run's own settings are taken from its
+        checkpoint (only ``output_dir`` and ``log_level`` may change).
+
+    Returns
+    -------
+    TrackedTraining
+        The run id, the settings it ran with and the training outcome.
+    """
+    run_id = None
+    if settings.resume:
+        checkpoint = resolve_resume(settings.resume)
+        resumed, run_id = settings_from_checkpoint(checkpoint, settings.output_dir)
+        settings = dataclasses.replace(resumed, log_level=settings.log_level)
+    else:
+        settings = new_run_settings(settings)
+    log_path = Path(str(settings.output_dir)) / "training.log"
+    configure_logging(settings.log_level, log_path)
+    data_path = Path(settings.data) if settings.data else demo_data_path()
+    tags = {"experiment_type": settings.experiment_type, "include_upstream": str(settings.include_upstream).lower(),
+            "run_type": "training"}
+    with managed_run(run_id, None if run_id else timestamped(settings.experiment_type), settings.experiment_name, tags,
+                     log_path, system_metrics=True) as run:
+        tracker = MlflowTracker(run.info.run_id, settings)
+        if settings.resume:
+            tracker.backfill_history(load_checkpoint(settings.resume)["training_state"]["history"])
+        outcome = run_training(settings, data_path, run_id=run.info.run_id, callbacks=[tracker],
+                               on_data_ready=tracker.on_data_ready)
+        tracker.log_outcome(outcome)
+    return TrackedTraining(run.info.run_id, settings, outcome)

@@ -1,0 +1,95 @@
+"""What a user may name a model or a run by, resolved to local files: checkpoints, output directories,
+run ids, ``runs:/`` and ``models:/`` URIs (artifacts are downloaded to a scratch folder)."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+from convlstm.errors import ModelError, TrackingError
+from convlstm.training.experiment import NORMALIZER_NAME
+
+CHECKPOINT_ARTIFACTS = "checkpoints"
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory for downloaded artifacts, removed when the process exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return Path(path)
+
+
+def resolve_resume(value: str) -> Path:
+    """The checkpoint to resume from: a checkpoint file, an output directory holding ``last.pt``, or a run id.
+
+    Parameters
+    ----------
+    value : str
+        What ``--resume`` was given.
+
+    Returns
+    -------
+    pathlib.Path
+        A local ``last.pt`` (or the named file); a run's artifact is downloaded when its output
+        directory is not on this machine.
+    """
+    path = Path(value)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if not (path / LAST_NAME).is_file():
+            raise ModelError(f"--resume {value}: the directory has no {LAST_NAME}; pass a checkpoint file or a run id.")
+        return path / LAST_NAME
+    try:
+        run = MlflowClient().get_run(value)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for an unknown id
+        raise TrackingError(f"--resume {value} is neither a checkpoint file, an output directory nor a run id in the "
+                            f"tracking store {mlflow.get_tracking_uri()}.") from exc
+    local = Path(run.data.params.get("output_dir", "")) / LAST_NAME
+    if local.is_file() and load_checkpoint(local).get("run_id") == value:
+        return local
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=value, artifact_path=f"{CHECKPOINT_ARTIFACTS}/{LAST_NAME}",
+                                                        dst_path=str(scratch_dir("convlstm-resume-"))))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"Run {value} has no {CHECKPOINT_ARTIFACTS}/{LAST_NAME} artifact to resume from.") from exc
+
+
+def resolve_model(reference: str) -> tuple[Path, Path | None]:
+    """Local checkpoint and normalizer files of a model however it is named.
+
+    Parameters
+    ----------
+    reference : str
+        A checkpoint file or training output directory, a training run id, ``runs:/<id>``, or a
+        registered model ``models:/<name>/<version>`` / ``models:/<name>@<alias>``.
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        The checkpoint and the ``normalizer.pkl`` (None: use the statistics inside the checkpoint).
+    """
+    path = Path(reference)
+    if path.exists():
+        return path, None
+    target = str(scratch_dir("convlstm-model-"))
+    try:
+        if reference.startswith("models:/"):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=reference, dst_path=target))
+            return local / "artifacts" / BEST_NAME, local / "artifacts" / NORMALIZER_NAME
+        run_id = reference.removeprefix("runs:/").split("/")[0]
+        checkpoint = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_ARTIFACTS}/{BEST_NAME}",
+                                                         dst_path=target)
+        normalizer = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=NORMALIZER_NAME, dst_path=target)
+        return Path(checkpoint), Path(normalizer)
+    except Exception as exc:  # noqa: BLE001 - unknown run, model or alias: one clear message
+        raise ModelError(
+            f"Cannot find a model at {reference!r}: pass a checkpoint file, a training output directory, a training run id, "
+            f"runs:/<run id> or models:/<name>/<version> (tracking store {mlflow.get_tracking_uri()})."
+        ) from exc
