@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from conftest import REPO, Workspace, assert_png, run_module, subprocess_env
+from tests.helpers import REPO, Workspace, assert_png, run_module, subprocess_env
 from convlstm.cli import run_cli
 from convlstm.comparison import (
     REPORT_NAME,

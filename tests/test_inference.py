@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 from mlflow.tracking import MlflowClient
 
-from conftest import Workspace, run_module
+from tests.helpers import Workspace, run_module
 from convlstm.cli import run_cli
 from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.regions import crop_regions

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from conftest import assert_png
+from tests.helpers import assert_png
 from convlstm.data.schema import CF_ATTRS, PRECIPITATION
 from convlstm.plots import (
     _build_precipitation_maps,

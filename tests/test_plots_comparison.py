@@ -13,7 +13,7 @@ from matplotlib.collections import QuadMesh
 from matplotlib.dates import ConciseDateFormatter
 from matplotlib.figure import Figure
 
-from conftest import assert_png
+from tests.helpers import assert_png
 from convlstm.plots import (
     UPSTREAM_BETTER,
     _build_case_maps,

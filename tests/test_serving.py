@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from conftest import Workspace, subprocess_env
+from tests.helpers import Workspace, subprocess_env
 from convlstm.data.regions import crop_regions
 from convlstm.data.schema import open_dataset
 from convlstm.data.stacking import stack_channels

@@ -18,14 +18,12 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from convlstm.settings import as_text, flatten
+from convlstm.settings import as_text, fields_of, flatten
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "convlstm-upstream"
 SYSTEM_METRICS_INTERVAL_S = 5.0
-#: Settings that say how a command runs, not what it computes: not logged as params.
-UNLOGGED_SETTINGS = ("resume", "experiment_name", "log_level")
 
 
 def timestamped(prefix: str) -> str:
@@ -34,7 +32,8 @@ def timestamped(prefix: str) -> str:
 
 
 def settings_params(settings: Any) -> dict[str, str]:
-    """Every setting under its CLI name, as the text ``mlflow run -P`` would log it (``true``, ``16 32 64``).
+    """The entry point's MLproject parameters with their values, as ``mlflow run`` logs them (``true``,
+    ``16 32 64``), so a run started with ``python -m entrypoints...`` has the same param keys.
 
     Parameters
     ----------
@@ -46,7 +45,8 @@ def settings_params(settings: Any) -> dict[str, str]:
     dict of str to str
         The same keys for every run of the entry point, so runs line up in the MLflow UI.
     """
-    return {name: as_text(value) for name, value in flatten(settings).items() if name not in UNLOGGED_SETTINGS}
+    values = flatten(settings)
+    return {f.name: as_text(values[f.name]) for f in fields_of(type(settings)) if f.spec.cli and f.spec.mlproject}
 
 
 def log_new_params(run_id: str, params: dict[str, Any]) -> None:

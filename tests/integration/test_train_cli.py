@@ -1,15 +1,13 @@
-"""The ``train`` entry point: what lands in MLflow, refusals before any work, errors during a run, and
-(slow) ``mlflow run`` and kill-and-resume end to end.
+"""The ``train`` entry point: what lands in MLflow for the shared pair (baseline trained in process,
+upstream through ``mlflow run``), refusals before any work, errors during a run, and (slow) kill and resume.
 
-Every test has its own working directory (so ``./mlruns`` artifacts land there), its own SQLite
-tracking store and demo cache. The in-process tests call ``run_cli(train, argv)`` as ``python -m
-entrypoints.train`` does; the slow ones start real processes.
+Tests that need a tracking store of their own copy an empty one (creating one takes seconds of schema
+migrations, copying it milliseconds).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import shutil
@@ -17,32 +15,27 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-import click
-import mlflow
-import mlflow.tracking._tracking_service.utils as tracking_utils
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import convlstm.tracking
-from conftest import REPO, subprocess_env
-from convlstm.cli import run_cli
-from convlstm.data.synthetic import write_demo_dataset
 from convlstm.checkpoint import LAST_NAME, load_checkpoint
-from entrypoints.train import build_options, train
+from convlstm.config import TrainSettings
+from convlstm.data.demo import write_demo_dataset
+from convlstm.settings import build, fields_of
+from convlstm.training.experiment import new_run_settings
+from entrypoints.train import train
+from tests.integration.workspace import PAIR_ARGS, PAIR_EPOCHS, Workspace, invoke, mlflow_run, subprocess_env, tracking_environment
 
 TINY_ARGS = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1"]
 EPOCH_METRICS = ("train_loss", "val_loss", "val_rmse_mm", "val_mae_mm", "lr", "epoch_time_s", "train_step_time_s",
                  "val_time_s")
-ARTIFACTS = {"checkpoints/best_model.pt", "checkpoints/last.pt", "normalizer.pkl", "config.json", "training.log",
-             "loss_curve.png", "precipitation_maps.png"}
-#: Flags that choose how to run or where to record rather than what is trained: not logged as params.
-NOT_PARAMS = {"resume", "experiment_name", "registered_model_name", "log_level"}
-#: Every real option of the command (click-option-group adds hidden placeholder options for group titles).
-CLI_SETTINGS = {param.name for param in train.params if isinstance(param, click.Option) and not param.hidden}
+ARTIFACTS = {"checkpoints/best_model.pt", "checkpoints/last.pt", "checkpoints/checkpoint_epoch_2.pt", "normalizer.pkl",
+             "config.json", "training.log", "loss_curve.png", "precipitation_maps.png"}
+#: Every MLproject parameter of the train entry point is a param of every training run, however started.
+MLPROJECT_PARAMS = {f.name for f in fields_of(TrainSettings) if f.spec.cli and f.spec.mlproject}
 DERIVED_PARAMS = {"input_channels", "input_height", "input_width", "downstream_columns", "data_digest", "data_path",
                   "data_time_start", "data_time_end", "n_levels", "levels", "n_windows_train", "n_windows_val",
                   "n_windows_test", "version_torch", "version_numpy", "version_xarray", "version_convlstm"}
@@ -57,39 +50,9 @@ def tiny_nc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_demo_dataset(tmp_path_factory.mktemp("data") / "tiny.nc", years=0.1, resolution=5.0)
 
 
-@contextmanager
-def tracking_environment(directory: Path, mp: pytest.MonkeyPatch):
-    """Run from ``directory`` against its own store; afterwards no run stays active, logging is restored."""
-    mp.chdir(directory)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{directory}/mlflow.db")
-    mp.setenv("CONVLSTM_CACHE_DIR", str(directory / "cache"))
-    mp.setattr(tracking_utils, "_tracking_uri", None)  # in case anything called mlflow.set_tracking_uri
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        mp.delenv(name, raising=False)
-    # training_run sets this variable process-wide: make sure it is removed again afterwards
-    mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
-    mp.delenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # much faster than 2 threads on a busy 2-core machine
-    try:
-        yield directory
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run("FAILED")
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initialised, empty SQLite tracking store. Creating one takes seconds (schema migrations), copying
-    it milliseconds: each test that needs a store gets its own copy."""
+    """An initialised, empty SQLite tracking store, to copy."""
     directory = tmp_path_factory.mktemp("template")
     with pytest.MonkeyPatch.context() as mp, tracking_environment(directory, mp):
         MlflowClient().search_experiments()
@@ -111,15 +74,6 @@ def tracked(workdir: Path, empty_store: Path) -> Path:
     return workdir
 
 
-def invoke(args: list[str]) -> int:
-    """``python -m entrypoints.train ARGS`` in this process; the exit code."""
-    try:
-        run_cli(train, [str(arg) for arg in args])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
-
-
 def all_runs(client: MlflowClient) -> list:
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
     return client.search_runs(experiments) if experiments else []
@@ -136,118 +90,82 @@ def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(metric.step for metric in client.get_metric_history(run_id, key))
 
 
+def settings_of(args: list[str]) -> TrainSettings:
+    """The settings the train command builds from ``args``."""
+    return build(TrainSettings, train.make_context("train", args).params)
+
+
 def names_flag(message: str, flag: str) -> bool:
     """The message names ``--flag`` (or its parameter spelling flag_name, as library messages do)."""
     return flag in message or flag.lstrip("-").replace("-", "_") in message
 
 
-# ---------------------------------------------------------------------------------------------- a baseline and an upstream run
-
-
-@pytest.fixture(scope="module")
-def compared(tiny_nc: Path, empty_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A baseline run (2 epochs) and an upstream run (3 epochs) in one experiment, through the CLI."""
-    directory = tmp_path_factory.mktemp("compare")
-    shutil.copyfile(empty_store, directory / "mlflow.db")
-    runs = {}
-    with pytest.MonkeyPatch.context() as mp, tracking_environment(directory, mp):
-        # System metrics are sampled every SYSTEM_METRICS_INTERVAL_S (5 s) and only a full interval is
-        # logged, so a run of a few seconds may have none; sample faster here to check they are recorded.
-        mp.setattr(convlstm.tracking, "SYSTEM_METRICS_INTERVAL_S", 0.25)
-        for kind, upstream, epochs in (("baseline", "false", 2), ("upstream", "true", 3)):
-            code = invoke(["--data", tiny_nc, "--output-dir", directory / kind, "--include-upstream", upstream,
-                           "--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", epochs,
-                           "--learning-rate", "0.002", "--seed", "3", "--checkpoint-frequency", "2",
-                           "--early-stopping-patience", "0", "--experiment-name", "compare"])
-            assert code == 0, f"{kind} run exited {code}"
-        client = MlflowClient()
-        experiment = client.get_experiment_by_name("compare")
-        for run in client.search_runs([experiment.experiment_id]):
-            kind = run.data.tags["experiment_type"]
-            download = directory / f"{kind}-artifacts"
-            download.mkdir()
-            runs[kind] = {
-                "run": run,
-                "epochs": {"baseline": 2, "upstream": 3}[kind],
-                "steps": {key: steps(client, run.info.run_id, key) for key in EPOCH_METRICS},
-                "val_loss": [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)],
-                "artifacts": artifact_paths(client, run.info.run_id),
-                "last_artifact": load_checkpoint(client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(download))),
-                "log": Path(client.download_artifacts(run.info.run_id, "training.log", str(download))).read_text(),
-            }
-    assert sorted(runs) == ["baseline", "upstream"]
-    return runs
+# ---------------------------------------------------------------------------------------------- the shared pair
 
 
 @pytest.mark.parametrize("kind", ["baseline", "upstream"])
-def test_run_finishes_with_every_setting_and_the_derived_shapes_as_params(compared, tiny_nc: Path, kind: str) -> None:
-    run = compared[kind]["run"]
+def test_run_finishes_with_every_setting_and_the_derived_shapes_as_params(pair: Workspace, kind: str) -> None:
+    run = pair.client().get_run(pair.run_ids[kind])
     assert run.info.status == "FINISHED"
     assert run.info.run_name.startswith(f"{kind}-")
     assert run.data.tags["experiment_type"] == kind
     assert run.data.tags["include_upstream"] == str(kind == "upstream").lower()
     assert run.data.tags["stopped_early"] == "false"
-    params = run.data.params
-    cli_settings = CLI_SETTINGS - NOT_PARAMS
-    assert {"include_upstream", "hidden_channels", "learning_rate", "batch_size", "window_size", "downstream_lon_min",
-            "upstream_lon_max", "seed", "data", "output_dir", "use_amp", "nan_policy"} <= cli_settings
-    assert cli_settings <= params.keys(), f"not logged: {sorted(cli_settings - params.keys())}"
+    params = {key: value.strip("'") for key, value in run.data.params.items()}  # `mlflow run` logs '4 8' shell-quoted
+    assert MLPROJECT_PARAMS <= params.keys(), f"not logged: {sorted(MLPROJECT_PARAMS - params.keys())}"
     assert DERIVED_PARAMS <= params.keys(), f"not logged: {sorted(DERIVED_PARAMS - params.keys())}"
     upstream = kind == "upstream"
     width = 12 if upstream else 4
     assert params["include_upstream"] == str(upstream).lower()
-    assert params["hidden_channels"] == "4 8"
-    assert (params["batch_size"], params["learning_rate"], params["seed"]) == ("8", "0.002", "3")
-    assert (params["window_size"], params["num_epochs"]) == ("6", str(compared[kind]["epochs"]))
+    assert {key: params[key] for key in PAIR_ARGS} == PAIR_ARGS
+    assert (params["window_size"], params["num_epochs"]) == ("6", str(PAIR_EPOCHS[kind]))
     assert (params["downstream_lon_min"], params["upstream_lon_max"]) == ("110.0", "110.0")
-    assert params["data"] == str(tiny_nc)
+    assert params["data"] == str(pair.tiny) and params["use_amp"] == "true"
     assert (params["input_channels"], params["input_height"], params["input_width"]) == ("56", "4", str(width))
     assert params["downstream_columns"] == ("8:12" if upstream else "0:4")
-    assert params["data_digest"] == hashlib.sha256(tiny_nc.read_bytes()).hexdigest()[:16]
+    assert params["data_digest"] == hashlib.sha256(pair.tiny.read_bytes()).hexdigest()[:16]
     assert params["data_time_start"] == "2000-01-01T00"
     assert params["version_torch"] == str(torch.__version__)
 
 
 @pytest.mark.parametrize("kind", ["baseline", "upstream"])
-def test_one_metric_value_per_epoch_and_test_scores(compared, kind: str) -> None:
-    run, epochs = compared[kind]["run"], compared[kind]["epochs"]
+def test_one_metric_value_per_epoch_test_scores_and_the_checkpoint_history(pair: Workspace, kind: str,
+                                                                           tmp_path: Path) -> None:
+    client, run_id, epochs = pair.client(), pair.run_ids[kind], PAIR_EPOCHS[kind]
     for key in EPOCH_METRICS:
-        assert compared[kind]["steps"][key] == list(range(1, epochs + 1)), key
-    metrics = run.data.metrics
+        assert steps(client, run_id, key) == list(range(1, epochs + 1)), key
+    metrics = client.get_run(run_id).data.metrics
     for key in ("test_rmse_mm", "test_mae_mm", "test_loss", "best_val_loss", "best_epoch"):
         assert key in metrics, key
     assert metrics["test_rmse_mm"] > 0 and metrics["test_rmse_mm"] >= metrics["test_mae_mm"]
     assert metrics["epochs_trained"] == epochs
-    assert metrics["best_val_loss"] == min(compared[kind]["val_loss"])
-    # MLflow holds what the checkpoint holds
-    history = compared[kind]["last_artifact"]["training_state"]["history"]
-    assert [row["val_loss"] for row in history] == compared[kind]["val_loss"]
+    val_loss = [m.value for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)]
+    assert metrics["best_val_loss"] == min(val_loss)
+    last = load_checkpoint(client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path)))
+    assert [row["val_loss"] for row in last["training_state"]["history"]] == val_loss  # MLflow holds what the checkpoint holds
+    assert last["training_state"]["epoch"] == epochs and last["run_id"] == run_id  # the final last.pt was uploaded
 
 
 @pytest.mark.parametrize("kind", ["baseline", "upstream"])
-def test_artifacts_dataset_input_and_system_metrics(compared, tiny_nc: Path, kind: str) -> None:
-    run, epochs = compared[kind]["run"], compared[kind]["epochs"]
-    expected = ARTIFACTS | ({"checkpoints/checkpoint_epoch_2.pt"} if epochs >= 2 else set())
-    assert expected <= compared[kind]["artifacts"], f"missing: {sorted(expected - compared[kind]['artifacts'])}"
-    assert compared[kind]["last_artifact"]["training_state"]["epoch"] == epochs  # the final last.pt was uploaded
-    assert compared[kind]["last_artifact"]["run_id"] == run.info.run_id
-    assert f"epoch {epochs}/{epochs}" in compared[kind]["log"]
-
-    inputs = run.inputs.dataset_inputs
-    assert len(inputs) == 1
-    dataset = inputs[0].dataset
+def test_artifacts_log_and_dataset_input(pair: Workspace, kind: str, tmp_path: Path) -> None:
+    client, run_id, epochs = pair.client(), pair.run_ids[kind], PAIR_EPOCHS[kind]
+    found = artifact_paths(client, run_id)
+    assert ARTIFACTS <= found, f"missing: {sorted(ARTIFACTS - found)}"
+    assert f"epoch {epochs}/{epochs}" in Path(client.download_artifacts(run_id, "training.log", str(tmp_path))).read_text()
+    run = client.get_run(run_id)
+    (dataset_input,) = run.inputs.dataset_inputs
+    dataset = dataset_input.dataset
     assert dataset.name == "tiny.nc" and dataset.digest == run.data.params["data_digest"]
-    assert str(tiny_nc) in dataset.source
-    assert {tag.key: tag.value for tag in inputs[0].tags}.get("mlflow.data.context") == "training"
-
-    system = [key for key in run.data.metrics if key.startswith("system/")]
-    assert system, "no system metrics were logged"
+    assert str(pair.tiny) in dataset.source
+    assert {tag.key: tag.value for tag in dataset_input.tags}.get("mlflow.data.context") == "training"
 
 
-def test_baseline_and_upstream_runs_have_the_same_param_and_metric_keys(compared) -> None:
-    baseline, upstream = compared["baseline"]["run"].data, compared["upstream"]["run"].data
+def test_system_metrics_and_the_same_keys_for_both_experiments(pair: Workspace) -> None:
+    baseline, upstream = (pair.client().get_run(pair.run_ids[kind]).data for kind in pair.KINDS)
+    assert [key for key in baseline.metrics if key.startswith("system/")], "no system metrics were logged"
     assert baseline.params.keys() == upstream.params.keys()
-    assert baseline.metrics.keys() == upstream.metrics.keys()
+    own = {key for key in baseline.metrics if not key.startswith("system/")}
+    assert own == {key for key in upstream.metrics if not key.startswith("system/")}
     assert (baseline.params["include_upstream"], upstream.params["include_upstream"]) == ("false", "true")
 
 
@@ -274,9 +192,9 @@ def _refusable(tiny_nc: Path, extra: list[str]) -> list[str]:
 @pytest.mark.parametrize(("extra", "flag"), REFUSALS)
 def test_refused_before_any_work(workdir: Path, tiny_nc: Path, capsys: pytest.CaptureFixture[str],
                                  extra: list[str], flag: str) -> None:
-    assert invoke(_refusable(tiny_nc, extra)) == 2
+    assert invoke(train, _refusable(tiny_nc, extra)) == 2
     err = capsys.readouterr().err
-    message = "\n".join(line for line in err.splitlines() if line.startswith("Error:"))
+    message = "\n".join(line for line in err.splitlines() if line.startswith("Error"))
     assert message and names_flag(message, flag), err
     assert "Traceback" not in err
     # no run: the tracking store was never even created; and no output directory either
@@ -293,7 +211,7 @@ def test_refusal_fails_the_run_mlflow_run_created(tracked: Path, tiny_nc: Path, 
         extra, flag = case.values
         run_id = client.create_run(experiment).info.run_id
         monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
-        assert invoke(_refusable(tiny_nc, extra)) == 2, case.id
+        assert invoke(train, _refusable(tiny_nc, extra)) == 2, case.id
         run = client.get_run(run_id)
         assert run.info.status == "FAILED", case.id
         assert names_flag(run.data.tags["error"], flag), (case.id, run.data.tags["error"])
@@ -306,34 +224,31 @@ def test_refusal_fails_the_run_mlflow_run_created(tracked: Path, tiny_nc: Path, 
 @pytest.mark.parametrize(("value", "expected"), [("true", True), ("false", False), ("1", True), ("0", False),
                                                  ("yes", True), ("no", False), ("True", True), ("FALSE", False)])
 def test_include_upstream_accepts_the_usual_boolean_spellings(workdir: Path, value: str, expected: bool) -> None:
-    ctx = train.make_context("train", ["--include-upstream", value, "--output-dir", "out"])
-    assert ctx.params["include_upstream"] is expected
-    options = build_options(ctx.params)
-    assert options.include_upstream is expected
-    assert options.experiment_type == ("upstream" if expected else "baseline")
+    settings = settings_of(["--include-upstream", value, "--output-dir", "out"])
+    assert settings.include_upstream is expected
+    assert settings.experiment_type == ("upstream" if expected else "baseline")
 
 
 def test_include_upstream_alone_means_true_and_absent_means_false() -> None:
-    assert train.make_context("train", ["--include-upstream", "--batch-size", "3"]).params["include_upstream"] is True
-    assert train.make_context("train", []).params["include_upstream"] is False
+    assert settings_of(["--include-upstream", "--batch-size", "3"]).include_upstream is True
+    assert settings_of([]).include_upstream is False
 
 
 @pytest.mark.parametrize("args", [["--hidden-channels", "8", "16"], ["--hidden-channels", "8 16"],
                                   ["--hidden-channels", "8", "16", "--batch-size", "3"], ["--hidden-channels=8 16"]],
                          ids=["space-separated", "one-value", "followed-by-option", "equals"])
 def test_hidden_channels_spellings(workdir: Path, args: list[str]) -> None:
-    ctx = train.make_context("train", [*args, "--output-dir", "out"])
-    assert ctx.params["hidden_channels"] == [8, 16]
-    assert build_options(ctx.params).config.hidden_channels == [8, 16]
+    settings = settings_of([*args, "--output-dir", "out"])
+    assert settings.model.hidden_channels == [8, 16]
     if "--batch-size" in args:
-        assert ctx.params["batch_size"] == 3
+        assert settings.model.batch_size == 3
 
 
 def test_existing_output_dir_is_refused_without_resume(workdir: Path, tiny_nc: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     (workdir / "out").mkdir()
     (workdir / "out" / "keep.txt").write_text("earlier results")
-    assert invoke(_refusable(tiny_nc, [])) == 2
+    assert invoke(train, _refusable(tiny_nc, [])) == 2
     err = capsys.readouterr().err
     assert "--output-dir" in err and "--resume" in err
     assert sorted(path.name for path in (workdir / "out").iterdir()) == ["keep.txt"]
@@ -341,11 +256,11 @@ def test_existing_output_dir_is_refused_without_resume(workdir: Path, tiny_nc: P
     assert not (workdir / "mlflow.db").exists()
     # an existing but empty directory is fine
     (workdir / "empty").mkdir()
-    assert build_options(train.make_context("train", ["--output-dir", "empty"]).params).output_dir == (workdir / "empty").resolve()
+    assert new_run_settings(settings_of(["--output-dir", "empty"])).output_dir == str((workdir / "empty").resolve())
 
 
 def test_unknown_resume_target_is_a_clean_error(tracked: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert invoke(["--resume", "0123456789abcdef0123456789abcdef"]) == 1
+    assert invoke(train, ["--resume", "0123456789abcdef0123456789abcdef"]) == 1
     err = capsys.readouterr().err
     assert "--resume 0123456789abcdef0123456789abcdef" in err and "Traceback" not in err
     assert all_runs(MlflowClient()) == []
@@ -360,10 +275,10 @@ def test_region_outside_the_data_fails_the_run_with_one_line(tracked: Path, tiny
     client = MlflowClient()
     if pending:
         monkeypatch.setenv("MLFLOW_RUN_ID", client.create_run(client.create_experiment("pending")).info.run_id)
-    assert invoke(["--data", tiny_nc, "--output-dir", "out", *TINY_ARGS, "--downstream-lon-max", "200"]) == 1
+    assert invoke(train, ["--data", tiny_nc, "--output-dir", "out", *TINY_ARGS, "--downstream-lon-max", "200"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
     assert len(errors) == 1, err
     assert "110..200" in errors[0] and "lon 70..125" in errors[0] and "--downstream" in errors[0]
     runs = all_runs(client)
@@ -375,10 +290,10 @@ def test_region_outside_the_data_fails_the_run_with_one_line(tracked: Path, tiny
 def test_diverging_training_fails_the_run_with_one_line(tracked: Path, tiny_nc: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--data", tiny_nc, "--output-dir", "out", *TINY_ARGS, "--learning-rate", "1e30", "--gradient-clip-norm", "1e30"]
-    assert invoke(args) == 1
+    assert invoke(train, args) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and "The loss became" in errors[0], err
     (run,) = all_runs(MlflowClient())
     assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["error"]
@@ -388,46 +303,15 @@ def test_diverging_training_fails_the_run_with_one_line(tracked: Path, tiny_nc: 
 # ---------------------------------------------------------------------------------------------- end to end (slow)
 
 
-def store(directory: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{directory}/mlflow.db")
-
-
-def _mlflow_run(directory: Path, *params: str) -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
-            "--experiment-name", "t"]
-    for param in params:
-        args += ["-P", param]
-    return subprocess.run(args, cwd=directory, env=subprocess_env(directory), capture_output=True, text=True, timeout=300,
-                          check=False)
-
-
-@pytest.mark.slow
-def test_mlflow_run_upstream_then_a_refused_one(tmp_path: Path, tiny_nc: Path, empty_store: Path) -> None:
+def test_mlflow_run_refusal_ends_the_launcher_run_failed(tmp_path: Path, tiny_nc: Path, empty_store: Path) -> None:
     shutil.copyfile(empty_store, tmp_path / "mlflow.db")
-    done = _mlflow_run(tmp_path, f"data={tiny_nc}", f"output_dir={tmp_path / 'out'}", "include_upstream=true",
-                       "hidden_channels=4 8", "num_epochs=2", "batch_size=8")
-    assert done.returncode == 0, done.stderr[-3000:]
-    client = store(tmp_path)
-    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["experiment_type"] == "upstream" and run.info.run_name.startswith("upstream-")
-    # `mlflow run` logs the -P values itself before the script starts, shell-quoted ('4 8'); the script
-    # adds only the params not there yet, such as the derived shapes
-    assert run.data.params["hidden_channels"].strip("'") == "4 8"
-    assert (run.data.params["input_width"], run.data.params["downstream_columns"]) == ("12", "8:12")
-    assert steps(client, run.info.run_id, "val_loss") == [1, 2]
-    assert {"checkpoints/last.pt", "training.log"} <= artifact_paths(client, run.info.run_id)
-    assert (tmp_path / "mlruns").is_dir()  # artifacts land under the working directory, not the project
-
-    refused = _mlflow_run(tmp_path, f"data={tiny_nc}", f"output_dir={tmp_path / 'out2'}", "batch_size=0")
+    refused = mlflow_run(tmp_path, "train", {"data": tiny_nc, "output_dir": tmp_path / "out", "batch_size": 0})
     assert refused.returncode != 0
-    assert "--batch-size" in refused.stderr
-    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
-    assert len(runs) == 2
-    assert "RUNNING" not in {r.info.status for r in runs}
-    (failed,) = [r for r in runs if r.info.run_id != run.info.run_id]
-    assert failed.info.status == "FAILED" and "--batch-size" in failed.data.tags.get("error", "")
-    assert not (tmp_path / "out2").exists()
+    assert "--batch-size" in refused.stderr and "Traceback" not in refused.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert run.info.status == "FAILED" and "--batch-size" in run.data.tags.get("error", "")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
@@ -466,7 +350,7 @@ def test_killed_run_resumes_the_same_mlflow_run(tmp_path: Path, medium_nc: Path,
     killed_at = checkpoint["training_state"]["epoch"]
     assert 2 <= killed_at < epochs
     run_id = checkpoint["run_id"]
-    client = store(tmp_path)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert client.get_run(run_id).info.status == "RUNNING"  # killed: nobody ended it
 
     resumed = subprocess.run([sys.executable, "-m", "entrypoints.train", "--resume", run_id], cwd=tmp_path, env=env,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import make_dataset
+from tests.helpers import make_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convlstm.data.regions import RegionConfig, crop_regions
+from convlstm.config import RegionConfig
+from convlstm.data.regions import check_regions, crop_regions
 from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, open_dataset
-from convlstm.errors import DataError
+from convlstm.errors import ConfigError, DataError
 
 LAT = np.arange(25.0, 41.0, 3.0)  # 25 .. 40, 6 rows
 LON = np.arange(70.0, 126.0, 5.0)  # 70 .. 125, 12 columns
@@ -159,7 +160,7 @@ def test_region_config_round_trip():
 
 
 def test_region_config_unknown_key():
-    with pytest.raises(DataError, match="Unknown RegionConfig setting"):
+    with pytest.raises(ConfigError, match="Unknown RegionConfig setting"):
         RegionConfig.from_dict({"downstream_lat_min": 25.0, "upstream_height": 3.0})
 
 
@@ -168,17 +169,17 @@ def test_region_config_unknown_key():
     [
         ({"downstream_lat_min": 40.0, "downstream_lat_max": 25.0}, "downstream latitudes"),
         ({"downstream_lat_min": 30.0, "downstream_lat_max": 30.0}, "downstream latitudes"),
-        ({"upstream_lat_max": 95.0}, "upstream latitudes"),
-        ({"downstream_lat_min": -91.0}, "downstream latitudes"),
+        ({"upstream_lat_max": 95.0}, r"upstream_lat_max \(--upstream-lat-max\) must be a number >= -90 and <= 90"),
+        ({"downstream_lat_min": -91.0}, "downstream_lat_min"),
         ({"downstream_lon_min": 125.0, "downstream_lon_max": 110.0}, "downstream longitudes"),
         ({"upstream_lon_min": 0.0, "upstream_lon_max": 360.0}, "upstream longitudes"),
-        ({"upstream_lon_min": float("nan")}, "finite number"),
-        ({"downstream_lat_min": "25"}, "finite number"),
-        ({"downstream_lon_max": float("inf")}, "finite number"),
+        ({"upstream_lon_min": float("nan")}, "must be a number"),
+        ({"downstream_lat_min": "25"}, "must be a number"),
+        ({"downstream_lon_max": float("inf")}, "must be a number"),
     ],
 )
 def test_invalid_bounds_refused(kwargs, match):
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(ConfigError, match=match):
         RegionConfig(**kwargs)
 
 
@@ -190,7 +191,7 @@ def test_region_outside_data_prints_data_bounds(tmp_path):
     with pytest.raises(DataError, match=r"downstream region .* lies outside .*asia\.nc, which covers lat 25\.\.40 °N, lon 70\.\.125 °E"):
         crop_regions(data, regions, include_upstream=False)
     with pytest.raises(DataError, match="lies outside"):
-        RegionConfig(downstream_lat_max=45.0, upstream_lat_max=45.0).validate(data)
+        check_regions(data, RegionConfig(downstream_lat_max=45.0, upstream_lat_max=45.0), include_upstream=True)
     with pytest.raises(DataError, match=r"upstream region .* lies outside"):
         crop_regions(data, RegionConfig(upstream_lon_min=50.0), include_upstream=True)
 
@@ -203,7 +204,7 @@ def test_region_between_grid_points_is_refused():
 
 def test_upstream_overlapping_downstream():
     data = make_dataset(n_time=2)
-    with pytest.raises(DataError, match=r"overlaps the downstream region"):
+    with pytest.raises(ConfigError, match=r"overlaps the downstream region"):
         crop_regions(data, RegionConfig(upstream_lon_max=115.0), include_upstream=True)
     # overlap does not matter when upstream is not used
     crop_regions(data, RegionConfig(upstream_lon_max=115.0), include_upstream=False)
@@ -212,12 +213,12 @@ def test_upstream_overlapping_downstream():
 def test_upstream_with_different_latitudes():
     data = make_dataset(n_time=2)
     regions = RegionConfig(upstream_lat_min=25.0, upstream_lat_max=37.0)
-    with pytest.raises(DataError, match=r"must span the same latitudes as the downstream region"):
+    with pytest.raises(ConfigError, match=r"must span the same latitudes as the downstream region"):
         crop_regions(data, regions, include_upstream=True)
-    with pytest.raises(DataError, match="same latitudes"):
+    with pytest.raises(ConfigError, match="same latitudes"):
         regions.check_upstream()
 
 
-def test_validate_accepts_defaults():
-    RegionConfig().validate(make_dataset(n_time=2))
-    RegionConfig().validate(make_dataset(n_time=2), include_upstream=False)
+def test_check_regions_accepts_defaults():
+    check_regions(make_dataset(n_time=2), RegionConfig(), include_upstream=True)
+    check_regions(make_dataset(n_time=2), RegionConfig(), include_upstream=False)

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import make_dataset
+from tests.helpers import make_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convlstm.data.split import DEFAULT_TRAIN_RATIO, DEFAULT_VAL_RATIO, create_train_val_test_split
-from convlstm.errors import DataError
+from convlstm.data.split import create_train_val_test_split
+from convlstm.errors import ConfigError, DataError
 
 
 def _time_only(times: pd.DatetimeIndex) -> xr.Dataset:
@@ -28,8 +28,6 @@ def _assert_partition(data: xr.Dataset, splits) -> None:
 
 
 def test_default_ratios_leave_a_test_split():
-    assert DEFAULT_TRAIN_RATIO == 0.70 and DEFAULT_VAL_RATIO == 0.15
-    assert DEFAULT_TRAIN_RATIO + DEFAULT_VAL_RATIO < 1.0
     data = make_dataset(n_time=100, lat=np.array([30.0]), lon=np.array([110.0]))
     train, val, test = create_train_val_test_split(data)
     assert (train.sizes["time"], val.sizes["time"], test.sizes["time"]) == (70, 15, 15)
@@ -106,7 +104,7 @@ def test_test_start_date_split_is_an_ordered_partition(n, cut):
     cutoff = times[0] + (times[-1] - times[0]) * cut
     data = _time_only(times)
     n_before = int((times < cutoff).sum())
-    n_train = round(n_before * DEFAULT_TRAIN_RATIO / (DEFAULT_TRAIN_RATIO + DEFAULT_VAL_RATIO))
+    n_train = round(n_before * 0.7 / (0.7 + 0.15))  # the default ratios
     if n_train == 0 or n_before - n_train == 0:
         with pytest.raises(DataError, match="split empty"):
             create_train_val_test_split(data, test_start_date=str(cutoff))
@@ -124,14 +122,14 @@ def test_test_start_date_split_is_an_ordered_partition(n, cut):
 )
 def test_bad_ratios_refused(train_ratio, val_ratio):
     data = _time_only(pd.date_range("2000-01-01", periods=20, freq="D"))
-    with pytest.raises(DataError, match=r"train_ratio .* and val_ratio .* must each lie in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"train_ratio .* and val_ratio .* must each lie in \(0, 1\)"):
         create_train_val_test_split(data, train_ratio=train_ratio, val_ratio=val_ratio)
 
 
 @pytest.mark.parametrize("train_end_year,val_end_year", [(2001, None), (None, 2002), (2002, 2002), (2003, 2001)])
 def test_bad_years_refused(train_end_year, val_end_year):
     data = _time_only(pd.date_range("2000-01-01", "2004-12-31", freq="MS"))
-    with pytest.raises(DataError, match="Year split needs both"):
+    with pytest.raises(ConfigError, match="Year split needs both"):
         create_train_val_test_split(data, train_end_year=train_end_year, val_end_year=val_end_year)
 
 
@@ -144,7 +142,7 @@ def test_years_leaving_validation_empty_refused():
 
 def test_bad_test_start_date_refused():
     data = _time_only(pd.date_range("2000-01-01", periods=20, freq="D"))
-    with pytest.raises(DataError, match="test_start_date must be a date"):
+    with pytest.raises(ConfigError, match="test_start_date must be a date"):
         create_train_val_test_split(data, test_start_date="the day after tomorrow")
 
 

@@ -16,29 +16,26 @@ import numpy as np
 import pytest
 import torch
 
-from convlstm.config import ConvLSTMConfig
+from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name
+from convlstm.config import ConvLSTMConfig, RegionConfig, TrainSettings
+from convlstm.data.demo import write_demo_dataset
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.prepare import PreparedData, prepare_data
-from convlstm.data.regions import RegionConfig
-from convlstm.data.synthetic import write_demo_dataset
-from convlstm.errors import DataError, TrainingDiverged
-from convlstm.model import ConvLSTMUNet
+from convlstm.errors import ModelError, TrainingDiverged
 from convlstm.forecast import predict_windows
-from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name
+from convlstm.model import ConvLSTMUNet
 from convlstm.training.experiment import (
     CONFIG_NAME,
     LOSS_CURVE_NAME,
     MAPS_NAME,
     NORMALIZER_NAME,
-    TrainOptions,
     run_training,
+    settings_from_checkpoint,
 )
-from convlstm.training.loss import WeightedPrecipitationLoss
 from convlstm.training.trainer import Trainer, TrainingCallback
+from tests.helpers import PNG_SIGNATURE, TINY, make_trainer, prepare
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CPU = torch.device("cpu")
-TINY = {"hidden_channels": [4, 8], "batch_size": 8}
 # 5° grid, default regions: downstream 110..125 °E = 4 columns; upstream 70..<110 °E = 8 columns.
 N_LAT, W_DOWN, W_UP = 4, 4, 8
 
@@ -63,23 +60,14 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     torch.set_num_threads(threads)
 
 
-def make_options(output_dir: Path, data: Path, include_upstream: bool = False, **config: object) -> TrainOptions:
-    settings = {**TINY, "num_epochs": 2, **config}
-    return TrainOptions(output_dir=output_dir, config=ConvLSTMConfig(**settings), data=data,  # type: ignore[arg-type]
-                        include_upstream=include_upstream, device="cpu")
+def make_settings(output_dir: Path, data: Path, include_upstream: bool = False, **config: object) -> TrainSettings:
+    return TrainSettings(output_dir=str(output_dir), model=ConvLSTMConfig(**{**TINY, "num_epochs": 2, **config}),  # type: ignore[arg-type]
+                         data=str(data), include_upstream=include_upstream, device="cpu")
 
 
-def prepare(data: Path, include_upstream: bool = False) -> PreparedData:
-    return prepare_data(data, RegionConfig(), include_upstream, window_size=6)
-
-
-def make_trainer(prepared: PreparedData, output_dir: Path, callbacks: list[TrainingCallback] | None = None,
-                 **config: object) -> Trainer:
-    cfg = ConvLSTMConfig(**{**TINY, "num_epochs": 2, **config})  # type: ignore[arg-type]
-    torch.manual_seed(cfg.seed)
-    model = ConvLSTMUNet(prepared.train.inputs.shape[1], cfg.hidden_channels, 1, cfg.kernel_size)
-    return Trainer(model, cfg, prepared.normalizer, prepared.train.downstream_columns, CPU, output_dir,
-                   metadata={"normalizer": prepared.normalizer.to_dict()}, callbacks=callbacks or [])
+def train(output_dir: Path, data: Path, include_upstream: bool = False, callbacks: tuple = (), **config: object):  # type: ignore[no-untyped-def]
+    """``run_training`` of the tiny model (what ``train_tracked`` runs inside an MLflow run)."""
+    return run_training(make_settings(output_dir, data, include_upstream, **config), data, callbacks=callbacks)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -120,7 +108,7 @@ def trained(tiny_nc: Path, tmp_path_factory: pytest.TempPathFactory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        outcome = run_training(make_options(output_dir, tiny_nc, num_epochs=3, checkpoint_frequency=2))
+        outcome = train(output_dir, tiny_nc, num_epochs=3, checkpoint_frequency=2)
     finally:
         torch.set_num_threads(threads)
     return output_dir, outcome
@@ -192,7 +180,7 @@ def test_load_checkpoint_refuses_truncated_and_foreign_files(trained, tmp_path: 
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
     for path in (truncated, foreign, text, tmp_path / "missing.pt"):
-        with pytest.raises(DataError, match="checkpoint") as info:
+        with pytest.raises(ModelError, match="checkpoint") as info:
             load_checkpoint(path)
         assert str(path) in str(info.value)
     # and the intact file still loads
@@ -203,13 +191,13 @@ def test_load_checkpoint_refuses_truncated_and_foreign_files(trained, tmp_path: 
 
 
 def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny_nc: Path, tmp_path: Path) -> None:
-    first = run_training(make_options(tmp_path / "a", tiny_nc, num_epochs=1))
-    second = run_training(make_options(tmp_path / "b", tiny_nc, num_epochs=1))
+    first = train(tmp_path / "a", tiny_nc, num_epochs=1)
+    second = train(tmp_path / "b", tiny_nc, num_epochs=1)
     assert_same_weights(weights(tmp_path / "a" / LAST_NAME), weights(tmp_path / "b" / LAST_NAME))
     assert without_timing(first.state.history) == without_timing(second.state.history)
     assert first.test_scores == second.test_scores
 
-    run_training(make_options(tmp_path / "c", tiny_nc, num_epochs=1, seed=7))
+    train(tmp_path / "c", tiny_nc, num_epochs=1, seed=7)
     other = weights(tmp_path / "c" / LAST_NAME)
     assert any(not torch.equal(value, other[name]) for name, value in weights(tmp_path / "a" / LAST_NAME).items())
 
@@ -217,22 +205,23 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny_nc: Pa
 def test_resume_continues_exactly_where_training_stopped(tiny_nc: Path, tmp_path: Path) -> None:
     """3 epochs straight == 1 epoch, interrupted, then resumed from last.pt for the other two: the optimizer,
     scheduler (visible from the third epoch's learning rate on), data-order generator and RNG states all come back."""
-    straight = run_training(make_options(tmp_path / "straight", tiny_nc, num_epochs=3))
+    straight = train(tmp_path / "straight", tiny_nc, num_epochs=3)
 
     with pytest.raises(StopAfter.Interrupted):
-        run_training(make_options(tmp_path / "split", tiny_nc, num_epochs=3), callbacks=[StopAfter(1)])
+        train(tmp_path / "split", tiny_nc, num_epochs=3, callbacks=(StopAfter(1),))
     checkpoint = tmp_path / "split" / LAST_NAME
     assert load_checkpoint(checkpoint)["training_state"]["epoch"] == 1
 
-    options = TrainOptions.from_checkpoint(checkpoint)
-    assert options.resume_from == checkpoint and options.config.num_epochs == 3 and options.data == tiny_nc
+    settings, run_id = settings_from_checkpoint(checkpoint)
+    assert run_id is None and settings.resume == str(checkpoint)
+    assert settings.model.num_epochs == 3 and settings.data == str(tiny_nc) and settings.output_dir == str(tmp_path / "split")
     epochs_seen: list[int] = []
 
     class Record(TrainingCallback):
         def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
             epochs_seen.append(epoch)
 
-    resumed = run_training(options, callbacks=[Record()])
+    resumed = run_training(settings, tiny_nc, callbacks=[Record()])
     assert epochs_seen == [2, 3]  # only the missing epochs were trained
     assert_same_weights(weights(tmp_path / "straight" / LAST_NAME), weights(checkpoint))
     assert without_timing(resumed.state.history) == without_timing(straight.state.history)
@@ -303,7 +292,7 @@ def test_non_finite_weights_after_the_last_step_of_an_epoch_never_reach_last_pt(
 
 def test_huge_learning_rate_diverges_through_run_training(tiny_nc: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingDiverged, match=r"The loss became (nan|inf|-inf) at epoch 1"):
-        run_training(make_options(tmp_path / "run", tiny_nc, num_epochs=2, learning_rate=1e30, gradient_clip_norm=1e30))
+        train(tmp_path / "run", tiny_nc, num_epochs=2, learning_rate=1e30, gradient_clip_norm=1e30)
 
 
 # ---------------------------------------------------------------------------------------------- early stopping
@@ -328,32 +317,6 @@ def test_early_stopping_stops_before_num_epochs(tiny_nc: Path, tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------------------------------- loss
-
-
-def test_weighted_loss_hand_computed() -> None:
-    loss = WeightedPrecipitationLoss(threshold=1.0, high_weight=3.0)
-    prediction = torch.tensor([[[0.0, 2.0], [1.0, 5.0]]])
-    target = torch.tensor([[[0.5, 1.0], [3.0, 0.9]]])
-    # weights from the *target*: 0.5 → 1, 1.0 (at the threshold) → 3, 3.0 → 3, 0.9 → 1 (even though predicted 5)
-    expected = (1 * 0.5**2 + 3 * 1.0**2 + 3 * 2.0**2 + 1 * 4.1**2) / 4
-    assert float(loss(prediction, target)) == pytest.approx(expected, rel=1e-6)
-    assert float(WeightedPrecipitationLoss(1.0, 1.0)(prediction, target)) == pytest.approx(
-        float(torch.nn.functional.mse_loss(prediction, target)), rel=1e-6)
-    assert float(loss(target, target)) == 0.0
-
-
-def test_loss_threshold_is_converted_from_mm_with_the_normalizer(tiny_nc: Path, tmp_path: Path) -> None:
-    prepared = prepare(tiny_nc)
-    trainer = make_trainer(prepared, tmp_path, high_precip_threshold=10.0, high_precip_weight=4.0)
-    std = float(prepared.normalizer.stds["precipitation"])
-    assert trainer.criterion.threshold == pytest.approx(math.log1p(10.0) / std, rel=1e-12)  # log1p, uncentred
-    assert trainer.criterion.high_weight == 4.0
-    # 9 mm observed is an ordinary cell, 11 mm a heavy one
-    norm = prepared.normalizer.normalize_precipitation
-    target = torch.tensor([[[float(norm(9.0)), float(norm(11.0))]]])
-    prediction = torch.zeros_like(target)
-    expected = (target[0, 0, 0] ** 2 + 4.0 * target[0, 0, 1] ** 2) / 2
-    assert float(trainer.criterion(prediction, target)) == pytest.approx(float(expected), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -390,25 +353,6 @@ def test_evaluate_matches_a_hand_computation_in_mm(tiny_nc: Path, tmp_path: Path
 # ---------------------------------------------------------------------------------------------- baseline vs upstream
 
 
-def test_upstream_input_is_wider_but_targets_are_the_downstream_cells(tiny_nc: Path) -> None:
-    baseline, upstream = prepare(tiny_nc, False), prepare(tiny_nc, True)
-    assert baseline.train.inputs.shape[-2:] == (N_LAT, W_DOWN)
-    assert upstream.train.inputs.shape[-2:] == (N_LAT, W_UP + W_DOWN)
-    assert baseline.train.downstream_columns == slice(0, W_DOWN)
-    assert upstream.train.downstream_columns == slice(W_UP, W_UP + W_DOWN)
-    np.testing.assert_array_equal(upstream.train.downstream_lon, baseline.train.lon)
-    for name in ("train", "val", "test"):
-        base, up = baseline.datasets[name], upstream.datasets[name]
-        assert len(base) == len(up)
-        x_up, y_up = up[0]
-        assert tuple(x_up.shape) == (6, 56, N_LAT, W_UP + W_DOWN) and tuple(y_up.shape) == (N_LAT, W_DOWN)
-        # the same downstream rain in mm, whichever normalizer (each is fitted on its own input region)
-        for i in (0, len(base) - 1):
-            base_mm = baseline.normalizer.denormalize_precipitation(base[i][1].double())
-            up_mm = upstream.normalizer.denormalize_precipitation(up[i][1].double())
-            torch.testing.assert_close(up_mm, base_mm, rtol=1e-4, atol=1e-4)
-
-
 def test_loss_and_metrics_ignore_the_upstream_columns(tiny_nc: Path, tmp_path: Path) -> None:
     """NaN in every upstream column of the model output changes nothing: training and scoring crop the
     output to the downstream columns before the loss and the metrics."""
@@ -433,7 +377,7 @@ def test_loss_and_metrics_ignore_the_upstream_columns(tiny_nc: Path, tmp_path: P
 
 
 def test_baseline_and_upstream_train_through_run_training(tiny_nc: Path, tmp_path: Path) -> None:
-    outcome = run_training(make_options(tmp_path / "up", tiny_nc, include_upstream=True, num_epochs=1))
+    outcome = train(tmp_path / "up", tiny_nc, include_upstream=True, num_epochs=1)
     assert outcome.data_info["input_width"] == W_UP + W_DOWN
     assert outcome.data_info["downstream_columns"] == f"{W_UP}:{W_UP + W_DOWN}"
     last = load_checkpoint(tmp_path / "up" / LAST_NAME)

@@ -1,0 +1,76 @@
+"""What many tests share: small datasets in the library's layout built in memory, and a PNG check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from convlstm.config import ConvLSTMConfig, RegionConfig
+from convlstm.data.prepare import PreparedData, prepare_data
+from convlstm.data.schema import CF_ATTRS, LEVEL_VARIABLES, PRECIPITATION
+from convlstm.model import ConvLSTMUNet
+from convlstm.training.trainer import Trainer, TrainingCallback
+
+REPO = Path(__file__).resolve().parents[1]
+#: A model small enough to train in a second on the 5° demo grid.
+TINY = {"hidden_channels": [4, 8], "batch_size": 8}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path) -> None:
+    """A real, non-trivial PNG, written atomically (no temporary file left beside it)."""
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > 5_000
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def make_dataset(
+    n_time: int = 20,
+    lat: np.ndarray | None = None,
+    lon: np.ndarray | None = None,
+    levels: tuple[float, ...] = (1000.0, 850.0, 500.0),
+    seed: int = 0,
+    start: str = "2000-01-01",
+) -> xr.Dataset:
+    """Random but physically ordered fields (TEM > DPT, GPH rising with height), precipitation >= 0."""
+    rng = np.random.default_rng(seed)
+    lat = np.arange(25.0, 41.0, 3.0) if lat is None else lat
+    lon = np.arange(70.0, 126.0, 5.0) if lon is None else lon
+    shape = (n_time, len(levels), len(lat), len(lon))
+    height = np.array([110.0 + 7.0 * (1000.0 - p) * 2.2 for p in levels])[None, :, None, None]
+    tem = 290.0 - 0.0065 * height + rng.normal(0, 2, shape)
+    fields = {
+        "TEM": tem,
+        "DPT": tem - 2.0 - rng.gamma(2.0, 2.0, shape),
+        "GPH": height + rng.normal(0, 30, shape),
+        "U": 10.0 + rng.normal(0, 5, shape),
+        "V": rng.normal(0, 3, shape),
+    }
+    precip = np.where(rng.random(shape[:1] + shape[2:]) < 0.5, 0.0, rng.gamma(1.0, 5.0, shape[:1] + shape[2:]))
+    data_vars = {var: (("time", "level", "lat", "lon"), fields[var].astype(np.float32), CF_ATTRS[var]) for var in LEVEL_VARIABLES}
+    data_vars[PRECIPITATION] = (("time", "lat", "lon"), precip.astype(np.float32), CF_ATTRS[PRECIPITATION])
+    coords = {
+        "time": pd.date_range(start, periods=n_time, freq="12h"),
+        "level": np.asarray(levels, dtype=np.float64),
+        "lat": lat,
+        "lon": lon,
+    }
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def prepare(data: Path, include_upstream: bool = False) -> PreparedData:
+    return prepare_data(data, RegionConfig(), include_upstream, window_size=6)
+
+
+def make_trainer(prepared: PreparedData, output_dir: Path, callbacks: list[TrainingCallback] | None = None,
+                 **config: object) -> Trainer:
+    cfg = ConvLSTMConfig(**{**TINY, "num_epochs": 2, **config})  # type: ignore[arg-type]
+    torch.manual_seed(cfg.seed)
+    model = ConvLSTMUNet(prepared.train.inputs.shape[1], cfg.hidden_channels, 1, cfg.kernel_size)
+    return Trainer(model, cfg, prepared.normalizer, prepared.train.downstream_columns, torch.device("cpu"), output_dir,
+                   metadata={"normalizer": prepared.normalizer.to_dict()}, callbacks=callbacks or [])

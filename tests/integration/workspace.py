@@ -1,0 +1,168 @@
+"""A working directory with its own tracking store and demo cache, entry points run in it (in this process
+or as the real commands), and the tiny baseline/upstream pair the integration tests share.
+
+The pair is trained once per test session (``tests/integration/conftest.py``): the baseline in this
+process through ``run_cli(train, ...)``, exactly what ``python -m entrypoints.train`` runs, and the
+upstream model through ``mlflow run . -e train`` (the MLproject path end to end). Tests read it; a test
+that changes the tracking store or the registry works on :meth:`Workspace.copy`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import mlflow.tracking._tracking_service.utils as tracking_utils
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from convlstm.cli import run_cli
+from convlstm.config import DEFAULT_REGISTERED_NAME
+from tests.helpers import REPO
+
+#: The pair's training flags: tiny (4 × 12 cells at 5°, 146 steps), a few seconds an epoch.
+PAIR_ARGS = {"hidden_channels": "4 8", "batch_size": "8", "learning_rate": "0.002", "seed": "3",
+             "checkpoint_frequency": "2", "early_stopping_patience": "0"}
+PAIR_EPOCHS = {"baseline": 2, "upstream": 3}
+
+
+def subprocess_env(directory: Path) -> dict[str, str]:
+    """Environment for entry-point subprocesses: a private tracking store, demo cache and temp dir,
+    the repo importable, this venv's executables first, one thread (the machine is shared)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update({
+        "MLFLOW_TRACKING_URI": f"sqlite:///{directory}/mlflow.db",
+        "CONVLSTM_CACHE_DIR": str(directory / "cache"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(directory / "tmp"),  # downloaded models land here, not in the machine's /tmp
+    })
+    (directory / "tmp").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def run_module(directory: Path, module: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` from ``directory`` against its tracking store."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=directory, env=subprocess_env(directory),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def mlflow_run(directory: Path, entry_point: str, params: dict[str, object], experiment: str = "t",
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``mlflow run <repo> -e ENTRY_POINT --env-manager local -P k=v ...`` from ``directory``."""
+    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
+            "--experiment-name", experiment]
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
+    return subprocess.run(args, cwd=directory, env=subprocess_env(directory), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@contextmanager
+def tracking_environment(directory: Path, mp: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run from ``directory`` against its own store; afterwards no run stays active and logging is restored."""
+    mp.chdir(directory)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{directory}/mlflow.db")
+    mp.setenv("CONVLSTM_CACHE_DIR", str(directory / "cache"))
+    mp.setattr(tracking_utils, "_tracking_uri", None)  # in case anything called mlflow.set_tracking_uri
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
+        mp.delenv(name, raising=False)
+    # managed_run sets this variable process-wide: make sure it is removed again afterwards
+    mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    mp.delenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # much faster than 2 threads on a busy 2-core machine
+    try:
+        yield directory
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run("FAILED")
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+
+
+def invoke(command: object, args: list[object]) -> int:
+    """An entry point's command in this process, as ``python -m entrypoints.<name> ARGS`` runs it; the exit code."""
+    try:
+        run_cli(command, [str(arg) for arg in args])  # type: ignore[arg-type]
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+class Workspace:
+    """A temporary directory with tiny demo data, its own tracking store, and (after :meth:`train`) the
+    tiny baseline and upstream models."""
+
+    EXPERIMENT = "t"
+    KINDS = ("baseline", "upstream")
+
+    def __init__(self, root: Path, tiny: Path | None = None) -> None:
+        self.root = root
+        self.tiny = tiny or root / "tiny.nc"
+        self.train_dirs = {kind: root / f"train-{kind}" for kind in self.KINDS}
+        self.run_ids: dict[str, str] = {}
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root}/mlflow.db"
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self, name: str = EXPERIMENT) -> str:
+        return self.client().get_experiment_by_name(name).experiment_id
+
+    def runs(self, filter_string: str = "", experiment: str = EXPERIMENT) -> list:
+        return self.client().search_runs([self.experiment_id(experiment)], filter_string, max_results=1000)
+
+    def model_version(self, kind: str) -> str:
+        (version,) = self.client().search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}' and run_id='{self.run_ids[kind]}'")
+        return version.version
+
+    def train(self, mp: pytest.MonkeyPatch) -> "Workspace":
+        """Write the tiny demo file and train the pair on it; nothing lands in the repository."""
+        from convlstm.data.demo import write_demo_dataset
+        from entrypoints.train import train
+
+        absent = [name for name in ("mlruns", "mlflow.db", "outputs") if not (REPO / name).exists()]
+        write_demo_dataset(self.tiny, years=0.2, resolution=5.0)
+        flags = [arg for key, value in PAIR_ARGS.items() for arg in (f"--{key.replace('_', '-')}", *value.split())]
+        with tracking_environment(self.root, mp):
+            # sample system metrics often enough for a run of seconds to have some
+            mp.setattr("convlstm.tracking.runs.SYSTEM_METRICS_INTERVAL_S", 0.25)
+            code = invoke(train, ["--data", self.tiny, "--output-dir", self.train_dirs["baseline"], *flags,
+                                  "--num-epochs", PAIR_EPOCHS["baseline"], "--experiment-name", self.EXPERIMENT])
+        assert code == 0, "the baseline run failed"
+        done = mlflow_run(self.root, "train", {"data": self.tiny, "output_dir": self.train_dirs["upstream"],
+                                               "include_upstream": "true", **PAIR_ARGS,
+                                               "num_epochs": PAIR_EPOCHS["upstream"]}, self.EXPERIMENT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        for kind in self.KINDS:
+            (run,) = self.runs(f"tags.experiment_type = '{kind}'")
+            assert run.info.status == "FINISHED"
+            self.run_ids[kind] = run.info.run_id
+        assert not [name for name in absent if (REPO / name).exists()], "training wrote into the repository"
+        return self
+
+    def copy(self, root: Path) -> "Workspace":
+        """A workspace in ``root`` with a copy of this one's tracking store (its artifacts stay shared)."""
+        shutil.copyfile(self.root / "mlflow.db", root / "mlflow.db")
+        other = Workspace(root, self.tiny)
+        other.train_dirs, other.run_ids = dict(self.train_dirs), dict(self.run_ids)
+        return other
