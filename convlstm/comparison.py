@@ -268,22 +268,30 @@ def _fmt(value: np.datetime64) -> str:
 
 def _figures(inputs: ComparisonInputs, scores: pd.DataFrame, csi: dict[str, dict[str, tuple[float, float, float]]],
              output_dir: Path, thresholds: tuple[float, ...]) -> list[Path]:
-    from convlstm.plots import (
+    from convlstm.plotting import (
         plot_case_maps,
         plot_csi_bars,
         plot_difference_map,
         plot_error_by_time,
         plot_performance_diagram,
+        save_figure,
     )
 
     truth, forecasts = inputs.truth, inputs.forecasts
     diff = rmse_map(forecasts["upstream"], truth) - rmse_map(forecasts["baseline"], truth)
-    points = {name: {f"{t:g}mm": (1.0 - scores.loc[name, f"far_{t:g}mm"], scores.loc[name, f"pod_{t:g}mm"]) for t in thresholds}
-              for name in forecasts}
-    return [
-        plot_difference_map(diff, output_dir / "rmse_difference_map.png"),
-        plot_case_maps(truth, {name: forecasts[name] for name in EXPERIMENTS}, output_dir / "case_maps.png"),
-        plot_csi_bars(csi, output_dir / "csi_bars.png", title="CSI per threshold (95 % block-bootstrap intervals)"),
-        plot_performance_diagram(points, output_dir / "performance_diagram.png"),
-        plot_error_by_time({name: errors_by_time(f, truth) for name, f in forecasts.items()}, output_dir / "error_by_time.png"),
-    ]
+    coords = {"forecast": list(forecasts), "threshold": list(thresholds)}
+    table = xr.DataArray([[csi[name][f"{t:g}mm"] for t in thresholds] for name in forecasts], coords=coords,
+                         dims=("forecast", "threshold", "part"))  # part: value, low, high
+    pod, far = (xr.DataArray(scores.loc[list(forecasts), [f"{score}_{t:g}mm" for t in thresholds]].to_numpy(float),
+                             coords=coords, dims=("forecast", "threshold")) for score in ("pod", "far"))
+    errors = xr.concat([errors_by_time(f, truth).reset_coords(drop=True) for f in forecasts.values()],
+                       pd.Index(list(forecasts), name="forecast"))
+    figures = {
+        "rmse_difference_map.png": plot_difference_map(diff),
+        "case_maps.png": plot_case_maps(truth, {name: forecasts[name] for name in EXPERIMENTS}),
+        "csi_bars.png": plot_csi_bars(*(table.isel(part=i) for i in range(3)),
+                                      title="CSI per threshold (95 % block-bootstrap intervals)"),
+        "performance_diagram.png": plot_performance_diagram(pod, far),
+        "error_by_time.png": plot_error_by_time(errors),
+    }
+    return [save_figure(fig, output_dir / name) for name, fig in figures.items()]

@@ -48,8 +48,10 @@ def describe_coordinate(values: np.ndarray) -> str:
         return "no values"
     if np.issubdtype(values.dtype, np.datetime64):
         first, last = (np.datetime_as_string(v, unit="h") for v in (values[0], values[-1]))
-    else:
+    elif np.issubdtype(values.dtype, np.number):
         first, last = f"{values.min():g}", f"{values.max():g}"
+    else:  # names (a forecast coordinate): as they stand
+        first, last = values[0], values[-1]
     return f"{values.size} values {first} .. {last}"
 
 
