@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness import machine
 
-SCRIPTS = ["bench_model.py", "bench_data.py", "bench_epoch.py", "bench_serving.py"]
+SCRIPTS = ["bench_cli.py", "bench_model.py", "bench_data.py", "bench_epoch.py", "bench_serving.py"]
 
 
 def main() -> int:

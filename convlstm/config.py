@@ -106,6 +106,11 @@ class RegionConfig(Settings):
                 raise ConfigError(f"{region} longitudes must satisfy lon_min < lon_max < lon_min + 360 (west to east), "
                                   f"got {lon_min}..{lon_max}.", f"{region}_lon_min")
 
+    @property
+    def downstream_box(self) -> tuple[float, float, float, float]:
+        """``(lat_min, lat_max, lon_min, lon_max)`` of the downstream region, as the maps outline it."""
+        return self.downstream_lat_min, self.downstream_lat_max, self.downstream_lon_min, self.downstream_lon_max
+
     def check_upstream(self) -> None:
         """Refuse an upstream region that cannot be joined west of the downstream one."""
         if (self.upstream_lat_min, self.upstream_lat_max) != (self.downstream_lat_min, self.downstream_lat_max):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import numbers
 import types
 import typing
@@ -225,6 +226,16 @@ def _check_value(field: Field, value: Any) -> Any:
 class Settings:
     """Base of the settings dataclasses: checked when made, and round-tripped through a plain dict (the
     dict that becomes MLflow params, rides in every checkpoint and rebuilds the model without the command line)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Append a numpydoc Parameters section made of the fields' help texts (written once, in the fields)."""
+        super().__init_subclass__(**kwargs)
+        lines = []
+        for name, annotation in cls.__dict__.get("__annotations__", {}).items():
+            value = cls.__dict__.get(name)
+            spec = value.metadata.get("setting") if isinstance(value, dataclasses.Field) else None
+            lines.append(f"{name} : {annotation}\n    {spec.help if spec else 'Nested settings; their fields are flags too.'}")
+        cls.__doc__ = inspect.cleandoc(cls.__doc__ or '') + '\n\nParameters\n----------\n' + '\n'.join(lines)
 
     def __post_init__(self) -> None:
         check_fields(self)

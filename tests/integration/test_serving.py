@@ -1,7 +1,6 @@
 """The registered model behind the real MLflow scoring server (``mlflow models serve``).
 
-A tiny upstream model is trained once through the ``train`` entry point (in a temporary directory) and
-served on 127.0.0.1 at a free port; good requests must give what the model gives in this process, bad
+The shared pair's upstream model (registered by its training run) is served on 127.0.0.1 at a free port; good requests must give what the model gives in this process, bad
 ones an HTTP 400 that says what was expected, and the server must keep serving afterwards.
 """
 
@@ -12,18 +11,17 @@ from io import BytesIO
 from pathlib import Path
 
 import mlflow
-import mlflow.tracking._tracking_service.utils as tracking_utils
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 
-from tests.helpers import Workspace, subprocess_env
+from convlstm.config import DEFAULT_REGISTERED_NAME
 from convlstm.data.regions import crop_regions
 from convlstm.data.schema import open_dataset
 from convlstm.data.stacking import stack_channels
-from convlstm.inference import ForecastModel, load_forecast_model
-from convlstm.config import DEFAULT_REGISTERED_NAME
+from convlstm.forecast import ForecastModel, load_forecast_model
+from tests.integration.workspace import Workspace, subprocess_env, tracking_environment
 from convlstm.scoring_client import PARQUET_CONTENT_TYPE, ScoringServer, request_body, request_parquet
 
 pytestmark = pytest.mark.slow
@@ -32,9 +30,9 @@ EXPECTED_SHAPE = "(-1, 6, 56, 4, 12)"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The tiny upstream model of a trained workspace, registered through the train entry point."""
-    ws = Workspace(tmp_path_factory.mktemp("serving")).train(kinds=("upstream",))
+def trained(pair: Workspace) -> dict[str, object]:
+    """The shared pair's upstream model and its registered version."""
+    ws = pair
     return {"root": ws.root, "tiny": ws.tiny, "uri": f"models:/{DEFAULT_REGISTERED_NAME}/{ws.model_version('upstream')}",
             "forecast": load_forecast_model(ws.train_dirs["upstream"])}
 
@@ -62,11 +60,7 @@ def windows(data: xr.Dataset, forecast: ForecastModel, starts: list[int]) -> np.
 def in_process(trained: dict[str, object]):
     """The same registered model loaded with ``mlflow.pyfunc`` in this process."""
     root: Path = trained["root"]  # type: ignore[assignment]
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
-            mp.delenv(name, raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.setattr(tracking_utils, "_tracking_uri", None)
+    with pytest.MonkeyPatch.context() as mp, tracking_environment(root, mp):
         model = mlflow.pyfunc.load_model(str(trained["uri"]))
     return model
 

@@ -1,9 +1,8 @@
 """Inference: a trained model on raw fields (arrays, netCDF files in either naming), the ``infer`` entry
 point and what it records in MLflow, and the registered model.
 
-One tiny upstream and one tiny baseline model are trained once for the module through the real
-``train`` entry point (subprocesses working in a temporary directory, so ``./mlruns`` lands there and
-nothing is written into the repository); every test reuses them.
+The tests read the session's shared pair of tiny models (``tests/integration/conftest.py``); the ``infer``
+runs go to a copy of its tracking store.
 """
 
 from __future__ import annotations
@@ -12,36 +11,25 @@ import json
 from pathlib import Path
 
 import mlflow
-import mlflow.tracking._tracking_service.utils as tracking_utils
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import Workspace, run_module
-from convlstm.cli import run_cli
+from convlstm.checkpoint import BEST_NAME
+from convlstm.config import DEFAULT_REGISTERED_NAME, DEMO_LEVELS
 from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.regions import crop_regions
 from convlstm.data.schema import PRECIPITATION, STANDARD_GRAVITY, open_dataset
 from convlstm.data.stacking import channel_names, stack_channels
-from convlstm.data.synthetic import DEMO_LEVELS
 from convlstm.data.thermo import saturation_vapour_pressure
-from convlstm.errors import DataError
-from convlstm.inference import (
-    METADATA_NAME,
-    PREDICTIONS_NAME,
-    ForecastModel,
-    generate_predictions,
-    load_forecast_model,
-    load_model,
-    run_inference,
-)
+from convlstm.errors import ConfigError, DataError, ModelError
+from convlstm.forecast import ForecastModel, load_forecast_model, predict_windows
+from convlstm.inference import METADATA_NAME, PREDICTIONS_NAME, generate_predictions, load_model, run_inference
 from convlstm.model import ConvLSTMUNet
-from convlstm.forecast import predict_windows
-from convlstm.config import DEFAULT_REGISTERED_NAME
-from convlstm.checkpoint import BEST_NAME
 from entrypoints.infer import infer
+from tests.integration.workspace import Workspace, invoke, tracking_environment
 
 WINDOW, TARGET_OFFSET = 6, 1
 N_TIMES = 146  # write_demo_dataset(years=0.2): 0.2 × 730.5 twelve-hourly steps
@@ -55,20 +43,14 @@ PRECIP_STANDARD_NAME = "lwe_thickness_of_precipitation_amount"
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return Workspace(tmp_path_factory.mktemp("inference")).train()
+def ws(pair: Workspace) -> Workspace:
+    return pair
 
 
 @pytest.fixture(scope="module")
-def tracking(ws: Workspace):
-    """This process pointed at the workspace's tracking store (for the ``mlflow.*`` functions)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
-            mp.delenv(name, raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", ws.tracking_uri)
-        mp.setenv("CONVLSTM_CACHE_DIR", str(ws.root / "cache"))
-        mp.setattr(tracking_utils, "_tracking_uri", None)
-        yield ws
+def copied(pair: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A copy of the pair's tracking store, for the inference runs the entry point records."""
+    return pair.copy(tmp_path_factory.mktemp("inference"))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +120,7 @@ def test_load_forecast_model_from_checkpoint_file_and_output_dir(ws: Workspace) 
 
 
 def test_load_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(ModelError, match="does not exist"):
         load_forecast_model(tmp_path)
 
 
@@ -276,7 +258,7 @@ def test_test_split_reproduces_the_training_runs_test_scores(forecasts: dict[str
 
 
 def test_run_inference_refuses_an_unknown_split(forecasts: dict[str, ForecastModel], ws: Workspace, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="split must be one of all, train, val, test"):
+    with pytest.raises(ConfigError, match="split must be one of all, train, val, test"):
         run_inference(forecasts["upstream"], ws.tiny, tmp_path, split="validation")
 
 
@@ -345,20 +327,19 @@ def test_generate_predictions_equals_predict_windows(forecasts: dict[str, Foreca
 
 
 @pytest.fixture(scope="module")
-def cli_outputs(ws: Workspace) -> dict[str, Path]:
+def cli_outputs(copied: Workspace) -> dict[str, Path]:
     """``infer`` three ways: a training output directory, a training run id and a registered version."""
     references = {
-        "checkpoint": ["--checkpoint", ws.train_dirs["upstream"], "--visualize", "--max-maps", "4"],
-        "run id": ["--model", ws.run_ids["upstream"]],
-        "registry": ["--model", f"models:/{DEFAULT_REGISTERED_NAME}/{ws.model_version('upstream')}"],
+        "checkpoint": ["--checkpoint", copied.train_dirs["upstream"], "--visualize", "--max-maps", "4"],
+        "run id": ["--model", copied.run_ids["upstream"]],
+        "registry": ["--model", f"models:/{DEFAULT_REGISTERED_NAME}/{copied.model_version('upstream')}"],
     }
     outputs = {}
-    for name, args in references.items():
-        out = ws.root / f"infer-{name.replace(' ', '-')}"
-        done = run_module(ws.root, "entrypoints.infer", *args, "--data", ws.tiny, "--output-dir", out)
-        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
-        assert "Wrote 16 forecasts" in done.stdout
-        outputs[name] = out
+    with pytest.MonkeyPatch.context() as mp, tracking_environment(copied.root, mp):
+        for name, args in references.items():
+            out = copied.root / f"infer-{name.replace(' ', '-')}"
+            assert invoke(infer, [*args, "--data", copied.tiny, "--output-dir", out]) == 0, name
+            outputs[name] = out
     return outputs
 
 
@@ -381,15 +362,15 @@ def test_infer_cli_gives_identical_predictions_whatever_the_model_reference(cli_
     assert not list(cli_outputs["run id"].glob("*.png"))
 
 
-def test_infer_cli_records_finished_inference_runs(cli_outputs: dict[str, Path], ws: Workspace) -> None:
-    client = ws.client()
+def test_infer_cli_records_finished_inference_runs(cli_outputs: dict[str, Path], copied: Workspace) -> None:
+    client = copied.client()
     runs = {run.data.tags["model_uri"]: run for run in inference_runs(client)}
     for name, out in cli_outputs.items():
         metadata = json.loads((out / METADATA_NAME).read_text())
         run = runs[metadata["model_uri"]]
         assert run.info.status == "FINISHED"
         assert run.data.tags["run_type"] == "inference"
-        assert run.data.tags["training_run_id"] == ws.run_ids["upstream"]
+        assert run.data.tags["training_run_id"] == copied.run_ids["upstream"]
         assert run.data.tags["experiment_type"] == "upstream"
         assert run.data.metrics["rmse_mm"] == pytest.approx(metadata["scores"]["rmse_mm"])
         assert run.data.metrics["n_forecasts"] == 16
@@ -400,38 +381,38 @@ def test_infer_cli_records_finished_inference_runs(cli_outputs: dict[str, Path],
             maps = client.list_artifacts(run.info.run_id, "maps")
             assert 1 <= len(maps) <= 4 and all(item.path.endswith(".png") for item in maps)
     # the same test windows as the training run scored
-    metrics = client.get_run(ws.run_ids["upstream"]).data.metrics
-    assert runs[str(ws.train_dirs["upstream"])].data.metrics["rmse_mm"] == pytest.approx(metrics["test_rmse_mm"], abs=1e-4)
+    metrics = client.get_run(copied.run_ids["upstream"]).data.metrics
+    assert runs[str(copied.train_dirs["upstream"])].data.metrics["rmse_mm"] == pytest.approx(metrics["test_rmse_mm"], abs=1e-4)
 
 
 @pytest.mark.parametrize("args", [[], ["--checkpoint", "train", "--model", "abc"]], ids=["neither", "both"])
 def test_infer_cli_needs_exactly_one_model_reference(args: list[str], capsys: pytest.CaptureFixture[str],
                                                      tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as exited:
-        run_cli(infer, [*args, "--output-dir", str(tmp_path / "never")])
-    assert exited.value.code == 2
+    assert invoke(infer, [*args, "--output-dir", str(tmp_path / "never")]) == 2
     err = capsys.readouterr().err
     assert "Give exactly one of --checkpoint" in err and "--model" in err
     assert not (tmp_path / "never").exists()
 
 
-def test_infer_cli_unknown_run_id_is_one_clear_line(ws: Workspace) -> None:
-    before = len(inference_runs(ws.client()))
+def test_infer_cli_unknown_run_id_is_one_clear_line(copied: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    before = len(inference_runs(copied.client()))
     unknown = "0123456789abcdef0123456789abcdef"
-    done = run_module(ws.root, "entrypoints.infer", "--model", unknown, "--data", ws.tiny, "--output-dir", ws.root / "never")
-    assert done.returncode == 1, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and f"Cannot find a model at '{unknown}'" in errors[0], done.stderr[-3000:]
-    assert len(inference_runs(ws.client())) == before
-    assert not (ws.root / "never").exists()
+    with pytest.MonkeyPatch.context() as mp, tracking_environment(copied.root, mp):
+        code = invoke(infer, ["--model", unknown, "--data", copied.tiny, "--output-dir", copied.root / "never"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and f"Cannot find a model at '{unknown}'" in errors[0], err
+    assert len(inference_runs(copied.client())) == before
+    assert not (copied.root / "never").exists()
 
 
 # ---------------------------------------------------------------------------------------------- the registry
 
 
 @pytest.mark.parametrize("kind", ["upstream", "baseline"])
-def test_training_registers_the_model_with_its_metadata(tracking: Workspace, kind: str) -> None:
+def test_training_registers_the_model_with_its_metadata(in_pair: Workspace, kind: str) -> None:
+    tracking = in_pair
     client = tracking.client()
     versions = client.search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}'")
     assert len(versions) == 2

@@ -1,0 +1,26 @@
+"""``--help`` of every entry point answers without loading torch, mlflow or xarray, and prints no warning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from convlstm.mlproject import ENTRY_POINTS
+from tests.helpers import REPO
+
+HEAVY = ("torch", "mlflow", "xarray", "pandas", "matplotlib")
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_help_loads_no_heavy_library_and_warns_nothing(name: str) -> None:
+    probe = (f"import sys, runpy; sys.argv = ['{name}', '--help']\n"
+             f"try:\n    runpy.run_module('entrypoints.{name}', run_name='__main__')\n"
+             f"except SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+             f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-W", "default", "-c", probe], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout and "LOADED []" in done.stdout, done.stdout[-500:]
+    assert done.stderr == ""
