@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from convlstm.data.schema import CF_ATTRS, LEVEL_VARIABLES, PRECIPITATION
-from convlstm.data.synthetic import write_demo_dataset
+from convlstm.data.demo import write_demo_dataset
 from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,11 +21,11 @@ from mlflow.tracking import MlflowClient
 
 from conftest import Workspace, run_module
 from convlstm.cli import run_cli
+from convlstm.config import DEMO_LEVELS
 from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.regions import crop_regions
 from convlstm.data.schema import PRECIPITATION, STANDARD_GRAVITY, open_dataset
 from convlstm.data.stacking import channel_names, stack_channels
-from convlstm.data.synthetic import DEMO_LEVELS
 from convlstm.data.thermo import saturation_vapour_pressure
 from convlstm.errors import DataError
 from convlstm.inference import (

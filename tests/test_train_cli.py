@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 import convlstm.tracking
 from conftest import REPO, subprocess_env
 from convlstm.cli import run_cli
-from convlstm.data.synthetic import write_demo_dataset
+from convlstm.data.demo import write_demo_dataset
 from convlstm.training.checkpoint import LAST_NAME, load_checkpoint
 from entrypoints.train import build_options, train
 

@@ -20,7 +20,7 @@ from convlstm.config import ConvLSTMConfig
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.prepare import PreparedData, prepare_data
 from convlstm.data.regions import RegionConfig
-from convlstm.data.synthetic import write_demo_dataset
+from convlstm.data.demo import write_demo_dataset
 from convlstm.errors import DataError, TrainingDiverged
 from convlstm.model import ConvLSTMUNet
 from convlstm.predict import predict_windows

@@ -25,7 +25,7 @@ from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.prepare import PreparedData, prepare_data
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.stacking import stack_channels
-from convlstm.data.synthetic import demo_data_path
+from convlstm.data.demo import demo_data_path
 from convlstm.model import ConvLSTMUNet
 from convlstm.predict import predict_windows
 from convlstm.training.checkpoint import BEST_NAME, library_versions, load_checkpoint
