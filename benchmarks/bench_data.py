@@ -27,7 +27,7 @@ from harness import Target, finish, fmt_table, print_header, set_threads, time_i
 
 from convlstm.data.prepare import PreparedData, prepare_data
 from convlstm.data.regions import RegionConfig
-from convlstm.data.synthetic import demo_data_path
+from convlstm.data.demo import demo_data_path
 from convlstm.model import ConvLSTMUNet
 from entrypoints.train import DEFAULTS  # the train command's defaults
 

@@ -35,8 +35,8 @@ from harness import Target, finish, fmt_table, percentile, print_header, run_tra
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import open_dataset
 from convlstm.data.stacking import stack_channels
-from convlstm.data.synthetic import demo_data_path
 from convlstm.config import DEFAULT_REGISTERED_NAME
+from convlstm.data.demo import demo_data_path
 from convlstm.scoring_client import JSON_CONTENT_TYPE, PARQUET_CONTENT_TYPE, ScoringServer, request_body, request_parquet
 
 SERVING_FACTOR = 2.0

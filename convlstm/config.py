@@ -266,8 +266,14 @@ class CompareSettings(Settings):
 
 @dataclass
 class DemoAtmosphere(Settings):
-    """What the synthetic demo atmosphere is generated from (``convlstm.data.demo``); the same values give
-    bit-identical files."""
+    """What the synthetic demo atmosphere (``convlstm.data.demo``) is generated from: the same values give
+    bit-identical fields, so these values (``to_dict()``) name the cached file and are recorded in it.
+
+    Raises
+    ------
+    ConfigError
+        When made with a bad value; ``setting`` names it (so a command line can name its flag).
+    """
 
     start: str = setting("2000-01-01", "First time stamp (a date, or a date with 00 or 12 UTC).")
     years: float = setting(2.0, "Length of the record in years (12-hourly steps).", low=0.0, high=200.0, low_open=True)
@@ -290,18 +296,23 @@ class DemoAtmosphere(Settings):
             raise ConfigError(f"start must be a date such as '2000-01-01', got {self.start!r} ({exc}).", "start") from None
         if stamp is pd.NaT or stamp.tzinfo is not None or stamp.hour not in (0, 12) or stamp != stamp.floor("h"):
             raise ConfigError(f"start must be a time-zone-naive date at 00 or 12 UTC (12-hourly steps), got {self.start!r}; "
-                              "e.g. '2000-01-01'.", "start")
+                              "e.g. '2000-01-01' or '2000-01-01T12'.", "start")
+        self.start = stamp.strftime("%Y-%m-%dT%H:%M")  # one spelling per time, for the cache key and the provenance
         if self.n_steps < 1:
-            raise ConfigError(f"years must cover at least one 12-hour step, got {self.years!r}.", "years")
+            raise ConfigError(f"years must cover at least one 12-hour step (>= {0.5 / 730.5:.6f}), got {self.years!r}.", "years")
         if any(a <= b for a, b in zip(self.levels, self.levels[1:])):
-            raise ConfigError(f"levels must be strictly descending from the surface, got {self.levels}.", "levels")
-        for name in ("lat_range", "lon_range"):
+            raise ConfigError(f"levels must be strictly descending from the surface up, e.g. [1000, 850, 500], got "
+                              f"{self.levels}.", "levels")
+        for name, direction in (("lat_range", "south to north"), ("lon_range", "west to east")):
             low, high = getattr(self, name)
+            if not low < high:
+                raise ConfigError(f"{name} must run {direction} (first < second), got ({low:g}, {high:g}).", name)
+            if high - low >= 360.0:
+                raise ConfigError(f"{name} must span less than 360 degrees, got ({low:g}, {high:g}).", name)
             cells = (high - low) / self.resolution
-            if not (low < high and (name == "lat_range" or high - low < 360.0)) or cells < 1 - 1e-9 or abs(cells - round(cells)) > 1e-6:
-                raise ConfigError(f"{name} {low:g}..{high:g} must run west/south to east/north over a whole number (>= 1) "
-                                  f"of {self.resolution:g}-degree cells (less than 360°); choose a resolution that "
-                                  "divides it.", name)
+            if cells < 1 - 1e-9 or abs(cells - round(cells)) > 1e-6:
+                raise ConfigError(f"{name} ({low:g}, {high:g}) is not a whole number of {self.resolution:g}-degree cells; "
+                                  f"choose a resolution that divides {high - low:g}.", name)
 
     @property
     def n_steps(self) -> int:

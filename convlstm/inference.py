@@ -83,7 +83,8 @@ def run_inference(
     extra_metadata: dict[str, Any] | None = None,
 ) -> InferenceOutcome:
     """Forecast every window of ``data`` (or one split) and write predictions.nc, metadata.json and maps."""
-    from convlstm.atomic import atomic_path, atomic_write_bytes
+    from convlstm.atomic import atomic_write_bytes
+    from convlstm.netcdf import write_netcdf
     from convlstm.plotting import plot_prediction_map, save_figure
 
     output_dir = Path(output_dir)
@@ -97,9 +98,7 @@ def run_inference(
     scores = {"rmse_mm": float(np.sqrt((error ** 2).mean())), "mae_mm": float(abs(error).mean()),
               "bias_mm": float(error.mean()), "n_forecasts": int(predictions.sizes["time"])}
     files = []
-    with atomic_path(output_dir / PREDICTIONS_NAME) as tmp:
-        predictions.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
-    files.append(output_dir / PREDICTIONS_NAME)
+    files.append(write_netcdf(predictions, output_dir / PREDICTIONS_NAME))
     metadata = {**forecast.describe(), "input_file": describe_source(opened), "split": split,
                 "prediction_times": [str(np.datetime_as_string(t, unit="m")) for t in predictions["time"].values],
                 "scores": scores, **(extra_metadata or {})}
