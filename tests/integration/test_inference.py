@@ -288,8 +288,8 @@ def _other_files(raw: xr.Dataset) -> dict[str, tuple[xr.Dataset, str]]:
     finer = part.interp(lat=np.arange(25.0, 40.1, 2.5), lon=np.arange(70.0, 125.1, 2.5))
     return {
         "levels subset": (part.sel(level=[1000.0, 850.0, 500.0, 200.0]), r"pressure levels \[1000.0, 850.0, 500.0, 200.0\]"),
-        "2.5 degree grid": (finer, r"has 7 lat points .* trained on 4"),
-        "missing column": (part.drop_sel(lon=85.0), r"has 11 lon points .* trained on 12"),
+        "2.5 degree grid": (finer, r"has lat 7 values 25 \.\. 40 but the model was trained on 4 values"),
+        "missing column": (part.drop_sel(lon=85.0), r"has lon 11 values .* trained on 12 values"),
     }
 
 
