@@ -28,6 +28,7 @@ from convlstm.data.schema import CF_ATTRS, PRECIPITATION, describe_source, open_
 from convlstm.data.stacking import channel_names
 from convlstm.checks import require_finite
 from convlstm.errors import DataError
+from convlstm.evaluation.scores import ContinuousScores
 from convlstm.model import ConvLSTMUNet
 from convlstm.predict import forward_downstream, predict_windows
 from convlstm.training.checkpoint import BEST_NAME, load_checkpoint
@@ -262,9 +263,8 @@ def run_inference(
     predictions = forecast.predict_dataset(selected, batch_size)
     predictions.attrs["split"] = split
     observed = observed_downstream(opened, forecast, predictions["time"].values)
-    error = predictions[PRECIPITATION] - observed.values
-    scores = {"rmse_mm": float(np.sqrt((error ** 2).mean())), "mae_mm": float(abs(error).mean()),
-              "bias_mm": float(error.mean()), "n_forecasts": int(predictions.sizes["time"])}
+    computed = ContinuousScores().accumulate(predictions[PRECIPITATION].values, observed.values).compute()
+    scores = {**{key: computed[key] for key in ("rmse_mm", "mae_mm", "bias_mm")}, "n_forecasts": int(predictions.sizes["time"])}
     files = []
     with atomic_path(output_dir / PREDICTIONS_NAME) as tmp:
         predictions.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")

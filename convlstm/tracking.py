@@ -31,7 +31,7 @@ from convlstm.training.experiment import NORMALIZER_NAME, TrainingOutcome, Train
 from convlstm.training.trainer import TrainingCallback
 
 if TYPE_CHECKING:
-    from convlstm.comparison import ComparisonResult
+    from convlstm.evaluation.comparison import ComparisonResult
     from convlstm.inference import ForecastModel, InferenceOutcome
 
 logger = logging.getLogger(__name__)
@@ -277,6 +277,8 @@ def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
     Child runs (baseline, upstream, persistence, climatology) carry identical metric keys, so ticking
     them in the MLflow UI's compare view lines every forecast up side by side.
     """
+    from convlstm.evaluation.report import flat_metrics
+
     parent = mlflow.active_run().info.run_id
     _log_new_params(parent, params)  # the resolved run ids are tags
     flat: dict[str, float] = {}
@@ -285,16 +287,16 @@ def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
         flat[f"delta_{key}_ci_low"] = diff["low"]
         flat[f"delta_{key}_ci_high"] = diff["high"]
     for prefix, name in (("exp1", "baseline"), ("exp2", "upstream")):
-        flat.update({f"{prefix}_{k}": v for k, v in result.scores.loc[name].items()})
+        flat.update({f"{prefix}_{k}": v for k, v in flat_metrics(result.scores, name).items()})
     mlflow.log_metrics({k: float(v) for k, v in flat.items() if np.isfinite(v)})
     mlflow.set_tag("verdict", result.verdict[:5000])
     for path in result.files:
         mlflow.log_artifact(str(path))
-    for name, row in result.scores.iterrows():
-        with mlflow.start_run(run_name=f"{name}", nested=True, parent_run_id=parent):
-            mlflow.set_tags({"run_type": "comparison_forecast", "forecast": str(name)})
+    for name in map(str, result.scores["forecast"].values):
+        with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent):
+            mlflow.set_tags({"run_type": "comparison_forecast", "forecast": name})
             # Every key, undefined scores as NaN: dropping them would give the children different key sets.
-            mlflow.log_metrics({k: float(v) for k, v in row.items()})
+            mlflow.log_metrics(flat_metrics(result.scores, name))
 
 
 def set_champion(run_ids: dict[str, str], rmse: dict[str, float], registered_model_name: str) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Compare the baseline and the upstream experiment on the same held-out times.
 
-A thin door into ``convlstm.comparison``: either two trained models (run ids or model URIs; the test
+A thin door into ``convlstm.evaluation.comparison``: either two trained models (run ids or model URIs; the test
 split of ``--data`` is forecast here) or two ``predictions.nc`` files and a ground-truth file. The
 result is an MLflow comparison run with one child run per forecast, figures and ``report.md``.
 """
@@ -60,9 +60,9 @@ def parse_float_list(ctx: click.Context, param: click.Parameter, value: str) -> 
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
 def compare(**flags: object) -> None:
     """Score baseline vs upstream against the truth, persistence and climatology, with uncertainty."""
-    from convlstm.comparison import compare as run_comparison
-    from convlstm.comparison import inputs_from_files, inputs_from_models
     from convlstm.data.synthetic import demo_data_path
+    from convlstm.evaluation.comparison import compare as run_comparison
+    from convlstm.evaluation.comparison import inputs_from_files, inputs_from_models
     from convlstm.inference import load_forecast_model
     from convlstm.tracking import (
         comparison_run,
@@ -107,7 +107,7 @@ def compare(**flags: object) -> None:
                                 int(flags["n_boot"]), flags["block_length"])  # type: ignore[arg-type]
         log_comparison(result, params)
         if models and flags["set_aliases"] and all(run_ids.values()):
-            set_champion(run_ids, {name: float(result.scores.loc[name, "rmse_mm"]) for name in run_ids},  # type: ignore[arg-type]
+            set_champion(run_ids, {name: float(result.scores["rmse_mm"].sel(forecast=name)) for name in run_ids},  # type: ignore[arg-type]
                          str(flags["registered_model_name"]))
     click.echo(f"{result.verdict}\nReport: {out / 'report.md'}")
 
