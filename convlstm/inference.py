@@ -254,7 +254,7 @@ def run_inference(
 ) -> InferenceOutcome:
     """Forecast every window of ``data`` (or one split) and write predictions.nc, metadata.json and maps."""
     from convlstm.atomic import atomic_path, atomic_write_bytes
-    from convlstm.plots import plot_prediction_map
+    from convlstm.plotting import plot_prediction_map, save_figure
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -280,10 +280,9 @@ def run_inference(
         lead_hours = float((times[0] - predictions["forecast_reference_time"].values[0]) / np.timedelta64(1, "h"))
         for index in np.unique(np.linspace(0, len(times) - 1, min(max_maps, len(times))).round().astype(int)):
             label = str(np.datetime_as_string(times[index], unit="h")).replace(":", "")
-            files.append(plot_prediction_map(
-                predictions[PRECIPITATION].isel(time=index), output_dir / f"prediction_map_{label}.png",
-                observed=observed.isel(time=index), downstream_box=box,
-                title=f"{forecast.experiment_type} forecast, lead {lead_hours:g} h"))
+            fig = plot_prediction_map(predictions[PRECIPITATION].isel(time=index), observed=observed.isel(time=index),
+                                      downstream_box=box, title=f"{forecast.experiment_type} forecast, lead {lead_hours:g} h")
+            files.append(save_figure(fig, output_dir / f"prediction_map_{label}.png"))
     logger.info("Wrote %d forecasts to %s (RMSE %.3f mm against the observed precipitation in the file).",
                 scores["n_forecasts"], output_dir, scores["rmse_mm"])
     return InferenceOutcome(predictions, files, scores)

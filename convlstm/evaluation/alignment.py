@@ -48,8 +48,10 @@ def describe_coordinate(values: np.ndarray) -> str:
         return "no values"
     if np.issubdtype(values.dtype, np.datetime64):
         first, last = (np.datetime_as_string(v, unit="h") for v in (values[0], values[-1]))
-    else:
+    elif np.issubdtype(values.dtype, np.number):
         first, last = f"{values.min():g}", f"{values.max():g}"
+    else:  # names (a forecast coordinate): as they stand
+        first, last = values[0], values[-1]
     return f"{values.size} values {first} .. {last}"
 
 
@@ -92,6 +94,8 @@ def check_aligned(fields: dict[str, xr.DataArray], dims: tuple[str, ...] = DIMS)
 
 def _examples(values: np.ndarray, k: int = 3) -> str:
     """The first ``k`` values, e.g. ``'2001-08-03T00, 2001-08-04T12 ...'``."""
-    shown = [str(np.datetime_as_string(v, unit="h")) if np.issubdtype(values.dtype, np.datetime64) else f"{v:g}"
-             for v in values[:k]]
+    if np.issubdtype(values.dtype, np.datetime64):
+        shown = [str(np.datetime_as_string(v, unit="h")) for v in values[:k]]
+    else:
+        shown = [f"{v:g}" if np.issubdtype(values.dtype, np.number) else str(v) for v in values[:k]]
     return ", ".join(shown) + (" ..." if len(values) > k else "")

@@ -216,7 +216,7 @@ def raw_window(prepared: PreparedData, options: TrainOptions) -> np.ndarray:
 def _figures(output_dir: Path, state: TrainingState, prepared: PreparedData, model: torch.nn.Module,
              trainer: Trainer, options: TrainOptions) -> list[Path]:
     """Loss curve and observed / predicted / error maps for a few validation times (best model)."""
-    from convlstm.plots import plot_loss_curve, plot_precipitation_maps
+    from convlstm.plotting import plot_loss_curve, plot_precipitation_maps, save_figure
 
     val = prepared.val
     predicted = predict_windows(model, val, val.downstream_columns, trainer.device, options.config.batch_size, trainer.amp_dtype)
@@ -225,8 +225,7 @@ def _figures(output_dir: Path, state: TrainingState, prepared: PreparedData, mod
         torch.from_numpy(val.inputs[val.target_indices, -1]), val.lat, val.lon, val.target_times)["precipitation"]
     regions = options.regions
     box = (regions.downstream_lat_min, regions.downstream_lat_max, regions.downstream_lon_min, regions.downstream_lon_max)
-    return [
-        plot_loss_curve(state.history, output_dir / LOSS_CURVE_NAME),
-        plot_precipitation_maps(observed, predicted_mm, output_dir / MAPS_NAME, box,
-                                title=f"{options.experiment_type}: validation, best epoch {state.best_epoch}"),
-    ]
+    maps = plot_precipitation_maps(observed, predicted_mm, box,
+                                   title=f"{options.experiment_type}: validation, best epoch {state.best_epoch}")
+    return [save_figure(plot_loss_curve(state.history), output_dir / LOSS_CURVE_NAME),
+            save_figure(maps, output_dir / MAPS_NAME)]
