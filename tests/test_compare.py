@@ -24,7 +24,7 @@ from conftest import REPO, Workspace, assert_png, run_module, subprocess_env
 from convlstm.data.schema import PRECIPITATION, open_dataset
 from convlstm.errors import DataError
 from convlstm.evaluation.comparison import ComparisonInputs, ComparisonResult, compare, inputs_from_files, inputs_from_models
-from convlstm.evaluation.report import FIGURES, REPORT_NAME, SCORES_NAME, flat_metrics, score_table
+from convlstm.evaluation.report import FIGURES, REPORT_NAME, SCORES_NAME, flat_metrics
 from convlstm.evaluation.scores import DEFAULT_THRESHOLDS_MM, ContinuousScores
 from convlstm.inference import PREDICTIONS_NAME, ForecastModel, load_forecast_model
 from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
@@ -92,6 +92,11 @@ def report_table(text: str) -> pd.DataFrame:
                         columns=rows[start][1:])
 
 
+def metrics_table(scores: xr.Dataset) -> pd.DataFrame:
+    """The flat metrics of every forecast, one row each (the layout of scores.csv)."""
+    return pd.DataFrame({name: flat_metrics(scores, name) for name in FORECASTS}).T
+
+
 def assert_same_metric_keys(children: list) -> None:
     keys = {run.info.run_name: set(run.data.metrics) for run in children}
     assert sorted(keys) == sorted(FORECASTS)
@@ -150,11 +155,11 @@ def test_compare_writes_report_scores_and_five_figures(library: tuple[Comparison
     assert list(written.index) == list(FORECASTS)
     assert {*CONTINUOUS, "rmse_skill_vs_persistence", "rmse_skill_vs_climatology", "csi_1mm", "pod_1mm", "far_1mm",
             "fss_1mm_w3"} <= set(written.columns)
-    pd.testing.assert_frame_equal(written, score_table(result.scores), check_names=False, rtol=1e-12, atol=0)
+    pd.testing.assert_frame_equal(written, metrics_table(result.scores), check_names=False, rtol=1e-12, atol=0)
 
 
 def test_skill_scores_against_the_references(library: tuple[ComparisonResult, Path]) -> None:
-    scores = score_table(library[0].scores)
+    scores = metrics_table(library[0].scores)
     assert scores.loc["persistence", "rmse_skill_vs_persistence"] == 0.0
     assert scores.loc["climatology", "rmse_skill_vs_climatology"] == 0.0
     for name in FORECASTS:
@@ -165,7 +170,7 @@ def test_skill_scores_against_the_references(library: tuple[ComparisonResult, Pa
 
 def test_differences_have_bootstrap_intervals(library: tuple[ComparisonResult, Path]) -> None:
     result = library[0]
-    scores, differences = score_table(result.scores), result.differences
+    scores, differences = metrics_table(result.scores), result.differences
     assert set(differences) == {"rmse_mm", *(f"csi_{t:g}mm" for t in DEFAULT_THRESHOLDS_MM)}
     rmse = differences["rmse_mm"]
     assert all(np.isfinite(rmse[key]) for key in ("estimate", "low", "high"))

@@ -1,10 +1,8 @@
-"""The research answer: does the upstream experiment beat the baseline, by how much, where, and is
-the gain larger than noise?
-
-Both experiments, persistence and climatology are scored on the same held-out times and downstream
-cells into one score table (an ``xr.Dataset`` with dims ``forecast``, ``threshold``, ``window``); the
-upstream − baseline differences get a paired block-bootstrap interval; figures, ``scores.csv`` and
-``report.md`` are written by :mod:`convlstm.evaluation.report`. MLflow bookkeeping is in ``convlstm.tracking``.
+"""The research answer: does the upstream experiment beat the baseline, by how much, and is the gain
+larger than noise? Both experiments, persistence and climatology are scored on the same held-out
+times and cells into one score table (an ``xr.Dataset`` on ``forecast``, ``threshold``, ``window``);
+the upstream − baseline differences get a paired block-bootstrap interval. Files are written by
+:mod:`convlstm.evaluation.report`, MLflow bookkeeping by ``convlstm.tracking``.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from convlstm.errors import DataError
 from convlstm.evaluation.alignment import check_aligned
 from convlstm.evaluation.bootstrap import BootstrapOptions, csi_difference, rmse_difference
 from convlstm.evaluation.references import climatology_forecast, persistence_forecast
-from convlstm.evaluation.report import EXPERIMENTS, REFERENCES, metric_key, verdict, write_figures, write_report
+from convlstm.evaluation.report import EXPERIMENTS, REFERENCES, metric_key, verdict, write_outputs
 from convlstm.evaluation.scores import (
     DEFAULT_FSS_WINDOWS,
     DEFAULT_THRESHOLDS_MM,
@@ -67,18 +65,13 @@ class ComparisonResult:
 
     Parameters
     ----------
-    scores : xarray.Dataset
-        The score table, dims ``forecast``, ``threshold``, ``window`` (flat keys: ``report.flat_metrics``).
+    scores, csi_interval : xarray.Dataset
+        The score table on ``forecast``, ``threshold``, ``window`` (flat keys: ``report.flat_metrics``);
+        ``low``, ``high`` of each forecast's CSI on ``(forecast, threshold)``, for error bars.
     differences : dict of str to dict
         Upstream − baseline per score (``rmse_mm``, ``csi_1mm`` ...): ``estimate, low, high, excludes_zero``.
-    csi_interval : xarray.Dataset
-        ``low``, ``high`` of each forecast's CSI on ``(forecast, threshold)``, for error bars.
-    verdict : str
-        The answer in two sentences.
-    n_boot, block_length : int
-        How the bootstrap resampled.
-    files : list of pathlib.Path
-        Figures, ``scores.csv`` and ``report.md``.
+    verdict, n_boot, block_length, files : str, int, int, list of pathlib.Path
+        The answer in two sentences, how the bootstrap resampled, and the files written.
     """
 
     scores: xr.Dataset
@@ -247,6 +240,6 @@ def compare(inputs: ComparisonInputs, output_dir: str | os.PathLike[str],
                               results["rmse_mm"].block_length)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    result.files = write_figures(inputs, result, output_dir) + write_report(inputs, result, output_dir)
+    result.files = write_outputs(inputs, result, output_dir)
     logger.info("%s", result.verdict)
     return result

@@ -1,10 +1,6 @@
-"""Reference forecasts that every model must beat: persistence and climatology.
-
-A score means little on its own; skill is measured against what costs nothing. Persistence ("it will
-rain as it rained ``lead`` ago") is hard to beat at short leads, climatology ("the usual rain for this
-month and time of day") at long ones. Both return precipitation on dims ``(time, lat, lon)`` labelled
-with the target times, ready to be scored with :mod:`convlstm.evaluation.scores`.
-"""
+"""Reference forecasts that every model must beat, because skill is measured against what costs
+nothing: persistence ("it will rain as it rained ``lead`` ago") is hard to beat at short leads,
+climatology ("the usual rain for this month and time of day") at long ones."""
 
 from __future__ import annotations
 

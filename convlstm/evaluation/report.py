@@ -71,19 +71,8 @@ def flat_metrics(scores: xr.Dataset, forecast: str) -> dict[str, float]:
     return out
 
 
-def score_table(scores: xr.Dataset) -> pd.DataFrame:
-    """The score table as one row of flat metrics per forecast: the layout of ``scores.csv``.
-
-    Parameters
-    ----------
-    scores : xarray.Dataset
-        The comparison's score table.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Index ``forecast``, columns the flat keys.
-    """
+def _score_table(scores: xr.Dataset) -> pd.DataFrame:
+    """One row of flat metrics per forecast: the layout of ``scores.csv``."""
     names = [str(name) for name in scores["forecast"].values]
     return pd.DataFrame.from_dict({name: flat_metrics(scores, name) for name in names}, orient="index").rename_axis("forecast")
 
@@ -114,22 +103,22 @@ def verdict(scores: xr.Dataset, differences: dict[str, dict[str, float]]) -> str
             f"Models beating both persistence and climatology on RMSE: {', '.join(beats) or 'none'}.")
 
 
-def write_report(inputs: ComparisonInputs, result: ComparisonResult, output_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``scores.csv`` (every flat metric) and ``report.md`` (main scores, differences, verdict).
+def write_outputs(inputs: ComparisonInputs, result: ComparisonResult, output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write what a reader of the comparison needs: the figures, ``scores.csv`` and ``report.md``.
 
     Parameters
     ----------
     inputs, result : ComparisonInputs, ComparisonResult
-        What was compared (times, grid, source, notes) and what the comparison found.
+        What was compared (fields, times, grid, source, notes) and what the comparison found.
     output_dir : path
         Existing directory.
 
     Returns
     -------
     list of pathlib.Path
-        The two files.
+        The figures (:data:`FIGURES`), then ``scores.csv`` and ``report.md``.
     """
-    output_dir, table, truth = Path(output_dir), score_table(result.scores), inputs.truth
+    output_dir, table, truth = Path(output_dir), _score_table(result.scores), inputs.truth
     main = table[[c for c in _REPORT_COLUMNS if c in table.columns]] + 0.0  # + 0.0: no "-0.000"
     diffs = pd.DataFrame.from_dict(
         {key: {"difference": d["estimate"], "95 % interval": f"[{d['low']:+.4f}, {d['high']:+.4f}]",
@@ -159,25 +148,12 @@ autocorrelation). Negative RMSE and positive CSI differences favour the upstream
 
 Full table: `{SCORES_NAME}`. Figures: {', '.join(f'`{name}`' for name in FIGURES)}.
 """
-    return [atomic_write_bytes(output_dir / SCORES_NAME, table.to_csv().encode()),
+    return [*_figures(inputs, result, output_dir), atomic_write_bytes(output_dir / SCORES_NAME, table.to_csv().encode()),
             atomic_write_bytes(output_dir / REPORT_NAME, text.encode())]
 
 
-def write_figures(inputs: ComparisonInputs, result: ComparisonResult, output_dir: str | os.PathLike[str]) -> list[Path]:
-    """Draw the five comparison figures: where upstream helps, cases, CSI, performance, error over time.
-
-    Parameters
-    ----------
-    inputs, result : ComparisonInputs, ComparisonResult
-        The aligned truth and forecasts, and their scores and CSI intervals.
-    output_dir : path
-        Existing directory.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The PNG files, named as in :data:`FIGURES`.
-    """
+def _figures(inputs: ComparisonInputs, result: ComparisonResult, output_dir: Path) -> list[Path]:
+    """The five figures: where upstream helps, cases, CSI with intervals, performance, error over time."""
     from convlstm.plotting import (
         plot_case_maps,
         plot_csi_bars,
@@ -188,15 +164,8 @@ def write_figures(inputs: ComparisonInputs, result: ComparisonResult, output_dir
     )
 
     truth, forecasts, scores = inputs.truth, inputs.forecasts, result.scores
-
-    def rmse_per(forecast: xr.DataArray, *dims: str) -> xr.DataArray:  # RMSE at each point of dims, over the others
-        f, o = (x.transpose(*dims, ...) for x in (forecast, truth))
-        shape = tuple(f.sizes[d] for d in dims)
-        sums = ContinuousScores(per_time=True).accumulate(*(x.values.reshape(math.prod(shape), -1) for x in (f, o)))
-        return xr.DataArray(rmse_from_sums(sums.per_time()).reshape(shape), dims=dims, coords={d: f[d].values for d in dims})
-
-    per_cell = {name: rmse_per(forecasts[name], "lat", "lon") for name in EXPERIMENTS}
-    by_time = xr.concat([rmse_per(forecast, "time") for forecast in forecasts.values()],
+    per_cell = {name: _rmse_per(forecasts[name], truth, "lat", "lon") for name in EXPERIMENTS}
+    by_time = xr.concat([_rmse_per(forecast, truth, "time") for forecast in forecasts.values()],
                         dim=pd.Index(list(forecasts), name="forecast"))
     paths = [Path(output_dir) / name for name in FIGURES]
     return [
@@ -207,3 +176,11 @@ def write_figures(inputs: ComparisonInputs, result: ComparisonResult, output_dir
         save_figure(plot_performance_diagram(scores["pod"], scores["far"]), paths[3]),
         save_figure(plot_error_by_time(by_time), paths[4]),
     ]
+
+
+def _rmse_per(forecast: xr.DataArray, observed: xr.DataArray, *dims: str) -> xr.DataArray:
+    """RMSE at each point of ``dims`` over the other dims (per cell for a map, per time for a series)."""
+    f, o = (x.transpose(*dims, ...) for x in (forecast, observed))
+    shape = tuple(f.sizes[d] for d in dims)
+    sums = ContinuousScores(per_time=True).accumulate(*(x.values.reshape(math.prod(shape), -1) for x in (f, o)))
+    return xr.DataArray(rmse_from_sums(sums.per_time()).reshape(shape), dims=dims, coords={d: f[d].values for d in dims})

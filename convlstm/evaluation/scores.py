@@ -2,10 +2,9 @@
 ``compare`` share one implementation, fed batch by batch without keeping the data.
 
 As in pysteps' ``verification`` (``det_cont_fct_init / accum / compute``): create a score,
-``accumulate(forecast, observed)`` once per batch (sums in float64), then ``compute()``. With
-``per_time=True`` an accumulator also keeps its sums per time (the first axis): the sufficient
-statistics of the block bootstrap (:mod:`convlstm.evaluation.bootstrap`). Undefined ratios are NaN,
-never inf. Tests check every score against the ``scores`` library, which is not imported here (slow).
+``accumulate(forecast, observed)`` per batch (float64 sums), then ``compute()``. With ``per_time=True``
+it also keeps its sums per time (first axis), which the block bootstrap resamples. Undefined ratios
+are NaN, never inf. Tests check every score against the ``scores`` library (not imported here: slow).
 """
 
 from __future__ import annotations
@@ -137,7 +136,7 @@ class ContinuousScores(_Accumulator):
             lat = np.asarray(lat, dtype=np.float64)
             if lat.ndim != 1 or lat.size == 0 or not np.all(np.abs(lat) <= 90.0):
                 raise DataError(f"Latitudes must be a non-empty 1-D sequence within [-90, 90] degrees_north, got {lat!r}.")
-            self._weights = np.cos(np.deg2rad(lat))  # not imported from scores: it takes 2 s to import
+            self._weights = np.cos(np.deg2rad(lat))
         self._n = 0
         self._mean = np.zeros(2)  # forecast, observed
         self._m2 = np.zeros(3)  # squared deviations of forecast, of observed, and their co-moment

@@ -16,11 +16,12 @@ from scores.continuous import rmse as scores_rmse
 from conftest import assert_png
 from convlstm.cli import run_cli
 from convlstm.errors import ConfigError, DataError
-from convlstm.evaluation import comparison, report
+from convlstm.evaluation import report
 from convlstm.evaluation.alignment import check_aligned
 from convlstm.evaluation.comparison import ComparisonInputs, ComparisonResult, compare
 from convlstm.evaluation.report import FIGURES, REPORT_NAME, SCORES_NAME, flat_metrics
 from convlstm.evaluation.scores import DEFAULT_FSS_WINDOWS, DEFAULT_THRESHOLDS_MM
+from convlstm.plotting import figure
 from entrypoints.compare import compare as compare_command
 
 FORECASTS = ("baseline", "upstream", "persistence", "climatology")
@@ -57,7 +58,7 @@ def compared(inputs: ComparisonInputs, tmp_path_factory: pytest.TempPathFactory)
     """The comparison without its figures (drawn once, in test_figures)."""
     out = tmp_path_factory.mktemp("compare")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(comparison, "write_figures", lambda *args: [])
+        patch.setattr(report, "_figures", lambda *args: [])
         return compare(inputs, out, n_boot=N_BOOT), out
 
 
@@ -146,7 +147,7 @@ def test_differences_match_the_table(compared):
 
 def test_scores_csv_and_report(compared):
     result, out = compared
-    assert result.files == [out / SCORES_NAME, out / REPORT_NAME]
+    assert result.files == [out / SCORES_NAME, out / REPORT_NAME]  # and the figures, drawn in test_figures
     written = pd.read_csv(out / SCORES_NAME, index_col="forecast")
     assert list(written.index) == list(FORECASTS)
     for name in FORECASTS:
@@ -163,8 +164,22 @@ def test_scores_csv_and_report(compared):
     assert "| csi_0.1mm" in text and f"{N_BOOT} resamples" in text and "A note for the report." in text
 
 
-def test_figures(compared, inputs, tmp_path):
-    files = report.write_figures(inputs, compared[0], tmp_path)
+def test_rmse_per_cell_and_per_time_by_hand():
+    obs = np.arange(8.0).reshape(2, 2, 2)
+    error = np.array([1.0, -1.0, 1.0, -1.0, 2.0, -2.0, 0.0, 0.0]).reshape(2, 2, 2)
+    coords = {"time": pd.date_range("2001-01-01", periods=2, freq="12h"), "lat": [0.0, 10.0], "lon": [100.0, 101.0]}
+    f, o = (xr.DataArray(x, dims=("time", "lat", "lon"), coords=coords) for x in (obs + error, obs))
+    by_time = report._rmse_per(f, o, "time")
+    assert by_time.dims == ("time",) and (by_time["time"].values == coords["time"].values).all()
+    np.testing.assert_allclose(by_time.values, [1.0, np.sqrt(2.0)])
+    cells = report._rmse_per(f, o, "lat", "lon")
+    assert cells.dims == ("lat", "lon")
+    np.testing.assert_allclose(cells.values, np.sqrt([[2.5, 2.5], [0.5, 0.5]]))
+
+
+def test_figures(compared, inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr(figure, "DPI", 60)  # small PNGs: encoding them is most of this test's time
+    files = report._figures(inputs, compared[0], tmp_path)
     assert [path.name for path in files] == list(FIGURES)
     for path in files:
         assert_png(path)
