@@ -13,11 +13,13 @@ intervals on the same per-time statistics.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from convlstm.checks import require_positive_int
 from convlstm.errors import ConfigError, DataError
 from convlstm.evaluation.scores import CategoricalScores, ContinuousScores, contingency_scores, rmse_from_sums
 
@@ -74,11 +76,10 @@ class BootstrapOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_boot", "block_length"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}.", name)
-        if not 0.0 < float(self.confidence) < 1.0:
+        require_positive_int("n_boot", self.n_boot)
+        if self.block_length is not None:
+            require_positive_int("block_length", self.block_length)
+        if not (isinstance(self.confidence, numbers.Real) and 0.0 < self.confidence < 1.0):
             raise ConfigError(f"confidence must lie between 0 and 1 (e.g. 0.95), got {self.confidence!r}.", "confidence")
 
 

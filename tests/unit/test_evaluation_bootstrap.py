@@ -130,8 +130,8 @@ def test_csi_resamples_without_events_are_left_out():
     assert 0 < got.n_valid < 200 and got.low == got.high == 1.0
 
 
-@pytest.mark.parametrize("kwargs", [{"n_boot": 0}, {"n_boot": True}, {"block_length": 0}, {"block_length": 2.5},
-                                    {"confidence": 1.0}, {"confidence": 0.0}])
+@pytest.mark.parametrize("kwargs", [{"n_boot": 0}, {"n_boot": True}, {"n_boot": "abc"}, {"block_length": 0},
+                                    {"block_length": 2.5}, {"confidence": 1.0}, {"confidence": 0.0}, {"confidence": "x"}])
 def test_bad_options_are_config_errors(kwargs):
     with pytest.raises(ConfigError):
         BootstrapOptions(**kwargs)
