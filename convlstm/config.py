@@ -25,6 +25,8 @@ NAN_POLICIES = ("raise", "drop", "fill")
 SPLITS = ("all", "train", "val", "test")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_REGISTERED_NAME = "convlstm-precipitation"
+DEFAULT_THRESHOLDS_MM = (0.1, 1.0, 5.0, 10.0, 20.0)  # rain thresholds of the categorical scores and the FSS
+DEFAULT_FSS_WINDOWS = (1, 3, 5)  # FSS neighbourhood sizes, grid cells
 DEMO_LEVELS = [1000.0, 925.0, 850.0, 700.0, 600.0, 500.0, 400.0, 300.0, 250.0, 200.0, 150.0]
 
 _DATA, _MODEL, _TRAINING = "Data", "Model", "Training"
@@ -230,9 +232,9 @@ class CompareSettings(Settings):
                                                aliases=("--predictions-exp2",))
     ground_truth: str | None = setting(None, "With predictions files: the netCDF with the observed precipitation.")
     output_dir: str | None = setting(None, "Default: outputs/compare-<time>.")
-    thresholds: list[float] = setting([0.1, 1.0, 5.0, 10.0, 20.0], "Rain thresholds (mm per step) for the categorical "
+    thresholds: list[float] = setting(list(DEFAULT_THRESHOLDS_MM), "Rain thresholds (mm per step) for the categorical "
                                                                   "scores.", low=0.0, group="Scores")
-    fss_windows: list[int] = setting([1, 3, 5], "FSS neighbourhood sizes (grid cells).", low=1, group="Scores")
+    fss_windows: list[int] = setting(list(DEFAULT_FSS_WINDOWS), "FSS neighbourhood sizes (grid cells).", low=1, group="Scores")
     n_boot: int = setting(1000, "Bootstrap resamples.", low=100, group="Scores")
     block_length: int | None = setting(None, "Bootstrap block length in steps (default: n^(1/3)).", low=1, group="Scores")
     set_aliases: bool = setting(True, "Give the better model's registered version the alias champion.", group=_TRACKING)

@@ -20,10 +20,11 @@ import xarray as xr
 
 from convlstm.config import ConvLSTMConfig, RegionConfig
 from convlstm.data.dataset import ConvLSTMDataset
-from convlstm.data.regions import crop_regions
+from convlstm.data.regions import downstream_precipitation
 from convlstm.data.schema import PRECIPITATION, describe_source, open_dataset
 from convlstm.data.split import select_split
 from convlstm.forecast import ForecastModel, load_forecast_model, predict_windows
+from convlstm.evaluation.scores import ContinuousScores
 from convlstm.model import ConvLSTMUNet
 
 logger = logging.getLogger(__name__)
@@ -66,12 +67,6 @@ class InferenceOutcome:
     scores: dict[str, float]
 
 
-def observed_downstream(data: xr.Dataset, forecast: ForecastModel, times: np.ndarray) -> xr.DataArray:
-    """Observed precipitation (mm) on the downstream grid at ``times``, to set beside the forecasts."""
-    crop = crop_regions(data, forecast.regions, include_upstream=False).data
-    return crop[PRECIPITATION].sel(time=times).load()
-
-
 def run_inference(
     forecast: ForecastModel,
     data: xr.Dataset | str | os.PathLike[str],
@@ -93,10 +88,9 @@ def run_inference(
     selected = select_split(opened, split, forecast.config)
     predictions = forecast.predict_dataset(selected, batch_size)
     predictions.attrs["split"] = split
-    observed = observed_downstream(opened, forecast, predictions["time"].values)
-    error = predictions[PRECIPITATION] - observed.values
-    scores = {"rmse_mm": float(np.sqrt((error ** 2).mean())), "mae_mm": float(abs(error).mean()),
-              "bias_mm": float(error.mean()), "n_forecasts": int(predictions.sizes["time"])}
+    observed = downstream_precipitation(opened, forecast.regions, predictions["time"].values)
+    computed = ContinuousScores().accumulate(predictions[PRECIPITATION].values, observed.values).compute()
+    scores = {**{key: computed[key] for key in ("rmse_mm", "mae_mm", "bias_mm")}, "n_forecasts": int(predictions.sizes["time"])}
     files = []
     files.append(write_netcdf(predictions, output_dir / PREDICTIONS_NAME))
     metadata = {**forecast.describe(), "input_file": describe_source(opened), "split": split,
@@ -104,14 +98,12 @@ def run_inference(
                 "scores": scores, **(extra_metadata or {})}
     files.append(atomic_write_bytes(output_dir / METADATA_NAME, json.dumps(metadata, indent=2, default=str).encode()))
     if visualize:
-        regions = forecast.regions
-        box = (regions.downstream_lat_min, regions.downstream_lat_max, regions.downstream_lon_min, regions.downstream_lon_max)
         times = predictions["time"].values
         lead_hours = float((times[0] - predictions["forecast_reference_time"].values[0]) / np.timedelta64(1, "h"))
         for index in np.unique(np.linspace(0, len(times) - 1, min(max_maps, len(times))).round().astype(int)):
             label = str(np.datetime_as_string(times[index], unit="h")).replace(":", "")
             fig = plot_prediction_map(predictions[PRECIPITATION].isel(time=index), observed=observed.isel(time=index),
-                                      downstream_box=box, title=f"{forecast.experiment_type} forecast, lead {lead_hours:g} h")
+                                      downstream_box=forecast.regions.downstream_box, title=f"{forecast.experiment_type} forecast, lead {lead_hours:g} h")
             files.append(save_figure(fig, output_dir / f"prediction_map_{label}.png"))
     logger.info("Wrote %d forecasts to %s (RMSE %.3f mm against the observed precipitation in the file).",
                 scores["n_forecasts"], output_dir, scores["rmse_mm"])

@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from convlstm.config import RegionConfig
-from convlstm.data.schema import describe_source
+from convlstm.data.schema import PRECIPITATION, describe_source
 from convlstm.errors import DataError
 
 _TOL = 1e-6  # degrees: grid coordinates are compared with this slack
@@ -36,6 +36,26 @@ def crop_regions(data: xr.Dataset, regions: RegionConfig, include_upstream: bool
     joined = xr.concat([upstream, downstream], dim="lon", data_vars="all", coords="minimal", compat="override", join="override")
     start = upstream.sizes["lon"]
     return RegionCrop(joined, slice(start, start + downstream.sizes["lon"]))
+
+
+def downstream_precipitation(data: xr.Dataset, regions: RegionConfig, times: np.ndarray) -> xr.DataArray:
+    """Observed precipitation (mm) on the downstream grid at ``times``: the truth forecasts are set beside.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        Data in the library's layout.
+    regions : RegionConfig
+        The region bounds.
+    times : numpy.ndarray
+        The times wanted (all present in ``data``).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(time, lat, lon)``, loaded.
+    """
+    return crop_regions(data, regions, include_upstream=False).data[PRECIPITATION].sel(time=times).load()
 
 
 def check_regions(data: xr.Dataset, regions: RegionConfig, include_upstream: bool) -> None:

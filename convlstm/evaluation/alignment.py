@@ -84,7 +84,18 @@ def check_aligned(fields: dict[str, xr.DataArray], dims: tuple[str, ...] = DIMS)
         for dim in dims:
             a, b = first[dim].values, other[dim].values
             if not same_coordinate(dim, a, b):
+                only = [(n, np.setdiff1d(x, y)) for n, x, y in ((first_name, a, b), (name, b, a))]
+                detail = "".join(f"; {len(v)} only in {n} ({_examples(v)})" for n, v in only if len(v))
                 raise DataError(
-                    f"{first_name} and {name} differ in {dim}: {describe_coordinate(a)} vs {describe_coordinate(b)}. "
+                    f"{first_name} and {name} differ in {dim}: {describe_coordinate(a)} vs {describe_coordinate(b)}{detail}. "
                     "Select the same times and grid in both (forecast the same data, split and window size)."
                 )
+
+
+def _examples(values: np.ndarray, k: int = 3) -> str:
+    """The first ``k`` values, e.g. ``'2001-08-03T00, 2001-08-04T12 ...'``."""
+    if np.issubdtype(values.dtype, np.datetime64):
+        shown = [str(np.datetime_as_string(v, unit="h")) for v in values[:k]]
+    else:
+        shown = [f"{v:g}" if np.issubdtype(values.dtype, np.number) else str(v) for v in values[:k]]
+    return ", ".join(shown) + (" ..." if len(values) > k else "")

@@ -16,6 +16,7 @@ from convlstm.cli import configure_logging
 from convlstm.config import CompareSettings, InferSettings
 from convlstm.data.demo import demo_data_path
 from convlstm.errors import TrackingError
+from convlstm.evaluation.report import flat_metrics
 from convlstm.forecast import load_forecast_model
 from convlstm.inference import InferenceOutcome, run_inference
 from convlstm.tracking.registry import set_champion
@@ -113,16 +114,16 @@ def log_comparison(result: Any, params: dict[str, Any]) -> None:
         flat[f"delta_{key}_ci_low"] = diff["low"]
         flat[f"delta_{key}_ci_high"] = diff["high"]
     for name in ("baseline", "upstream"):
-        flat.update({f"{name}_{k}": v for k, v in result.scores.loc[name].items()})
+        flat.update({f"{name}_{k}": v for k, v in flat_metrics(result.scores, name).items()})
     mlflow.log_metrics({k: float(v) for k, v in flat.items() if np.isfinite(v)})
     mlflow.set_tag("verdict", result.verdict[:5000])
     for path in result.files:
         mlflow.log_artifact(str(path))
-    for name, row in result.scores.iterrows():
-        with mlflow.start_run(run_name=f"{name}", nested=True, parent_run_id=parent):
-            mlflow.set_tags({"run_type": "comparison_forecast", "forecast": str(name)})
+    for name in map(str, result.scores["forecast"].values):
+        with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent):
+            mlflow.set_tags({"run_type": "comparison_forecast", "forecast": name})
             # Every key, undefined scores as NaN: dropping them would give the children different key sets.
-            mlflow.log_metrics({k: float(v) for k, v in row.items()})
+            mlflow.log_metrics(flat_metrics(result.scores, name))
 
 
 def compare_tracked(settings: CompareSettings) -> tuple[Any, Path]:
@@ -138,7 +139,7 @@ def compare_tracked(settings: CompareSettings) -> tuple[Any, Path]:
     tuple
         The comparison result and the path of its ``report.md``.
     """
-    from convlstm.comparison import compare, inputs_from_files, inputs_from_models
+    from convlstm.evaluation.comparison import compare, inputs_from_files, inputs_from_models
 
     models = {"baseline": settings.baseline, "upstream": settings.upstream}
     if not settings.uses_files and not settings.baseline:
@@ -164,6 +165,6 @@ def compare_tracked(settings: CompareSettings) -> tuple[Any, Path]:
                          settings.block_length)
         log_comparison(result, {**settings_params(settings), **models})
         if not settings.uses_files and settings.set_aliases and all(run_ids.values()):
-            set_champion(run_ids, {name: float(result.scores.loc[name, "rmse_mm"]) for name in run_ids},  # type: ignore[arg-type]
+            set_champion(run_ids, {name: float(result.scores["rmse_mm"].sel(forecast=name)) for name in run_ids},  # type: ignore[arg-type]
                          settings.registered_model_name)
     return result, out / "report.md"

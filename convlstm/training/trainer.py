@@ -24,9 +24,10 @@ from convlstm.config import ConvLSTMConfig
 from convlstm.data.dataset import ConvLSTMDataset, WindowBatch
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.errors import TrainingDiverged
-from convlstm.forecast import forward_downstream
 from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name, save_checkpoint
 from convlstm.device import amp_dtype
+from convlstm.evaluation.scores import ContinuousScores
+from convlstm.forecast import forward_downstream
 from convlstm.training.loss import WeightedPrecipitationLoss
 
 logger = logging.getLogger(__name__)
@@ -142,20 +143,16 @@ class Trainer:
     def evaluate(self, data: ConvLSTMDataset) -> dict[str, float]:
         """Weighted loss (normalized space) and RMSE / MAE in mm on the downstream cells."""
         self.model.eval()
-        loss_sum, sq_sum, abs_sum, n_cells, n_windows = 0.0, 0.0, 0.0, 0, 0
+        loss_sum, n_windows, scores = 0.0, 0, ContinuousScores()
         # No activations are kept for backward here, so a larger batch fits in a training batch's memory.
         for inputs, targets in data.window_batches(EVAL_BATCH_FACTOR * self.config.batch_size):
             inputs, targets = self._to_device(inputs, targets)
             prediction = self._forward(inputs)
             loss_sum += float(self.criterion(prediction, targets)) * len(targets)
-            error_mm = self.normalizer.denormalize_precipitation(prediction) - self.normalizer.denormalize_precipitation(targets)
-            sq_sum += float((error_mm ** 2).sum())
-            abs_sum += float(error_mm.abs().sum())
-            n_cells += targets.numel()
+            scores.accumulate(*(self.normalizer.denormalize_precipitation(x).float().cpu().numpy() for x in (prediction, targets)))
             n_windows += len(targets)
-        if n_windows == 0:
-            return {"loss": math.nan, "rmse_mm": math.nan, "mae_mm": math.nan}
-        return {"loss": loss_sum / n_windows, "rmse_mm": math.sqrt(sq_sum / n_cells), "mae_mm": abs_sum / n_cells}
+        computed = scores.compute()
+        return {"loss": loss_sum / n_windows if n_windows else math.nan, "rmse_mm": computed["rmse_mm"], "mae_mm": computed["mae_mm"]}
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything needed to resume or to rebuild the model, as plain values and tensors."""

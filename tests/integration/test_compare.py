@@ -1,6 +1,7 @@
 """The comparison step: baseline vs upstream scored against the truth, persistence and climatology,
 with a paired block-bootstrap interval of the difference; the ``compare`` entry point in its two modes
-(models, files), its usage errors, and (slow) ``mlflow run -e compare`` picking the newest runs.
+(models, files), and (slow) ``mlflow run -e compare`` picking the newest runs. The parts that need no
+trained model are in ``tests/unit/test_evaluation_*.py``.
 
 One tiny baseline and one tiny upstream model are trained once for the module through the real
 ``train`` entry point (subprocesses working in a temporary directory with their own tracking store,
@@ -19,28 +20,18 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from tests.helpers import REPO, Workspace, assert_png, run_module, subprocess_env
-from convlstm.cli import run_cli
-from convlstm.comparison import (
-    REPORT_NAME,
-    SCORES_NAME,
-    ComparisonInputs,
-    ComparisonResult,
-    check_same_grid,
-    compare,
-    inputs_from_files,
-    inputs_from_models,
-)
+from conftest import REPO, Workspace, assert_png, run_module, subprocess_env
 from convlstm.data.schema import PRECIPITATION, open_dataset
 from convlstm.errors import DataError
+from convlstm.evaluation.comparison import ComparisonInputs, ComparisonResult, compare, inputs_from_files, inputs_from_models
+from convlstm.evaluation.report import FIGURES, REPORT_NAME, SCORES_NAME, flat_metrics
+from convlstm.config import DEFAULT_THRESHOLDS_MM
+from convlstm.evaluation.scores import ContinuousScores
 from convlstm.inference import PREDICTIONS_NAME, ForecastModel, load_forecast_model
-from convlstm.config import DEFAULT_REGISTERED_NAME
-from convlstm.verification import DEFAULT_THRESHOLDS_MM, continuous_scores
-from entrypoints.compare import compare as compare_command
+from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
 
 EXPERIMENTS = Workspace.KINDS
 FORECASTS = ("baseline", "upstream", "persistence", "climatology")
-FIGURES = ("rmse_difference_map.png", "case_maps.png", "csi_bars.png", "performance_diagram.png", "error_by_time.png")
 CONTINUOUS = ("rmse_mm", "mae_mm", "bias_mm", "correlation", "rmse_latw_mm")
 N_BOOT = 200
 EXPERIMENT = Workspace.EXPERIMENT
@@ -93,17 +84,18 @@ def rewrite(source: Path, target: Path, change) -> Path:
 
 
 def report_table(text: str) -> pd.DataFrame:
-    """The score table of report.md as numbers, one row per forecast."""
-    lines = [line for line in text.splitlines() if line.startswith("| ")]
-    start = next(i for i, line in enumerate(lines) if line.startswith("| forecast |"))
-    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
-    rows = {}
-    for line in lines[start + 1:]:
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if cells[0] not in FORECASTS:
-            break
-        rows[cells[0]] = [float(cell) for cell in cells[1:]]
-    return pd.DataFrame.from_dict(rows, orient="index", columns=header[1:])
+    """The score table of report.md (a pipe table) as numbers, one row per forecast."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|") and not line.startswith("|:")]
+    start = next(i for i, row in enumerate(rows) if row[0] == "forecast")
+    body = rows[start + 1:start + 1 + len(FORECASTS)]
+    return pd.DataFrame([[float(c) for c in row[1:]] for row in body], index=[row[0] for row in body],
+                        columns=rows[start][1:])
+
+
+def metrics_table(scores: xr.Dataset) -> pd.DataFrame:
+    """The flat metrics of every forecast, one row each (the layout of scores.csv)."""
+    return pd.DataFrame({name: flat_metrics(scores, name) for name in FORECASTS}).T
 
 
 def assert_same_metric_keys(children: list) -> None:
@@ -164,11 +156,11 @@ def test_compare_writes_report_scores_and_five_figures(library: tuple[Comparison
     assert list(written.index) == list(FORECASTS)
     assert {*CONTINUOUS, "rmse_skill_vs_persistence", "rmse_skill_vs_climatology", "csi_1mm", "pod_1mm", "far_1mm",
             "fss_1mm_w3"} <= set(written.columns)
-    pd.testing.assert_frame_equal(written, result.scores.astype(float), check_names=False, rtol=1e-12, atol=0)
+    pd.testing.assert_frame_equal(written, metrics_table(result.scores), check_names=False, rtol=1e-12, atol=0)
 
 
 def test_skill_scores_against_the_references(library: tuple[ComparisonResult, Path]) -> None:
-    scores = library[0].scores
+    scores = metrics_table(library[0].scores)
     assert scores.loc["persistence", "rmse_skill_vs_persistence"] == 0.0
     assert scores.loc["climatology", "rmse_skill_vs_climatology"] == 0.0
     for name in FORECASTS:
@@ -179,7 +171,7 @@ def test_skill_scores_against_the_references(library: tuple[ComparisonResult, Pa
 
 def test_differences_have_bootstrap_intervals(library: tuple[ComparisonResult, Path]) -> None:
     result = library[0]
-    scores, differences = result.scores, result.differences
+    scores, differences = metrics_table(result.scores), result.differences
     assert set(differences) == {"rmse_mm", *(f"csi_{t:g}mm" for t in DEFAULT_THRESHOLDS_MM)}
     rmse = differences["rmse_mm"]
     assert all(np.isfinite(rmse[key]) for key in ("estimate", "low", "high"))
@@ -199,15 +191,14 @@ def test_differences_have_bootstrap_intervals(library: tuple[ComparisonResult, P
             assert np.isnan(diff["estimate"]), key
     assert defined >= 1
     for name in FORECASTS:  # every forecast's CSI has its own interval for the bar chart
-        low_csi = result.csi_intervals[name]["0.1mm"]
-        assert low_csi[0] == pytest.approx(scores.loc[name, "csi_0.1mm"], abs=1e-9)
-        assert low_csi[1] <= low_csi[2]
+        bounds = result.csi_interval.sel(forecast=name, threshold=0.1)
+        assert float(bounds["low"]) <= float(bounds["high"])
 
 
 def test_verdict_names_both_rmses_and_is_in_the_report(library: tuple[ComparisonResult, Path]) -> None:
     result, out = library
     for name in EXPERIMENTS:
-        assert f"{result.scores.loc[name, 'rmse_mm']:.3f} mm" in result.verdict, name
+        assert f"{flat_metrics(result.scores, name)['rmse_mm']:.3f} mm" in result.verdict, name
     assert result.verdict in (out / REPORT_NAME).read_text()
 
 
@@ -218,10 +209,11 @@ def test_report_scores_equal_continuous_scores_on_the_same_arrays(library: tuple
     assert list(table.index) == list(FORECASTS)
     assert set(CONTINUOUS) <= set(table.columns)
     for name in FORECASTS:
-        expected = continuous_scores(model_inputs.forecasts[name], model_inputs.truth)
+        truth = model_inputs.truth
+        expected = ContinuousScores(truth["lat"]).accumulate(model_inputs.forecasts[name], truth).compute()
         for key in CONTINUOUS:
             assert table.loc[name, key] == pytest.approx(expected[key], abs=5e-4 + 1e-9), (name, key)
-            assert result.scores.loc[name, key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12), (name, key)
+            assert flat_metrics(result.scores, name)[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12), (name, key)
 
 
 # ---------------------------------------------------------------------------------------------- files and refusals
@@ -249,7 +241,7 @@ def test_predictions_with_different_times_are_refused(predictions: dict[str, Pat
     with pytest.raises(DataError, match="differ in time") as refused:
         inputs_from_files(predictions["baseline"], shorter, ws.tiny)
     message = str(refused.value)
-    assert f"{len(times)} vs {len(times) - 1}" in message
+    assert f"{len(times)} values" in message and f"vs {len(times) - 1} values" in message
     assert "baseline" in message and "upstream" in message
     assert np.datetime_as_string(dropped, unit="D") in message
 
@@ -275,25 +267,6 @@ def test_ground_truth_lacking_a_forecast_time_is_refused(predictions: dict[str, 
 def test_missing_predictions_file_is_refused(predictions: dict[str, Path], ws: Workspace, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         inputs_from_files(predictions["baseline"], tmp_path / "absent.nc", ws.tiny)
-
-
-def _grid(n_time: int = 4) -> xr.DataArray:
-    return xr.DataArray(np.zeros((n_time, 3, 2), dtype=np.float32), dims=("time", "lat", "lon"),
-                        coords={"time": pd.date_range("2000-01-01", periods=n_time, freq="12h"),
-                                "lat": [30.0, 32.5, 35.0], "lon": [115.0, 117.5]})
-
-
-@pytest.mark.parametrize("dim", ["time", "lat", "lon"])
-@pytest.mark.parametrize("how", ["shifted", "shorter"])
-def test_check_same_grid_names_the_dimension_that_differs(dim: str, how: str) -> None:
-    first = _grid()
-    other = first.isel({dim: slice(0, -1)}) if how == "shorter" else first.assign_coords(
-        {dim: first[dim] + (np.timedelta64(12, "h") if dim == "time" else 0.5)})
-    check_same_grid({"first": first, "second": first.copy()})  # identical: accepted
-    with pytest.raises(DataError, match=f"first and second forecasts differ in {dim}:"):
-        check_same_grid({"first": first, "second": other})
-    with pytest.raises(DataError, match=f"first and third forecasts differ in {dim}:"):  # any later entry is checked
-        check_same_grid({"first": first, "second": first.copy(), "third": other})
 
 
 # ---------------------------------------------------------------------------------------------- the entry point
@@ -322,8 +295,8 @@ def test_compare_cli_with_files_logs_a_comparison_run(predictions: dict[str, Pat
     for key in ("", "_ci_low", "_ci_high"):
         field = {"": "estimate", "_ci_low": "low", "_ci_high": "high"}[key]
         assert metrics[f"delta_rmse_mm{key}"] == pytest.approx(reference.differences["rmse_mm"][field], abs=1e-6)
-    assert metrics["exp1_rmse_mm"] == pytest.approx(reference.scores.loc["baseline", "rmse_mm"], abs=1e-6)
-    assert metrics["exp2_rmse_mm"] == pytest.approx(reference.scores.loc["upstream", "rmse_mm"], abs=1e-6)
+    assert metrics["exp1_rmse_mm"] == pytest.approx(flat_metrics(reference.scores, "baseline")["rmse_mm"], abs=1e-6)
+    assert metrics["exp2_rmse_mm"] == pytest.approx(flat_metrics(reference.scores, "upstream")["rmse_mm"], abs=1e-6)
     artifacts = {item.path for item in ws.client().list_artifacts(run.info.run_id)}
     assert {REPORT_NAME, SCORES_NAME, "compare.log", *FIGURES} <= artifacts
 
@@ -331,31 +304,6 @@ def test_compare_cli_with_files_logs_a_comparison_run(predictions: dict[str, Pat
     assert {child.info.status for child in children} == {"FINISHED"}
     assert {child.data.tags["run_type"] for child in children} == {"comparison_forecast"}
     assert_same_metric_keys(children)
-
-
-@pytest.mark.parametrize("case", ["models and files", "only baseline", "only predictions-exp1", "bad thresholds"])
-def test_compare_cli_usage_errors(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/never.db")
-    monkeypatch.chdir(tmp_path)
-    existing = tmp_path / "predictions.nc"
-    existing.write_bytes(b"")
-    args, expected = {
-        "models and files": (["--baseline", "abc", "--predictions-exp1", existing], ["not both"]),
-        "only baseline": (["--baseline", "abc"], ["Missing --upstream"]),
-        "only predictions-exp1": (["--predictions-exp1", existing], ["Missing --predictions-exp2, --ground-truth"]),
-        "bad thresholds": (["--thresholds", "abc"], ["--thresholds", "'abc'"]),
-    }[case]
-    with pytest.raises(SystemExit) as exited:
-        run_cli(compare_command, [*map(str, args), "--output-dir", str(tmp_path / "never")])
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    for text in expected:
-        assert text in err, err
-    assert not (tmp_path / "never").exists()
-    assert not (tmp_path / "never.db").exists()  # refused before touching any tracking store
 
 
 # ---------------------------------------------------------------------------------------------- end to end (slow)
@@ -399,8 +347,8 @@ def test_mlflow_run_compares_the_newest_finished_runs_and_sets_aliases(ws: Works
         assert np.isfinite(metrics[key]), key
     assert metrics["delta_rmse_mm_ci_low"] <= metrics["delta_rmse_mm_ci_high"]
     assert metrics["delta_rmse_mm"] == pytest.approx(metrics["exp2_rmse_mm"] - metrics["exp1_rmse_mm"], abs=1e-9)
-    assert metrics["exp1_rmse_mm"] == pytest.approx(library[0].scores.loc["baseline", "rmse_mm"], abs=1e-6)
-    assert metrics["exp2_rmse_mm"] == pytest.approx(library[0].scores.loc["upstream", "rmse_mm"], abs=1e-6)
+    assert metrics["exp1_rmse_mm"] == pytest.approx(flat_metrics(library[0].scores, "baseline")["rmse_mm"], abs=1e-6)
+    assert metrics["exp2_rmse_mm"] == pytest.approx(flat_metrics(library[0].scores, "upstream")["rmse_mm"], abs=1e-6)
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {REPORT_NAME, SCORES_NAME, *FIGURES} <= artifacts
 
@@ -410,7 +358,7 @@ def test_mlflow_run_compares_the_newest_finished_runs_and_sets_aliases(ws: Works
     assert_same_metric_keys(children)
     for child in children:
         assert child.data.metrics["rmse_mm"] == pytest.approx(
-            library[0].scores.loc[child.info.run_name, "rmse_mm"], abs=1e-6), child.info.run_name
+            flat_metrics(library[0].scores, child.info.run_name)["rmse_mm"], abs=1e-6), child.info.run_name
     assert "RUNNING" not in {r.info.status for r in ws.runs()}
 
     versions = {kind: client.search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}' and run_id='{ws.run_ids[kind]}'")

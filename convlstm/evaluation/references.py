@@ -1,10 +1,6 @@
-"""Reference forecasts that every model must beat: persistence and climatology.
-
-A score means little on its own; skill is measured against what costs nothing. Persistence ("it will
-rain as it rained ``lead`` ago") is hard to beat at short leads, climatology ("the usual rain for this
-month and time of day") at long ones. Both return precipitation on dims ``(time, lat, lon)`` labelled
-with the target times, ready to be scored with :mod:`convlstm.verification`.
-"""
+"""Reference forecasts that every model must beat, because skill is measured against what costs
+nothing: persistence ("it will rain as it rained ``lead`` ago") is hard to beat at short leads,
+climatology ("the usual rain for this month and time of day") at long ones."""
 
 from __future__ import annotations
 
@@ -43,34 +39,38 @@ def _check_field(da: xr.DataArray, name: str) -> xr.DataArray:
         raise DataError(f"{name} must be an xarray.DataArray of precipitation on dims {DIMS}, got {type(da).__name__}.")
     if set(map(str, da.dims)) != set(DIMS):
         raise DataError(f"{name} has dims {tuple(map(str, da.dims))}; expected {DIMS} (precipitation, no level).")
-    if da.sizes["time"] == 0:
-        raise DataError(f"{name} has no time steps.")
-    try:
-        times = pd.DatetimeIndex(da["time"].values)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{name} must have a datetime64 'time' coordinate ({exc}).") from exc
+    times = pd.DatetimeIndex(da["time"].values) if np.issubdtype(da["time"].dtype, np.datetime64) else None
+    if times is None or len(times) == 0:
+        raise DataError(f"{name} needs time steps on a datetime64 'time' coordinate.")
     if not times.is_unique:
         raise DataError(f"{name} has duplicate times, e.g. {times[times.duplicated()][0]}; remove them first.")
     return da.transpose(*DIMS)
 
 
 def _labelled(values: np.ndarray, times: pd.DatetimeIndex, like: xr.DataArray) -> xr.DataArray:
-    return xr.DataArray(
-        values,
-        dims=DIMS,
-        coords={"time": times.values, "lat": like["lat"].values, "lon": like["lon"].values},
-        name=like.name,
-        attrs=dict(like.attrs),
-    )
+    coords = {"time": times.values, "lat": like["lat"].values, "lon": like["lon"].values}
+    return xr.DataArray(values, dims=DIMS, coords=coords, name=like.name, attrs=dict(like.attrs))
 
 
 def persistence_forecast(observed_full: xr.DataArray, target_times: TimesLike,
                          lead: np.timedelta64 | pd.Timedelta | dt.timedelta) -> xr.DataArray:
-    """The observed precipitation at ``target_time − lead``, labelled with the target times.
+    """The observed precipitation at ``target_time − lead``: the reference that is hard to beat at short leads.
 
-    ``observed_full`` must hold every needed earlier time (usually the whole observed record, not just
-    the test split, so the first test time has its predecessor). Raises :class:`DataError` naming the
-    missing times rather than silently forecasting fewer times than the models.
+    Parameters
+    ----------
+    observed_full : xarray.DataArray
+        Observed precipitation on ``(time, lat, lon)`` holding every needed earlier time (usually the
+        whole record, not just the test split, so the first test time has its predecessor).
+    target_times : array-like of datetime64
+        The times to forecast.
+    lead : timedelta-like
+        The forecast lead, positive.
+
+    Returns
+    -------
+    xarray.DataArray
+        On ``(time, lat, lon)``, labelled with the target times. Missing earlier times raise
+        :class:`DataError` naming them, rather than silently forecasting fewer times than the models.
     """
     observed = _check_field(observed_full, "observed_full")
     targets = _target_index(target_times)
@@ -94,14 +94,24 @@ def persistence_forecast(observed_full: xr.DataArray, target_times: TimesLike,
 
 
 def climatology_forecast(train_precip: xr.DataArray, target_times: TimesLike) -> xr.DataArray:
-    """Per grid cell, the training-split mean for the target's calendar month and hour of day (UTC).
+    """Per grid cell, the training mean for the target's calendar month and hour (UTC): the seasonal
+    and diurnal cycle as a reference.
 
-    Precipitation has a strong seasonal and diurnal cycle (00 vs 12 UTC steps), so the reference is
-    the mean over training times with the same month and hour. When the training split has no time in
-    the target's month at that hour (e.g. a short training record), the cell's mean for that hour over
-    all training months is used instead (logged). When the hour itself never occurs in training, the
-    climatology is undefined and :class:`DataError` is raised. Labelled with the target times, on the
-    training grid.
+    When training has no time in the target's month at that hour (a short record), the cell's mean
+    for that hour over all training months is used instead (logged); when the hour never occurs in
+    training, the climatology is undefined and :class:`DataError` is raised.
+
+    Parameters
+    ----------
+    train_precip : xarray.DataArray
+        Training-split precipitation on ``(time, lat, lon)``.
+    target_times : array-like of datetime64
+        The times to forecast.
+
+    Returns
+    -------
+    xarray.DataArray
+        On ``(time, lat, lon)``, labelled with the target times, on the training grid.
     """
     train = _check_field(train_precip, "train_precip")
     targets = _target_index(target_times)
@@ -115,18 +125,15 @@ def climatology_forecast(train_precip: xr.DataArray, target_times: TimesLike) ->
             f"Climatology: the training data have no time at hour(s) {missing_hours} UTC of the target times "
             f"(training hours: {sorted(set(train_hour.tolist()))}); use training data with the same time steps."
         )
-    out = np.empty((len(targets),) + values.shape[1:], dtype=np.float64)
-    cache: dict[tuple[int, int], np.ndarray] = {}
-    fallback_months: set[tuple[int, int]] = set()
-    for k, (month, hour) in enumerate(zip(targets.month, targets.hour)):
-        key = (int(month), int(hour))
-        if key not in cache:
-            same = (train_month == month) & (train_hour == hour)
-            if not same.any():
-                same = train_hour == hour
-                fallback_months.add(key)
-            cache[key] = values[same].mean(axis=0)
-        out[k] = cache[key]
+    means: dict[tuple[int, int], np.ndarray] = {}
+    fallback_months = set()
+    for key in set(zip(targets.month, targets.hour)):
+        same = (train_month == key[0]) & (train_hour == key[1])
+        if not same.any():
+            same = train_hour == key[1]
+            fallback_months.add((int(key[0]), int(key[1])))
+        means[key] = values[same].mean(axis=0)
+    out = np.stack([means[key] for key in zip(targets.month, targets.hour)])
     if fallback_months:
         logger.info("Climatology: no training data for (month, hour) %s; used the all-month mean for that hour.",
                     sorted(fallback_months))

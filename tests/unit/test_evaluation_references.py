@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 from convlstm.errors import DataError
-from convlstm.reference_forecasts import climatology_forecast, persistence_forecast
+from convlstm.evaluation.references import climatology_forecast, persistence_forecast
 
 LAT = np.array([30.0, 31.0])
 LON = np.array([100.0, 101.0, 102.0])
@@ -89,7 +89,7 @@ def test_climatology_is_the_monthly_mean_at_the_same_hour():
 
 def test_climatology_falls_back_to_the_hour_mean_when_the_month_is_missing(caplog):
     train = training_record()
-    with caplog.at_level(logging.INFO, logger="convlstm.reference_forecasts"):
+    with caplog.at_level(logging.INFO, logger="convlstm.evaluation.references"):
         clim = climatology_forecast(train, pd.DatetimeIndex(["2003-07-01T00", "2003-07-01T12", "2003-01-01T00"]))
     np.testing.assert_allclose(clim.values[0], (1.0 + 2.0 + 5.0 + 6.0) / 4.0 + CELLS)  # all 00 UTC times
     np.testing.assert_allclose(clim.values[1], (10.0 + 20.0 + 50.0 + 60.0) / 4.0 + CELLS)  # all 12 UTC times

@@ -1,0 +1,242 @@
+"""The research answer: does the upstream experiment beat the baseline, by how much, and is the gain
+larger than noise? Both experiments, persistence and climatology are scored on the same held-out
+times and cells into one score table (an ``xr.Dataset`` on ``forecast``, ``threshold``, ``window``);
+the upstream − baseline differences get a paired block-bootstrap interval. Files are written by
+:mod:`convlstm.evaluation.report`, MLflow bookkeeping by ``convlstm.tracking``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from convlstm.checks import require_finite
+from convlstm.config import DEFAULT_FSS_WINDOWS, DEFAULT_THRESHOLDS_MM
+from convlstm.data.regions import downstream_precipitation
+from convlstm.data.schema import PRECIPITATION, open_dataset
+from convlstm.data.split import select_split
+from convlstm.errors import DataError
+from convlstm.evaluation.alignment import check_aligned
+from convlstm.evaluation.bootstrap import BootstrapOptions, csi_difference, rmse_difference
+from convlstm.evaluation.references import climatology_forecast, persistence_forecast
+from convlstm.evaluation.report import EXPERIMENTS, REFERENCES, metric_key, verdict, write_outputs
+from convlstm.evaluation.scores import CategoricalScores, ContinuousScores, FractionsSkillScore
+from convlstm.forecast import ForecastModel
+
+logger = logging.getLogger(__name__)
+
+#: Climatology from the ground-truth file needs at least this many earlier steps (a month of 12-hourly data).
+_MIN_CLIMATOLOGY_STEPS = 60
+
+
+@dataclass
+class ComparisonInputs:
+    """What a comparison scores: forecasts in mm on the truth's times and downstream grid.
+
+    Parameters
+    ----------
+    truth : xarray.DataArray
+        Observed precipitation ``(time, lat, lon)``.
+    forecasts : dict of str to xarray.DataArray
+        ``baseline``, ``upstream``, ``persistence``, ``climatology``, aligned with the truth.
+    source, notes : str, list of str
+        Where the data come from, and remarks for the report.
+    """
+
+    truth: xr.DataArray
+    forecasts: dict[str, xr.DataArray]
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ComparisonResult:
+    """Everything a comparison found, for the report, MLflow and the registry aliases.
+
+    Parameters
+    ----------
+    scores, csi_interval : xarray.Dataset
+        The score table on ``forecast``, ``threshold``, ``window`` (flat keys: ``report.flat_metrics``);
+        ``low``, ``high`` of each forecast's CSI on ``(forecast, threshold)``, for error bars.
+    differences : dict of str to dict
+        Upstream − baseline per score (``rmse_mm``, ``csi_1mm`` ...): ``estimate, low, high, excludes_zero``.
+    verdict, n_boot, block_length, files : str, int, int, list of pathlib.Path
+        The answer in two sentences, how the bootstrap resampled, and the files written.
+    """
+
+    scores: xr.Dataset
+    differences: dict[str, dict[str, float]]
+    csi_interval: xr.Dataset
+    verdict: str
+    n_boot: int
+    block_length: int
+    files: list[Path] = field(default_factory=list)
+
+
+def _precip(da: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    return (da[PRECIPITATION] if isinstance(da, xr.Dataset) else da).transpose("time", "lat", "lon")
+
+
+def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: str | os.PathLike[str],
+                       batch_size: int = 8) -> ComparisonInputs:
+    """Forecast the test split of ``data`` with both models and build the references, all on the same times.
+
+    Parameters
+    ----------
+    baseline, upstream : ForecastModel
+        The two experiments, trained with the same split ratios.
+    data : path
+        The netCDF file whose test split is forecast (as cut in training).
+    batch_size : int
+        Windows per forward pass.
+
+    Returns
+    -------
+    ComparisonInputs
+        The four forecasts and the observed downstream precipitation.
+    """
+    opened = open_dataset(data)
+    for name, model in zip(EXPERIMENTS, (baseline, upstream)):
+        if model.experiment_type != name:
+            logger.warning("The %s model was trained as %s; using it as %s anyway.", name, model.experiment_type, name)
+    if (baseline.config.train_ratio, baseline.config.val_ratio) != (upstream.config.train_ratio, upstream.config.val_ratio):
+        raise DataError("The two models were trained with different split ratios, so their test splits differ.")
+    forecasts = {name: _precip(model.predict_dataset(select_split(opened, "test", model.config), batch_size))
+                 for name, model in zip(EXPERIMENTS, (baseline, upstream))}
+    check_aligned(forecasts)
+    times = forecasts["baseline"]["time"].values
+    truth = downstream_precipitation(opened, baseline.regions, times)
+    downstream = downstream_precipitation(opened, baseline.regions, opened["time"].values)
+    lead = _lead(forecasts["baseline"], opened)
+    train = downstream_precipitation(opened, baseline.regions, select_split(opened, "train", baseline.config)["time"].values)
+    forecasts["persistence"] = persistence_forecast(downstream, times, lead)
+    forecasts["climatology"] = climatology_forecast(train, times)
+    return ComparisonInputs(truth, forecasts, f"test split of {opened.attrs.get('convlstm_source', data)}",
+                            ["Climatology: mean of the training split by calendar month and hour, per grid cell."])
+
+
+def inputs_from_files(predictions_exp1: str | os.PathLike[str], predictions_exp2: str | os.PathLike[str],
+                      ground_truth: str | os.PathLike[str]) -> ComparisonInputs:
+    """Set two ``predictions.nc`` files from ``infer`` against a ground-truth file, with the references.
+
+    Parameters
+    ----------
+    predictions_exp1, predictions_exp2 : path
+        Baseline and upstream predictions, on the same times and grid.
+    ground_truth : path
+        netCDF with the observed precipitation at those times (and earlier ones, for the references).
+
+    Returns
+    -------
+    ComparisonInputs
+        The four forecasts and the truth at the forecast times.
+    """
+    forecasts = {}
+    for name, path in zip(EXPERIMENTS, (predictions_exp1, predictions_exp2)):
+        if not Path(path).is_file():
+            raise DataError(f"Predictions file {path} does not exist; write it with the infer entry point.")
+        with xr.open_dataset(path) as ds:
+            if PRECIPITATION not in ds:
+                raise DataError(f"{path} has no '{PRECIPITATION}' variable; is it a predictions.nc written by infer?")
+            forecasts[name] = _precip(ds).load()
+    check_aligned(forecasts)
+    truth_data = open_dataset(ground_truth)
+    times = forecasts["baseline"]["time"].values
+    observed = truth_data[PRECIPITATION].transpose("time", "lat", "lon")
+    missing = np.setdiff1d(times, observed["time"].values)
+    if len(missing):
+        raise DataError(f"{ground_truth} lacks {len(missing)} forecast time(s), e.g. {missing[:3]}; give the file the forecasts were made from.")
+    try:
+        observed = observed.sel(lat=forecasts["baseline"]["lat"], lon=forecasts["baseline"]["lon"], method="nearest", tolerance=1e-3)
+    except KeyError as exc:
+        raise DataError(f"{ground_truth} does not contain the forecasts' downstream grid points.") from exc
+    observed = observed.assign_coords(lat=forecasts["baseline"]["lat"], lon=forecasts["baseline"]["lon"])
+    truth = observed.sel(time=times).load()
+    lead = _lead(forecasts["baseline"], truth_data)
+    earlier = observed.sel(time=observed["time"] < times[0])
+    notes = []
+    if earlier.sizes["time"] >= _MIN_CLIMATOLOGY_STEPS:
+        climate_source = earlier
+        notes.append("Climatology: mean of the ground-truth times before the first forecast, by month and hour.")
+    else:
+        climate_source = observed.sel(time=~observed["time"].isin(times))
+        notes.append("Climatology: too few ground-truth times before the forecasts; it uses every non-forecast time of the file.")
+    if climate_source.sizes["time"] == 0:
+        raise DataError(f"{ground_truth} holds only the forecast times; climatology needs other times as well.")
+    forecasts["persistence"] = persistence_forecast(observed, times, lead)
+    forecasts["climatology"] = climatology_forecast(climate_source, times)
+    return ComparisonInputs(truth, forecasts, f"{predictions_exp1} vs {predictions_exp2} on {ground_truth}", notes)
+
+
+def _lead(forecast: xr.DataArray, data: xr.Dataset) -> np.timedelta64:
+    """Forecast lead time: from ``forecast_reference_time`` when present, else one time step of the data."""
+    if "forecast_reference_time" in forecast.coords:
+        return (forecast["time"].values[0] - forecast["forecast_reference_time"].values[0]).astype("timedelta64[ns]")
+    steps = np.diff(data["time"].values)
+    values, counts = np.unique(steps, return_counts=True)
+    return values[np.argmax(counts)].astype("timedelta64[ns]")
+
+
+def compare(inputs: ComparisonInputs, output_dir: str | os.PathLike[str],
+            thresholds: Iterable[float] = DEFAULT_THRESHOLDS_MM, windows: Iterable[int] = DEFAULT_FSS_WINDOWS,
+            n_boot: int = 1000, block_length: int | None = None, seed: int = 0) -> ComparisonResult:
+    """Score every forecast against the truth, bootstrap the experiments' differences, write figures and report.
+
+    Parameters
+    ----------
+    inputs : ComparisonInputs
+        Baseline, upstream, persistence and climatology on the truth's times and grid.
+    output_dir : path
+        Where figures, ``scores.csv`` and ``report.md`` go (created).
+    thresholds, windows : iterable
+        Rain thresholds (mm) and FSS window sizes (grid cells).
+    n_boot, block_length, seed : int
+        Bootstrap settings (see :class:`~convlstm.evaluation.bootstrap.BootstrapOptions`).
+
+    Returns
+    -------
+    ComparisonResult
+        Scores, differences, verdict and the files written.
+    """
+    options = BootstrapOptions(n_boot, block_length, seed=seed)
+    thresholds, windows = tuple(thresholds), tuple(windows)
+    truth, forecasts = inputs.truth, inputs.forecasts
+    check_aligned({"truth": truth, **forecasts})
+    for name, values in {"truth": truth, **forecasts}.items():
+        require_finite(values.values, f"The {name} field")
+    continuous, categorical, rows = {}, {}, []
+    for name, forecast in forecasts.items():
+        continuous[name] = ContinuousScores(truth["lat"], per_time=True).accumulate(forecast, truth)
+        categorical[name] = CategoricalScores(thresholds, per_time=True).accumulate(forecast, truth)
+        fss = FractionsSkillScore(thresholds, windows).accumulate(forecast, truth)
+        rows.append(xr.Dataset(continuous[name].compute()).merge(categorical[name].compute()).merge(fss.compute()))
+    scores = xr.concat(rows, dim=pd.Index(list(forecasts), name="forecast"))
+    for reference in REFERENCES:  # (model − reference) / (perfect − reference), perfect RMSE = 0
+        ref = scores["rmse_mm"].sel(forecast=reference, drop=True)
+        scores[f"rmse_skill_vs_{reference}"] = ((scores["rmse_mm"] - ref) / (0.0 - ref)).where(ref != 0)
+
+    base, up = EXPERIMENTS
+    results = {"rmse_mm": rmse_difference(continuous[base], continuous[up], options)}
+    for threshold, diff in csi_difference(categorical[base], categorical[up], options).items():
+        results[metric_key("csi", threshold)] = diff
+    differences = {key: {"estimate": r.estimate, "low": r.low, "high": r.high, "excludes_zero": float(r.excludes_zero)}
+                   for key, r in results.items()}
+    # Each forecast's own CSI interval (error bars): its paired difference against a forecast that never rains.
+    never = CategoricalScores(thresholds, per_time=True).accumulate(np.full(truth.shape, -1.0), truth)
+    intervals = [list(csi_difference(never, categorical[name], options).values()) for name in forecasts]
+    csi_bounds = xr.Dataset({bound: (("forecast", "threshold"), [[getattr(r, bound) for r in row] for row in intervals])
+                             for bound in ("low", "high")}, coords={"forecast": list(forecasts), "threshold": scores["threshold"].values})
+    result = ComparisonResult(scores, differences, csi_bounds, verdict(scores, differences), options.n_boot,
+                              results["rmse_mm"].block_length)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result.files = write_outputs(inputs, result, output_dir)
+    logger.info("%s", result.verdict)
+    return result

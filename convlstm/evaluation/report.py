@@ -1,0 +1,186 @@
+"""What a comparison leaves behind: the flat metric keys (MLflow, ``scores.csv``), the verdict,
+``report.md`` and the five figures.
+
+The score table is one ``xr.Dataset`` (dims ``forecast``, ``threshold``, ``window``); the flat keys
+users see (``rmse_mm``, ``csi_1mm``, ``pod_0.1mm``, ``fss_5mm_w3``, ``rmse_skill_vs_persistence``) come
+from :func:`flat_metrics` only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from convlstm.atomic import atomic_write_bytes
+from convlstm.evaluation.scores import ContinuousScores, rmse_from_sums
+
+if TYPE_CHECKING:
+    from convlstm.evaluation.comparison import ComparisonInputs, ComparisonResult
+
+REPORT_NAME = "report.md"
+SCORES_NAME = "scores.csv"
+FIGURES = ("rmse_difference_map.png", "case_maps.png", "csi_bars.png", "performance_diagram.png", "error_by_time.png")
+EXPERIMENTS = ("baseline", "upstream")
+REFERENCES = ("persistence", "climatology")
+_REPORT_COLUMNS = ("rmse_mm", "mae_mm", "bias_mm", "correlation", "rmse_latw_mm", "csi_1mm", "csi_5mm", "ets_5mm",
+                   "fss_5mm_w3", "rmse_skill_vs_persistence", "rmse_skill_vs_climatology")
+
+
+def metric_key(score: str, threshold: float | None = None, window: int | None = None) -> str:
+    """The flat name of one score, e.g. ``csi_1mm`` or ``fss_0.1mm_w3``, as logged to MLflow.
+
+    Parameters
+    ----------
+    score, threshold, window : str, float, int
+        Variable in the score table; threshold (mm, written with ``:g``) and FSS window, when it has them.
+
+    Returns
+    -------
+    str
+        The key.
+    """
+    return score + ("" if threshold is None else f"_{threshold:g}mm") + ("" if window is None else f"_w{window}")
+
+
+def flat_metrics(scores: xr.Dataset, forecast: str) -> dict[str, float]:
+    """One forecast's scores under the flat keys that MLflow runs and ``scores.csv`` have always used.
+
+    Parameters
+    ----------
+    scores : xarray.Dataset
+        The comparison's score table.
+    forecast : str
+        ``baseline``, ``upstream``, ``persistence`` or ``climatology``.
+
+    Returns
+    -------
+    dict of str to float
+        Every score of that forecast, NaN where undefined.
+    """
+    out = {}
+    for name, da in scores.sel(forecast=forecast).data_vars.items():
+        for index in np.ndindex(da.shape):
+            labels = {str(dim): da[dim].values[i].item() for dim, i in zip(da.dims, index)}
+            out[metric_key(str(name), **labels)] = float(da.values[index])
+    return out
+
+
+def _score_table(scores: xr.Dataset) -> pd.DataFrame:
+    """One row of flat metrics per forecast: the layout of ``scores.csv``."""
+    names = [str(name) for name in scores["forecast"].values]
+    return pd.DataFrame.from_dict({name: flat_metrics(scores, name) for name in names}, orient="index").rename_axis("forecast")
+
+
+def verdict(scores: xr.Dataset, differences: dict[str, dict[str, float]]) -> str:
+    """The answer in two sentences: the RMSE change with its interval, and which models beat both references.
+
+    Parameters
+    ----------
+    scores : xarray.Dataset
+        The comparison's score table.
+    differences : dict
+        Upstream − baseline per score: ``estimate``, ``low``, ``high``, ``excludes_zero``.
+
+    Returns
+    -------
+    str
+        The verdict.
+    """
+    rmse = {str(name): float(value) for name, value in zip(scores["forecast"].values, scores["rmse_mm"].values)}
+    diff, base, up = differences["rmse_mm"], rmse["baseline"], rmse["upstream"]
+    beats = [name for name in EXPERIMENTS if all(rmse[name] < rmse[ref] for ref in REFERENCES)]
+    significance = ("the 95 % interval excludes zero: the difference is larger than sampling noise" if diff["excludes_zero"]
+                    else "the 95 % interval includes zero: the difference is not distinguishable from sampling noise")
+    return (f"The upstream model's RMSE is {up:.3f} mm vs {base:.3f} mm for the baseline "
+            f"({100.0 * (up - base) / base:+.1f} %, {'lower' if diff['estimate'] < 0 else 'higher'}); "
+            f"difference {diff['estimate']:+.3f} mm, 95 % CI [{diff['low']:+.3f}, {diff['high']:+.3f}] mm — {significance}. "
+            f"Models beating both persistence and climatology on RMSE: {', '.join(beats) or 'none'}.")
+
+
+def write_outputs(inputs: ComparisonInputs, result: ComparisonResult, output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write what a reader of the comparison needs: the figures, ``scores.csv`` and ``report.md``.
+
+    Parameters
+    ----------
+    inputs, result : ComparisonInputs, ComparisonResult
+        What was compared (fields, times, grid, source, notes) and what the comparison found.
+    output_dir : path
+        Existing directory.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The figures (:data:`FIGURES`), then ``scores.csv`` and ``report.md``.
+    """
+    output_dir, table, truth = Path(output_dir), _score_table(result.scores), inputs.truth
+    main = table[[c for c in _REPORT_COLUMNS if c in table.columns]] + 0.0  # + 0.0: no "-0.000"
+    diffs = pd.DataFrame.from_dict(
+        {key: {"difference": d["estimate"], "95 % interval": f"[{d['low']:+.4f}, {d['high']:+.4f}]",
+               "excludes zero": "yes" if d["excludes_zero"] else "no"} for key, d in result.differences.items()},
+        orient="index").rename_axis("score")
+    first, last = (str(np.datetime_as_string(t, unit="m")).replace("T", " ") for t in truth["time"].values[[0, -1]])
+    notes = "\n".join("- " + note for note in inputs.notes)
+    text = f"""# Upstream vs baseline: comparison report
+
+Scored on {truth.sizes['time']} forecast times ({first} to {last}),
+{truth.sizes['lat']} × {truth.sizes['lon']} downstream grid cells; {inputs.source}.
+
+**Verdict.** {result.verdict}
+
+## Scores (mm per step; skill = 1 − RMSE / RMSE of the reference)
+
+{main.to_markdown(floatfmt=".3f")}
+
+## Upstream − baseline, with a paired moving-block bootstrap 95 % interval
+
+{result.n_boot} resamples of forecast times in blocks of {result.block_length} steps (to respect
+autocorrelation). Negative RMSE and positive CSI differences favour the upstream model.
+
+{diffs.to_markdown(floatfmt="+.4f")}
+
+{notes}
+
+Full table: `{SCORES_NAME}`. Figures: {', '.join(f'`{name}`' for name in FIGURES)}.
+"""
+    return [*_figures(inputs, result, output_dir), atomic_write_bytes(output_dir / SCORES_NAME, table.to_csv().encode()),
+            atomic_write_bytes(output_dir / REPORT_NAME, text.encode())]
+
+
+def _figures(inputs: ComparisonInputs, result: ComparisonResult, output_dir: Path) -> list[Path]:
+    """The five figures: where upstream helps, cases, CSI with intervals, performance, error over time."""
+    from convlstm.plotting import (
+        plot_case_maps,
+        plot_csi_bars,
+        plot_difference_map,
+        plot_error_by_time,
+        plot_performance_diagram,
+        save_figure,
+    )
+
+    truth, forecasts, scores = inputs.truth, inputs.forecasts, result.scores
+    per_cell = {name: _rmse_per(forecasts[name], truth, "lat", "lon") for name in EXPERIMENTS}
+    by_time = xr.concat([_rmse_per(forecast, truth, "time") for forecast in forecasts.values()],
+                        dim=pd.Index(list(forecasts), name="forecast"))
+    paths = [Path(output_dir) / name for name in FIGURES]
+    return [
+        save_figure(plot_difference_map(per_cell["upstream"] - per_cell["baseline"]), paths[0]),
+        save_figure(plot_case_maps(truth, {name: forecasts[name] for name in EXPERIMENTS}), paths[1]),
+        save_figure(plot_csi_bars(scores["csi"], result.csi_interval["low"], result.csi_interval["high"],
+                                  title="CSI per threshold (95 % block-bootstrap intervals)"), paths[2]),
+        save_figure(plot_performance_diagram(scores["pod"], scores["far"]), paths[3]),
+        save_figure(plot_error_by_time(by_time), paths[4]),
+    ]
+
+
+def _rmse_per(forecast: xr.DataArray, observed: xr.DataArray, *dims: str) -> xr.DataArray:
+    """RMSE at each point of ``dims`` over the other dims (per cell for a map, per time for a series)."""
+    f, o = (x.transpose(*dims, ...) for x in (forecast, observed))
+    shape = tuple(f.sizes[d] for d in dims)
+    sums = ContinuousScores(per_time=True).accumulate(*(x.values.reshape(math.prod(shape), -1) for x in (f, o)))
+    return xr.DataArray(rmse_from_sums(sums.per_time()).reshape(shape), dims=dims, coords={d: f[d].values for d in dims})
