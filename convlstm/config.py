@@ -169,6 +169,8 @@ class TrainSettings(Settings):
                                             "experiment).", group=_REGIONS)
     regions: RegionConfig = field(default_factory=RegionConfig)
     model: ConvLSTMConfig = field(default_factory=ConvLSTMConfig)
+    visualize: bool = setting(True, "Write loss_curve.png and precipitation_maps.png (a few seconds a run).",
+                              group=_TRACKING)
     device: str = _device()
     num_workers: int = setting(0, "DataLoader worker processes (windows are in memory; 0 is fastest on CPU).",
                                low=0, group=_SYSTEM)

@@ -122,13 +122,13 @@ def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: s
                             ["Climatology: mean of the training split by calendar month and hour, per grid cell."])
 
 
-def inputs_from_files(predictions_exp1: str | os.PathLike[str], predictions_exp2: str | os.PathLike[str],
+def inputs_from_files(baseline_predictions: str | os.PathLike[str], upstream_predictions: str | os.PathLike[str],
                       ground_truth: str | os.PathLike[str]) -> ComparisonInputs:
     """Set two ``predictions.nc`` files from ``infer`` against a ground-truth file, with the references.
 
     Parameters
     ----------
-    predictions_exp1, predictions_exp2 : path
+    baseline_predictions, upstream_predictions : path
         Baseline and upstream predictions, on the same times and grid.
     ground_truth : path
         netCDF with the observed precipitation at those times (and earlier ones, for the references).
@@ -139,7 +139,7 @@ def inputs_from_files(predictions_exp1: str | os.PathLike[str], predictions_exp2
         The four forecasts and the truth at the forecast times.
     """
     forecasts = {}
-    for name, path in zip(EXPERIMENTS, (predictions_exp1, predictions_exp2)):
+    for name, path in zip(EXPERIMENTS, (baseline_predictions, upstream_predictions)):
         if not Path(path).is_file():
             raise DataError(f"Predictions file {path} does not exist; write it with the infer entry point.")
         with xr.open_dataset(path) as ds:
@@ -172,7 +172,7 @@ def inputs_from_files(predictions_exp1: str | os.PathLike[str], predictions_exp2
         raise DataError(f"{ground_truth} holds only the forecast times; climatology needs other times as well.")
     forecasts["persistence"] = persistence_forecast(observed, times, lead)
     forecasts["climatology"] = climatology_forecast(climate_source, times)
-    return ComparisonInputs(truth, forecasts, f"{predictions_exp1} vs {predictions_exp2} on {ground_truth}", notes)
+    return ComparisonInputs(truth, forecasts, f"{baseline_predictions} vs {upstream_predictions} on {ground_truth}", notes)
 
 
 def _lead(forecast: xr.DataArray, data: xr.Dataset) -> np.timedelta64:

@@ -146,7 +146,8 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
         client.set_tag(env_run_id, "resumed_run_id", run_id)
         client.set_tag(env_run_id, "mlflow.note.content", f"This launch resumed run {run_id}; its results are there.")
         os.environ.pop("MLFLOW_RUN_ID")
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):  # MLflow's own setting wins
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
     run = mlflow.start_run(run_id=run_id, run_name=run_name, log_system_metrics=system_metrics)
     try:
         if run_name and env_run_id and not run_id:

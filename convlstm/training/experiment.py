@@ -226,7 +226,8 @@ def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None
         logger.info("Best model (epoch %d) on the test split: RMSE %.3f mm, MAE %.3f mm",
                     state.best_epoch, test_scores["test_rmse_mm"], test_scores["test_mae_mm"])
     files = [output_dir / NORMALIZER_NAME, output_dir / CONFIG_NAME]
-    files += _figures(output_dir, state, prepared, model, trainer, settings)
+    if settings.visualize:
+        files += _figures(output_dir, state, prepared, model, trainer, settings)
     return TrainingOutcome(state, test_scores, files, data_info, raw_window(prepared, settings))
 
 

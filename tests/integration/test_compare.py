@@ -3,15 +3,12 @@ with a paired block-bootstrap interval of the difference; the ``compare`` entry 
 (models, files), and (slow) ``mlflow run -e compare`` picking the newest runs. The parts that need no
 trained model are in ``tests/unit/test_evaluation_*.py``.
 
-One tiny baseline and one tiny upstream model are trained once for the module through the real
-``train`` entry point (subprocesses working in a temporary directory with their own tracking store,
-so nothing is written into the repository); every test reuses them.
+The tests use the session's shared pair of tiny models, with a copy of its tracking store (the
+comparison runs and registry aliases land there).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,15 +17,18 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from conftest import REPO, Workspace, assert_png, run_module, subprocess_env
+from convlstm.config import DEFAULT_REGISTERED_NAME, DEFAULT_THRESHOLDS_MM
 from convlstm.data.schema import PRECIPITATION, open_dataset
 from convlstm.errors import DataError
 from convlstm.evaluation.comparison import ComparisonInputs, ComparisonResult, compare, inputs_from_files, inputs_from_models
 from convlstm.evaluation.report import FIGURES, REPORT_NAME, SCORES_NAME, flat_metrics
-from convlstm.config import DEFAULT_THRESHOLDS_MM
 from convlstm.evaluation.scores import ContinuousScores
-from convlstm.inference import PREDICTIONS_NAME, ForecastModel, load_forecast_model
-from convlstm.pyfunc import DEFAULT_REGISTERED_NAME
+from convlstm.forecast import ForecastModel, load_forecast_model
+from convlstm.inference import PREDICTIONS_NAME
+from entrypoints.compare import compare as compare_command
+from entrypoints.infer import infer
+from tests.helpers import REPO, assert_png
+from tests.integration.workspace import Workspace, invoke, mlflow_run, tracking_environment
 
 EXPERIMENTS = Workspace.KINDS
 FORECASTS = ("baseline", "upstream", "persistence", "climatology")
@@ -41,8 +41,8 @@ EXPERIMENT = Workspace.EXPERIMENT
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return Workspace(tmp_path_factory.mktemp("compare")).train()
+def ws(pair: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return pair.copy(tmp_path_factory.mktemp("compare"))
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +65,13 @@ def library(model_inputs: ComparisonInputs, ws: Workspace) -> tuple[ComparisonRe
 def predictions(ws: Workspace) -> dict[str, Path]:
     """``predictions.nc`` of the test split from the ``infer`` entry point, for both models."""
     paths = {}
-    for kind in EXPERIMENTS:
-        out = ws.root / f"infer-{kind}"
-        done = run_module(ws.root, "entrypoints.infer", "--checkpoint", ws.train_dirs[kind], "--data", ws.tiny,
-                          "--split", "test", "--output-dir", out, "--experiment-name", EXPERIMENT)
-        assert done.returncode == 0, f"{kind}: {done.stderr[-3000:]}"
-        paths[kind] = out / PREDICTIONS_NAME
-        assert paths[kind].is_file()
+    with pytest.MonkeyPatch.context() as mp, tracking_environment(ws.root, mp):
+        for kind in EXPERIMENTS:
+            out = ws.root / f"infer-{kind}"
+            assert invoke(infer, ["--checkpoint", ws.train_dirs[kind], "--data", ws.tiny, "--split", "test",
+                                  "--output-dir", out, "--experiment-name", EXPERIMENT]) == 0, kind
+            paths[kind] = out / PREDICTIONS_NAME
+            assert paths[kind].is_file()
     return paths
 
 
@@ -273,18 +273,20 @@ def test_missing_predictions_file_is_refused(predictions: dict[str, Path], ws: W
 
 
 def test_compare_cli_with_files_logs_a_comparison_run(predictions: dict[str, Path], ws: Workspace,
-                                                      library: tuple[ComparisonResult, Path]) -> None:
+                                                      library: tuple[ComparisonResult, Path],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     out = ws.root / "files-compare"
-    done = run_module(ws.root, "entrypoints.compare", "--predictions-exp1", predictions["baseline"],
-                      "--predictions-exp2", predictions["upstream"], "--ground-truth", ws.tiny,
-                      "--n-boot", N_BOOT, "--experiment-name", EXPERIMENT, "--output-dir", out)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"Report: {out / REPORT_NAME}" in done.stdout
+    with pytest.MonkeyPatch.context() as mp, tracking_environment(ws.root, mp):
+        code = invoke(compare_command, ["--predictions-exp1", predictions["baseline"], "--predictions-exp2",
+                                        predictions["upstream"], "--ground-truth", ws.tiny, "--n-boot", N_BOOT,
+                                        "--experiment-name", EXPERIMENT, "--output-dir", out])
+    assert code == 0
+    assert f"Report: {out / REPORT_NAME}" in capsys.readouterr().out
     for name in (REPORT_NAME, SCORES_NAME, *FIGURES, "compare.log"):
         assert (out / name).is_file(), name
 
     (run,) = [r for r in ws.runs("tags.run_type = 'comparison'")
-              if r.data.params.get("predictions_exp1") == str(predictions["baseline"])]
+              if r.data.params.get("baseline_predictions") == str(predictions["baseline"])]
     assert run.info.status == "FINISHED"
     assert run.data.tags["baseline_run_id"] == run.data.tags["upstream_run_id"] == ""  # files: no training runs
     assert run.data.params["n_boot"] == str(N_BOOT)
@@ -295,8 +297,8 @@ def test_compare_cli_with_files_logs_a_comparison_run(predictions: dict[str, Pat
     for key in ("", "_ci_low", "_ci_high"):
         field = {"": "estimate", "_ci_low": "low", "_ci_high": "high"}[key]
         assert metrics[f"delta_rmse_mm{key}"] == pytest.approx(reference.differences["rmse_mm"][field], abs=1e-6)
-    assert metrics["exp1_rmse_mm"] == pytest.approx(flat_metrics(reference.scores, "baseline")["rmse_mm"], abs=1e-6)
-    assert metrics["exp2_rmse_mm"] == pytest.approx(flat_metrics(reference.scores, "upstream")["rmse_mm"], abs=1e-6)
+    assert metrics["baseline_rmse_mm"] == pytest.approx(flat_metrics(reference.scores, "baseline")["rmse_mm"], abs=1e-6)
+    assert metrics["upstream_rmse_mm"] == pytest.approx(flat_metrics(reference.scores, "upstream")["rmse_mm"], abs=1e-6)
     artifacts = {item.path for item in ws.client().list_artifacts(run.info.run_id)}
     assert {REPORT_NAME, SCORES_NAME, "compare.log", *FIGURES} <= artifacts
 
@@ -327,11 +329,7 @@ def test_mlflow_run_compares_the_newest_finished_runs_and_sets_aliases(ws: Works
     out = ws.root / "mlflow-run-compare"
 
     # `mlflow run` starts the command in the project directory: the data and output paths are absolute
-    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "compare", "--env-manager", "local",
-                           "--experiment-name", EXPERIMENT, "-P", f"n_boot={N_BOOT}", "-P", f"data={ws.tiny}",
-                           "-P", f"output_dir={out}"],
-                          cwd=ws.root, env=subprocess_env(ws.root), capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = mlflow_run(ws.root, "compare", {"n_boot": N_BOOT, "data": ws.tiny, "output_dir": out}, EXPERIMENT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not [name for name in absent if (REPO / name).exists()], "compare wrote into the repository"
 
@@ -341,14 +339,14 @@ def test_mlflow_run_compares_the_newest_finished_runs_and_sets_aliases(ws: Works
     assert run.data.tags["baseline_run_id"] == ws.run_ids["baseline"]
     assert run.data.tags["upstream_run_id"] == ws.run_ids["upstream"]
     assert run.data.params["n_boot"] == str(N_BOOT)
-    assert run.data.params["block_length"] == "None"  # added by the script beside the launcher's -P values
+    assert run.data.params["block_length"] == "''"  # the launcher logs every MLproject parameter, shell-quoted
     metrics = run.data.metrics
-    for key in ("delta_rmse_mm", "delta_rmse_mm_ci_low", "delta_rmse_mm_ci_high", "exp1_rmse_mm", "exp2_rmse_mm"):
+    for key in ("delta_rmse_mm", "delta_rmse_mm_ci_low", "delta_rmse_mm_ci_high", "baseline_rmse_mm", "upstream_rmse_mm"):
         assert np.isfinite(metrics[key]), key
     assert metrics["delta_rmse_mm_ci_low"] <= metrics["delta_rmse_mm_ci_high"]
-    assert metrics["delta_rmse_mm"] == pytest.approx(metrics["exp2_rmse_mm"] - metrics["exp1_rmse_mm"], abs=1e-9)
-    assert metrics["exp1_rmse_mm"] == pytest.approx(flat_metrics(library[0].scores, "baseline")["rmse_mm"], abs=1e-6)
-    assert metrics["exp2_rmse_mm"] == pytest.approx(flat_metrics(library[0].scores, "upstream")["rmse_mm"], abs=1e-6)
+    assert metrics["delta_rmse_mm"] == pytest.approx(metrics["upstream_rmse_mm"] - metrics["baseline_rmse_mm"], abs=1e-9)
+    assert metrics["baseline_rmse_mm"] == pytest.approx(flat_metrics(library[0].scores, "baseline")["rmse_mm"], abs=1e-6)
+    assert metrics["upstream_rmse_mm"] == pytest.approx(flat_metrics(library[0].scores, "upstream")["rmse_mm"], abs=1e-6)
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {REPORT_NAME, SCORES_NAME, *FIGURES} <= artifacts
 
@@ -364,7 +362,7 @@ def test_mlflow_run_compares_the_newest_finished_runs_and_sets_aliases(ws: Works
     versions = {kind: client.search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}' and run_id='{ws.run_ids[kind]}'")
                 for kind in EXPERIMENTS}
     assert all(len(found) == 1 for found in versions.values())
-    winner = "baseline" if metrics["exp1_rmse_mm"] <= metrics["exp2_rmse_mm"] else "upstream"
+    winner = "baseline" if metrics["baseline_rmse_mm"] <= metrics["upstream_rmse_mm"] else "upstream"
     loser = "upstream" if winner == "baseline" else "baseline"
     champion = client.get_model_version_by_alias(DEFAULT_REGISTERED_NAME, "champion")
     challenger = client.get_model_version_by_alias(DEFAULT_REGISTERED_NAME, "challenger")

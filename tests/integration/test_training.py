@@ -60,14 +60,17 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     torch.set_num_threads(threads)
 
 
-def make_settings(output_dir: Path, data: Path, include_upstream: bool = False, **config: object) -> TrainSettings:
+def make_settings(output_dir: Path, data: Path, include_upstream: bool = False, visualize: bool = False,
+                  **config: object) -> TrainSettings:
+    """Figures only where a test looks at them: they cost more than the tiny training itself."""
     return TrainSettings(output_dir=str(output_dir), model=ConvLSTMConfig(**{**TINY, "num_epochs": 2, **config}),  # type: ignore[arg-type]
-                         data=str(data), include_upstream=include_upstream, device="cpu")
+                         data=str(data), include_upstream=include_upstream, device="cpu", visualize=visualize)
 
 
-def train(output_dir: Path, data: Path, include_upstream: bool = False, callbacks: tuple = (), **config: object):  # type: ignore[no-untyped-def]
+def train(output_dir: Path, data: Path, include_upstream: bool = False, callbacks: tuple = (), visualize: bool = False,
+          **config: object):  # type: ignore[no-untyped-def]
     """``run_training`` of the tiny model (what ``train_tracked`` runs inside an MLflow run)."""
-    return run_training(make_settings(output_dir, data, include_upstream, **config), data, callbacks=callbacks)
+    return run_training(make_settings(output_dir, data, include_upstream, visualize, **config), data, callbacks=callbacks)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -108,7 +111,7 @@ def trained(tiny_nc: Path, tmp_path_factory: pytest.TempPathFactory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        outcome = train(output_dir, tiny_nc, num_epochs=3, checkpoint_frequency=2)
+        outcome = train(output_dir, tiny_nc, num_epochs=3, checkpoint_frequency=2, visualize=True)
     finally:
         torch.set_num_threads(threads)
     return output_dir, outcome

@@ -1,19 +1,21 @@
 """A working directory with its own tracking store and demo cache, entry points run in it (in this process
 or as the real commands), and the tiny baseline/upstream pair the integration tests share.
 
-The pair is trained once per test session (``tests/integration/conftest.py``): the baseline in this
-process through ``run_cli(train, ...)``, exactly what ``python -m entrypoints.train`` runs, and the
-upstream model through ``mlflow run . -e train`` (the MLproject path end to end). Tests read it; a test
-that changes the tracking store or the registry works on :meth:`Workspace.copy`.
+The pair is trained once per test session, in the background from the moment the session starts
+(``tests/conftest.py``): the baseline with ``python -m entrypoints.train``, the upstream model with
+``mlflow run . -e train`` (the MLproject path end to end), side by side. Tests read it; a test that
+changes the tracking store or the registry works on :meth:`Workspace.copy`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,15 +58,20 @@ def run_module(directory: Path, module: str, *args: object, timeout: float = 300
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def mlflow_run(directory: Path, entry_point: str, params: dict[str, object], experiment: str = "t",
-               timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``mlflow run <repo> -e ENTRY_POINT --env-manager local -P k=v ...`` from ``directory``."""
+def mlflow_run_command(entry_point: str, params: dict[str, object], experiment: str = "t") -> list[str]:
+    """``mlflow run <repo> -e ENTRY_POINT --env-manager local --experiment-name EXPERIMENT -P k=v ...``."""
     args = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
             "--experiment-name", experiment]
     for key, value in params.items():
         args += ["-P", f"{key}={value}"]
-    return subprocess.run(args, cwd=directory, env=subprocess_env(directory), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return args
+
+
+def mlflow_run(directory: Path, entry_point: str, params: dict[str, object], experiment: str = "t",
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """:func:`mlflow_run_command` run from ``directory`` against its tracking store."""
+    return subprocess.run(mlflow_run_command(entry_point, params, experiment), cwd=directory,
+                          env=subprocess_env(directory), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @contextmanager
@@ -105,6 +112,42 @@ def invoke(command: object, args: list[object]) -> int:
     return 0
 
 
+#: Where the controller of a test session trains the pair in the background (see ``tests/conftest.py``).
+PAIR_ENV = "CONVLSTM_TEST_PAIR"
+READY, FAILED = "run_ids.json", "failed.txt"
+
+
+def train_pair(root: Path) -> None:
+    """Train the pair in ``root`` and write its run ids (or why it failed) there: the background job."""
+    try:
+        workspace = Workspace(root).train()
+    except BaseException as exc:
+        (root / FAILED).write_text(f"{type(exc).__name__}: {exc}")
+        raise
+    (root / READY).write_text(json.dumps(workspace.run_ids))
+
+
+def start_pair(root: Path) -> subprocess.Popen:
+    """Start :func:`train_pair` in a process of its own (its output goes to ``root/pair.log``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "pair.log", "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "tests.integration.workspace", str(root)], cwd=REPO,
+                                env=subprocess_env(root), stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for_pair(root: Path, timeout_s: float = 600.0) -> "Workspace":
+    """The pair trained in ``root`` once its run ids are written; fails with the reason if training failed."""
+    deadline = time.monotonic() + timeout_s
+    while not (root / READY).is_file():
+        if (root / FAILED).is_file() or time.monotonic() > deadline:
+            log = (root / "pair.log").read_text()[-3000:] if (root / "pair.log").is_file() else ""
+            raise RuntimeError(f"training the test pair failed or timed out in {root}:\n{log}")
+        time.sleep(0.2)
+    workspace = Workspace(root)
+    workspace.run_ids = json.loads((root / READY).read_text())
+    return workspace
+
+
 class Workspace:
     """A temporary directory with tiny demo data, its own tracking store, and (after :meth:`train`) the
     tiny baseline and upstream models."""
@@ -135,24 +178,30 @@ class Workspace:
         (version,) = self.client().search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}' and run_id='{self.run_ids[kind]}'")
         return version.version
 
-    def train(self, mp: pytest.MonkeyPatch) -> "Workspace":
-        """Write the tiny demo file and train the pair on it; nothing lands in the repository."""
+    def train(self) -> "Workspace":
+        """Write the tiny demo file and train the pair on it, side by side in two processes: the baseline with
+        ``python -m entrypoints.train``, the upstream model with ``mlflow run . -e train``."""
         from convlstm.data.demo import write_demo_dataset
-        from entrypoints.train import train
 
         absent = [name for name in ("mlruns", "mlflow.db", "outputs") if not (REPO / name).exists()]
         write_demo_dataset(self.tiny, years=0.2, resolution=5.0)
+        self.client().search_experiments()  # create the store once, before two processes use it
         flags = [arg for key, value in PAIR_ARGS.items() for arg in (f"--{key.replace('_', '-')}", *value.split())]
-        with tracking_environment(self.root, mp):
-            # sample system metrics often enough for a run of seconds to have some
-            mp.setattr("convlstm.tracking.runs.SYSTEM_METRICS_INTERVAL_S", 0.25)
-            code = invoke(train, ["--data", self.tiny, "--output-dir", self.train_dirs["baseline"], *flags,
-                                  "--num-epochs", PAIR_EPOCHS["baseline"], "--experiment-name", self.EXPERIMENT])
-        assert code == 0, "the baseline run failed"
-        done = mlflow_run(self.root, "train", {"data": self.tiny, "output_dir": self.train_dirs["upstream"],
-                                               "include_upstream": "true", **PAIR_ARGS,
-                                               "num_epochs": PAIR_EPOCHS["upstream"]}, self.EXPERIMENT)
-        assert done.returncode == 0, done.stderr[-3000:]
+        commands = {
+            "baseline": [sys.executable, "-m", "entrypoints.train", "--data", str(self.tiny), "--output-dir",
+                         str(self.train_dirs["baseline"]), *flags, "--num-epochs", str(PAIR_EPOCHS["baseline"]),
+                         "--experiment-name", self.EXPERIMENT],
+            "upstream": mlflow_run_command("train", {"data": self.tiny, "output_dir": self.train_dirs["upstream"],
+                                                     "include_upstream": "true", **PAIR_ARGS,
+                                                     "num_epochs": PAIR_EPOCHS["upstream"]}, self.EXPERIMENT),
+        }
+        # sample system metrics often enough for a run of seconds to have some (MLflow's own variable)
+        env = {**subprocess_env(self.root), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.25"}
+        logs = {kind: self.root / f"{kind}.log" for kind in commands}
+        processes = {kind: subprocess.Popen(command, cwd=self.root, env=env, stdout=logs[kind].open("w"),
+                                            stderr=subprocess.STDOUT) for kind, command in commands.items()}
+        for kind, process in processes.items():
+            assert process.wait(timeout=300) == 0, f"{kind}: {logs[kind].read_text()[-3000:]}"
         for kind in self.KINDS:
             (run,) = self.runs(f"tags.experiment_type = '{kind}'")
             assert run.info.status == "FINISHED"
@@ -166,3 +215,7 @@ class Workspace:
         other = Workspace(root, self.tiny)
         other.train_dirs, other.run_ids = dict(self.train_dirs), dict(self.run_ids)
         return other
+
+
+if __name__ == "__main__":
+    train_pair(Path(sys.argv[1]))

@@ -13,7 +13,7 @@ import xarray as xr
 from scores.continuous import mae
 from scores.continuous import rmse as scores_rmse
 
-from conftest import assert_png
+from tests.helpers import assert_png
 from convlstm.cli import run_cli
 from convlstm.errors import ConfigError, DataError
 from convlstm.evaluation import report
@@ -226,8 +226,8 @@ def test_compare_cli_usage_errors(case: str, tmp_path: Path, monkeypatch: pytest
     existing.write_bytes(b"")
     args, expected = {
         "models and files": (["--baseline", "abc", "--predictions-exp1", existing], ["not both"]),
-        "only baseline": (["--baseline", "abc"], ["Missing --upstream"]),
-        "only predictions-exp1": (["--predictions-exp1", existing], ["Missing --predictions-exp2, --ground-truth"]),
+        "only baseline": (["--baseline", "abc"], ["Give both --baseline and --upstream"]),
+        "only predictions-exp1": (["--predictions-exp1", existing], ["Missing --upstream-predictions, --ground-truth"]),
         "bad thresholds": (["--thresholds", "abc"], ["--thresholds", "'abc'"]),
     }[case]
     with pytest.raises(SystemExit) as exited:

@@ -15,7 +15,7 @@ import torch
 
 from convlstm.model import ConvLSTMUNet
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_model.py"
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_model.py"
 _spec = importlib.util.spec_from_file_location("benchmarks_reference_model", _PATH)
 reference_model = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(reference_model)
