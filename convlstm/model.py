@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convlstm.checks import require_odd_kernel, require_positive_int
+from convlstm.errors import ConfigError, DataError
+
 __all__ = ["ConvLSTMCell", "ConvLSTMUNet"]
 
 State = tuple[Tensor, Tensor]
@@ -45,22 +48,6 @@ HEAD_BIAS_INIT = 0.5
 _CPU_PROJECTION_BYTES = 32 * 2**20
 
 
-def _require_positive_int(name: str, value: int) -> None:
-    """Reject non-int (incl. bool) or non-positive values with a fixable message."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}; pass an integer >= 1.")
-
-
-def _require_odd_kernel(kernel_size: int) -> None:
-    """Odd kernels keep 'same' padding symmetric, so H and W are preserved exactly."""
-    _require_positive_int("kernel_size", kernel_size)
-    if kernel_size % 2 == 0:
-        raise ValueError(
-            f"kernel_size must be odd so padding keeps the grid size, got {kernel_size}; "
-            f"use e.g. {kernel_size - 1} or {kernel_size + 1}."
-        )
-
-
 class ConvLSTMCell(nn.Module):
     """A convolutional LSTM cell (Shi et al., 2015) without peephole connections.
 
@@ -70,9 +57,9 @@ class ConvLSTMCell(nn.Module):
 
     def __init__(self, input_dim: int, hidden_dim: int, kernel_size: int = 3) -> None:
         super().__init__()
-        _require_positive_int("input_dim", input_dim)
-        _require_positive_int("hidden_dim", hidden_dim)
-        _require_odd_kernel(kernel_size)
+        require_positive_int("input_dim", input_dim)
+        require_positive_int("hidden_dim", hidden_dim)
+        require_odd_kernel("kernel_size", kernel_size)
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
         self.kernel_size = kernel_size
@@ -144,7 +131,7 @@ class ConvLSTMCell(nn.Module):
             state = self.step(projected_t, state)
             outputs.append(state[0])
         if state is None:
-            raise ValueError("a sequence needs at least one timestep")
+            raise DataError("A sequence needs at least one time step.")
         return _stack_time(outputs), state
 
     def projected_steps(self, x_seq: Tensor) -> Iterator[Tensor]:
@@ -227,19 +214,19 @@ class ConvLSTMUNet(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        _require_positive_int("input_channels", input_channels)
-        _require_positive_int("output_channels", output_channels)
-        _require_odd_kernel(kernel_size)
+        require_positive_int("input_channels", input_channels)
+        require_positive_int("output_channels", output_channels)
+        require_odd_kernel("kernel_size", kernel_size)
         if isinstance(hidden_channels, (int, str, bytes)):
-            raise ValueError(
+            raise ConfigError(
                 f"hidden_channels must be a sequence of ints (one per level), got {hidden_channels!r}; "
                 "e.g. pass (32, 64)."
             )
         hidden = list(hidden_channels)
         if len(hidden) == 0:
-            raise ValueError("hidden_channels must list at least one level, got an empty sequence; e.g. pass (32, 64).")
+            raise ConfigError("hidden_channels must list at least one level, got an empty sequence; e.g. pass (32, 64).")
         for idx, ch in enumerate(hidden):
-            _require_positive_int(f"hidden_channels[{idx}]", ch)
+            require_positive_int(f"hidden_channels[{idx}]", ch)
 
         self.input_channels = input_channels
         self.hidden_channels = hidden
@@ -266,7 +253,7 @@ class ConvLSTMUNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Map ``[B, T, input_channels, H, W]`` to a non-negative ``[B, output_channels, H, W]``."""
         if x.dim() != 5 or x.shape[2] != self.input_channels or x.shape[1] < 1:
-            raise ValueError(
+            raise DataError(
                 f"expected input of shape [B, T, {self.input_channels}, H, W] "
                 f"(batch, time >= 1, channels, height, width), got {list(x.shape)}"
             )
@@ -280,12 +267,12 @@ class ConvLSTMUNet(nn.Module):
         frame of every window; the recurrences still start afresh in each window. ``frames`` is
         ``[N, input_channels, H, W]``, ``starts`` ``[B]`` integers.
         """
-        _require_positive_int("window_size", window_size)
+        require_positive_int("window_size", window_size)
         if frames.dim() != 4 or frames.shape[1] != self.input_channels:
-            raise ValueError(f"expected frames of shape [N, {self.input_channels}, H, W], got {list(frames.shape)}")
+            raise DataError(f"expected frames of shape [N, {self.input_channels}, H, W], got {list(frames.shape)}")
         starts = torch.as_tensor(starts, dtype=torch.long, device=frames.device)
         if starts.dim() != 1 or len(starts) == 0 or starts.min() < 0 or starts.max() + window_size > len(frames):
-            raise ValueError(f"every window start must lie in 0..{len(frames) - window_size} "
+            raise DataError(f"every window start must lie in 0..{len(frames) - window_size} "
                              f"({len(frames)} frames, windows of {window_size}), got {starts.tolist()}")
         # not bound to a name here: the generator then holds the projection's only reference
         return self._run(_window_steps(

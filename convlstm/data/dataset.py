@@ -19,6 +19,7 @@ from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import describe_source
 from convlstm.data.stacking import stack_channels
+from convlstm.checks import require_positive_int
 from convlstm.errors import DataError
 
 
@@ -77,12 +78,8 @@ class ConvLSTMDataset(Dataset):
     ) -> None:
         """``data`` is normalized already, or in physical units when ``normalizer`` is given: then the
         crop is stacked first and normalized in place, so no normalized copy of the whole grid is made."""
-        if int(window_size) != window_size or window_size < 1:
-            raise DataError(f"window_size must be a positive integer, got {window_size!r}.")
-        if int(target_offset) != target_offset or target_offset < 1:
-            raise DataError(f"target_offset must be a positive integer, got {target_offset!r}.")
-        self.window_size = int(window_size)
-        self.target_offset = int(target_offset)
+        self.window_size = require_positive_int("window_size", window_size)
+        self.target_offset = require_positive_int("target_offset", target_offset)
         self.include_upstream = bool(include_upstream)
         self.region_config = region_config
         n_time = data.sizes["time"]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from convlstm.config import ConvLSTMConfig
 from convlstm.data.dataset import ConvLSTMDataset, WindowBatch
 from convlstm.data.normalizer import ConvLSTMNormalizer
-from convlstm.errors import TrainingDiverged
+from convlstm.errors import DataError, TrainingDiverged
 from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name, save_checkpoint
 from convlstm.device import amp_dtype
 from convlstm.evaluation.scores import ContinuousScores
@@ -101,7 +101,7 @@ class Trainer:
         """Train until ``num_epochs`` or early stopping, from the current state (fresh or resumed)."""
         loader = self._loader(train_data, shuffle=True)
         if len(loader) == 0:
-            raise ValueError("The training split has no windows.")
+            raise DataError("The training split has no windows; use more data or a smaller --window-size.")
         while self.state.epoch < self.config.num_epochs and not self.state.stopped_early:
             epoch = self.state.epoch + 1
             started = time.perf_counter()

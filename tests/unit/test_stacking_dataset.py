@@ -16,7 +16,7 @@ from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, open_dataset
 from convlstm.data.stacking import channel_names, n_channels, stack_channels
-from convlstm.errors import DataError
+from convlstm.errors import ConfigError, DataError
 
 SMALL_LAT = np.array([25.0, 30.0, 35.0, 40.0])
 SMALL_LON = np.array([100.0, 105.0, 110.0, 115.0, 120.0, 125.0])
@@ -257,7 +257,7 @@ def test_no_gap_free_stretch():
 
 @pytest.mark.parametrize("window,offset,match", [(0, 1, "window_size"), (2.5, 1, "window_size"), (2, 0, "target_offset"), (2, -1, "target_offset")])
 def test_bad_window_settings(window, offset, match):
-    with pytest.raises(DataError, match=f"{match} must be a positive integer"):
+    with pytest.raises(ConfigError, match=f"{match} must be an integer >= 1"):
         ConvLSTMDataset(make_dataset(n_time=10), window, RegionConfig(), target_offset=offset)
 
 
