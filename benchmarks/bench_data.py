@@ -25,20 +25,20 @@ import torch
 import torch.nn.functional as F
 from harness import Target, finish, fmt_table, print_header, set_threads, time_interleaved
 
-from convlstm.data.prepare import PreparedData, prepare_data
-from convlstm.data.regions import RegionConfig
+from convlstm.config import ConvLSTMConfig, RegionConfig
 from convlstm.data.demo import demo_data_path
+from convlstm.data.prepare import PreparedData, prepare_data
 from convlstm.model import ConvLSTMUNet
-from entrypoints.train import DEFAULTS  # the train command's defaults
 
+CONFIG = ConvLSTMConfig()  # the train command's defaults
 READY_TARGET_S = 10.0  # two years at 1°
 LOADER_TARGET = 50.0  # windows/s served over training samples/s
 
 
 def prepare(path: Path) -> PreparedData:
-    return prepare_data(path, RegionConfig(), include_upstream=True, window_size=DEFAULTS.window_size,
-                        target_offset=DEFAULTS.target_offset, train_ratio=DEFAULTS.train_ratio,
-                        val_ratio=DEFAULTS.val_ratio)
+    return prepare_data(path, RegionConfig(), include_upstream=True, window_size=CONFIG.window_size,
+                        target_offset=CONFIG.target_offset, train_ratio=CONFIG.train_ratio,
+                        val_ratio=CONFIG.val_ratio)
 
 
 def loader_rate(prepared: PreparedData, batch_size: int, passes: int) -> float:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, object] = print_header("Data preparation benchmark (upstream experiment, default regions and splits)")
 
     rows, results, targets = [], [], []
-    batch_size = DEFAULTS.batch_size
+    batch_size = CONFIG.batch_size
     for resolution in args.resolutions:
         began = time.perf_counter()
         path = demo_data_path(years=args.years, resolution=resolution)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             ready.append(time.perf_counter() - began)
         grid = prepared.train.inputs.shape
         windows_s = loader_rate(prepared, batch_size, passes=3 if coarse else 1)
-        train_s = training_rate(prepared, DEFAULTS.hidden_channels, batch_size, repeats=5 if coarse else 2)
+        train_s = training_rate(prepared, CONFIG.hidden_channels, batch_size, repeats=5 if coarse else 2)
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
         result = {"resolution": resolution, "ready_s": statistics.median(ready), "ready_all_s": ready,
                   "grid": list(grid[1:]), "n_windows": {k: len(v) for k, v in prepared.datasets.items() if v},

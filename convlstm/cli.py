@@ -98,20 +98,19 @@ class SettingsCommand(click.Command):
     list_flags: frozenset[str] = frozenset()
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Join the numbers after each list flag into one value, then parse as click does."""
         merged: list[str] = []
-        tokens = iter(args)
-        for token in tokens:
+        numbers: list[str] | None = None  # the numbers seen since the last list flag
+        for token in args:
+            if numbers is not None and token.replace(",", "").replace(".", "").isdigit():
+                numbers.append(token)
+                continue
+            if numbers:
+                merged.append(" ".join(numbers))
+            numbers = [] if token in self.list_flags else None
             merged.append(token)
-            if token in self.list_flags:
-                values = []
-                for value in tokens:
-                    if value.replace(",", "").replace(".", "").isdigit():
-                        values.append(value)
-                        continue
-                    merged.extend([" ".join(values), value] if values else [value])
-                    break
-                else:
-                    merged.extend([" ".join(values)] if values else [])
+        if numbers:
+            merged.append(" ".join(numbers))
         return super().parse_args(ctx, merged)
 
 
