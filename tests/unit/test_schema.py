@@ -378,10 +378,6 @@ def test_not_a_netcdf(tmp_path):
         open_dataset(path)
 
 
-def test_data_error_is_a_value_error():
-    assert issubclass(DataError, ValueError)
-
-
 def test_missing_variable_lists_present_and_accepted(tmp_path):
     path = tmp_path / "no_v.nc"
     make_dataset(n_time=3).drop_vars("V").to_netcdf(path)

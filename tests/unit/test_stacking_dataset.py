@@ -57,10 +57,6 @@ def test_channel_order(n_levels, n_time):
         assert names[n_levels] == "GPH@1000hPa" and names[1] == "DPT@950hPa"
 
 
-def test_fifty_six_channels_for_eleven_levels():
-    assert n_channels(11) == 56
-
-
 def test_stack_shapes_and_layout():
     data = make_dataset(n_time=7)
     full = stack_channels(data)
