@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +15,16 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     The temporary file lives in the same directory so ``os.replace`` is atomic; on failure it is removed
     and ``target`` is untouched.
+
+    Parameters
+    ----------
+    target : path-like
+        The file to write; its folder is created.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary file to write to.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -36,14 +46,20 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``target`` atomically."""
+    """Write ``data`` to ``target`` atomically.
+
+    Parameters
+    ----------
+    target : path-like
+        The file to write.
+    data : bytes
+        Its whole contents.
+
+    Returns
+    -------
+    pathlib.Path
+        ``target``.
+    """
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
-    return Path(target)
-
-
-def atomic_write_with(target: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp_path)`` and move the result onto ``target`` atomically (for library writers)."""
-    with atomic_path(target) as tmp:
-        write(tmp)
     return Path(target)

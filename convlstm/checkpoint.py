@@ -22,7 +22,18 @@ LAST_NAME = "last.pt"
 
 
 def periodic_name(epoch: int) -> str:
-    """``checkpoint_epoch_N.pt``: the name the original documentation gives periodic checkpoints."""
+    """``checkpoint_epoch_N.pt``: the name the original documentation gives periodic checkpoints.
+
+    Parameters
+    ----------
+    epoch : int
+        The epoch the checkpoint was written after.
+
+    Returns
+    -------
+    str
+        The file name (no folder).
+    """
     return f"checkpoint_epoch_{epoch}.pt"
 
 

@@ -93,12 +93,30 @@ class SettingsCommand(click.Command):
 
     Click options take a fixed number of values; the numeric tokens after a list flag are joined into
     one value here (``"32 64"``), which is also how ``mlflow run -P hidden_channels="32 64"`` passes it.
+
+    Attributes
+    ----------
+    list_flags : frozenset of str
+        The flags (aliases included) of list settings, set by :func:`settings_command`.
     """
 
     list_flags: frozenset[str] = frozenset()
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        """Join the numbers after each list flag into one value, then parse as click does."""
+        """Join the numbers after each list flag into one value, then let click parse.
+
+        Parameters
+        ----------
+        ctx : click.Context
+            The command's context.
+        args : list of str
+            The command-line tokens.
+
+        Returns
+        -------
+        list of str
+            What click leaves unparsed.
+        """
         merged: list[str] = []
         numbers: list[str] | None = None  # the numbers seen since the last list flag
         for token in args:

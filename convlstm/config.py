@@ -38,7 +38,10 @@ _RATIO = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
 
 @dataclass
 class ConvLSTMConfig(Settings):
-    """Everything that defines a model and how it was trained (the regions live in ``RegionConfig``)."""
+    """Everything that defines a model and how it was trained (the regions live in ``RegionConfig``).
+
+    Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
+    """
 
     input_channels: int = setting(56, "Input channels: 5 variables × levels + precipitation (from the data).",
                                   low=1, cli=False, mlproject=False)
@@ -85,6 +88,8 @@ class RegionConfig(Settings):
     Both span 25–40 °N by default: the upstream block is joined to the west of the downstream block
     along longitude, which needs the same latitude rows (the original documentation's 25–50 °N
     upstream default could not be joined).
+
+    Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
     """
 
     downstream_lat_min: float = _region(25.0, "downstream", "min", "lat")
@@ -158,7 +163,10 @@ def _registered_model_name(help_text: str) -> str:
 
 @dataclass
 class TrainSettings(Settings):
-    """The ``train`` entry point: data, regions, model and training configs, and where things go."""
+    """The ``train`` entry point: data, regions, model and training configs, and where things go.
+
+    Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
+    """
 
     data: str | None = _data("netCDF reanalysis file (standard, descriptive or ERA5 names).")
     output_dir: str | None = setting(None, "Where checkpoints, normalizer, log and figures go. "
@@ -196,7 +204,10 @@ class TrainSettings(Settings):
 
 @dataclass
 class InferSettings(Settings):
-    """The ``infer`` entry point: one trained model, the data to forecast, and what to write."""
+    """The ``infer`` entry point: one trained model, the data to forecast, and what to write.
+
+    Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
+    """
 
     checkpoint: str | None = setting(None, "A checkpoint file (best_model.pt) or a training output directory.")
     model: str | None = setting(None, "Instead of --checkpoint: a training run id, runs:/<run id>, "
@@ -222,7 +233,10 @@ class InferSettings(Settings):
 
 @dataclass
 class CompareSettings(Settings):
-    """The ``compare`` entry point: two models (or two predictions files and the truth) and how to score them."""
+    """The ``compare`` entry point: two models (or two predictions files and the truth) and how to score them.
+
+    Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
+    """
 
     baseline: str | None = setting(None, "Baseline model: training run id, runs:/ or models:/ URI, or checkpoint. With "
                                          "no models and no files: the newest finished baseline and upstream runs.")
@@ -272,6 +286,8 @@ class CompareSettings(Settings):
 class DemoAtmosphere(Settings):
     """What the synthetic demo atmosphere (``convlstm.data.demo``) is generated from: the same values give
     bit-identical fields, so these values (``to_dict()``) name the cached file and are recorded in it.
+
+    Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
 
     Raises
     ------
@@ -326,7 +342,10 @@ class DemoAtmosphere(Settings):
 
 @dataclass
 class MakeDataSettings(Settings):
-    """The ``make_data`` entry point: write the demo atmosphere to a netCDF file."""
+    """The ``make_data`` entry point: write the demo atmosphere to a netCDF file.
+
+    Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
+    """
 
     output: str = setting("data/demo.nc", "netCDF file to write (its folder is created if needed).")
     atmosphere: DemoAtmosphere = field(default_factory=DemoAtmosphere)

@@ -38,9 +38,24 @@ def forward_downstream(
     model: torch.nn.Module, inputs: torch.Tensor | WindowBatch, downstream_columns: slice,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Model output cropped to the downstream columns, in float32: ``[B, H_down, W_down]`` (normalized).
+    """Model output cropped to the downstream columns, in float32 (the one forward path).
 
-    ``inputs`` is a batch of windows ``[B, T, C, H, W]``, or consecutive windows as a ``WindowBatch``.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A ``ConvLSTMUNet``.
+    inputs : torch.Tensor or WindowBatch
+        Normalized windows ``[B, T, C, H, W]``, or consecutive windows as a ``WindowBatch``, on the
+        model's device.
+    downstream_columns : slice
+        The target region's columns of the model's output.
+    amp_dtype : torch.dtype, optional
+        Autocast dtype; None runs in full precision.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, H_down, W_down]``, normalized.
     """
     with torch.autocast(inputs.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         output = model.forward_windows(*inputs) if isinstance(inputs, WindowBatch) else model(inputs)
@@ -56,7 +71,28 @@ def predict_windows(
     batch_size: int = 8,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Normalized predictions for every window of ``dataset``, in order, on the CPU: ``[N, H_down, W_down]``."""
+    """Normalized predictions for every window of ``dataset``, in order, on the CPU.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network, already on ``device`` (set to eval mode here).
+    dataset : ConvLSTMDataset
+        The windows.
+    downstream_columns : slice
+        The target region's columns of the model's output.
+    device : torch.device
+        Where the model runs.
+    batch_size : int
+        Windows per forward pass.
+    amp_dtype : torch.dtype, optional
+        Autocast dtype; None runs in full precision.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N, H_down, W_down]``.
+    """
     model.eval()
     outputs = [
         forward_downstream(model, batch.to(device), downstream_columns, amp_dtype).cpu()
@@ -67,7 +103,29 @@ def predict_windows(
 
 @dataclass
 class ForecastModel:
-    """A trained network plus the configs, normalizer and grid needed to use it on raw data."""
+    """A trained network plus the configs, normalizer and grid needed to use it on raw data.
+
+    Parameters
+    ----------
+    model : ConvLSTMUNet
+        The network, in eval mode on ``device``.
+    config : ConvLSTMConfig
+        Its config (window size, target offset, channels).
+    regions : RegionConfig
+        The regions it was trained on.
+    include_upstream : bool
+        Whether it takes the upstream region too.
+    normalizer : ConvLSTMNormalizer
+        The training statistics.
+    grid : dict
+        The training grid, as ``input_grid`` recorded it: ``lat``, ``lon``, ``levels``, ``downstream_columns``.
+    device : torch.device
+        Where it runs.
+    source : str
+        The checkpoint file it was loaded from.
+    run_id : str, optional
+        The training run, if it was tracked.
+    """
 
     model: ConvLSTMUNet
     config: ConvLSTMConfig
@@ -81,6 +139,7 @@ class ForecastModel:
 
     @property
     def downstream_columns(self) -> slice:
+        """The downstream region's columns of the input grid (and of the model's output)."""
         start, stop = self.grid["downstream_columns"]
         return slice(start, stop)
 
@@ -91,10 +150,18 @@ class ForecastModel:
 
     @property
     def experiment_type(self) -> str:
+        """``upstream`` or ``baseline``."""
         return "upstream" if self.include_upstream else "baseline"
 
     def describe(self) -> dict[str, Any]:
-        """What a client needs to build a request, and what produced the forecasts (JSON-ready)."""
+        """What a client needs to build a request, and what produced the forecasts (JSON-ready).
+
+        Returns
+        -------
+        dict
+            Shapes, levels, channel order, grid, configs, training run, checkpoint and version: the served
+            model's metadata and the start of inference's ``metadata.json``.
+        """
         lon = self.grid["lon"]
         columns = self.downstream_columns
         return {
@@ -119,7 +186,18 @@ class ForecastModel:
 
     # ---- the pyfunc path: stacked raw fields -------------------------------------------------
     def check_stacked(self, raw: np.ndarray) -> None:
-        """Refuse a request that is not ``[N, T, C, H, W]`` finite numbers on the model's grid."""
+        """Refuse a request that is not ``[N, T, C, H, W]`` finite numbers on the model's grid.
+
+        Parameters
+        ----------
+        raw : numpy.ndarray
+            The request's windows.
+
+        Raises
+        ------
+        DataError
+            Saying the expected shape and what each axis means (the served model answers HTTP 400 with it).
+        """
         expected = self.input_shape
         if raw.ndim != 5 or tuple(raw.shape[1:]) != expected:
             raise DataError(
@@ -133,7 +211,20 @@ class ForecastModel:
 
     @torch.no_grad()
     def predict_stacked(self, raw: np.ndarray, batch_size: int = 8) -> np.ndarray:
-        """Raw fields ``[N, T, C, H, W]`` in physical units → precipitation ``[N, H, W_down]`` in mm."""
+        """Raw fields in physical units → downstream precipitation in mm (the served model's path).
+
+        Parameters
+        ----------
+        raw : numpy.ndarray
+            ``[N, T, C, H, W]``, channels in ``stack_channels`` order, on the training grid.
+        batch_size : int
+            Windows per forward pass.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[N, H, W_down]`` float32, never negative.
+        """
         raw = np.asarray(raw, dtype=np.float32)
         self.check_stacked(raw)
         normalized = torch.from_numpy(self.normalizer.normalize_stacked(raw))
@@ -146,13 +237,30 @@ class ForecastModel:
 
     # ---- the infer path: a netCDF file or dataset ---------------------------------------------
     def windows(self, data: xr.Dataset) -> ConvLSTMDataset:
-        """Normalized windows of ``data`` (opened with ``open_dataset``), checked against the model's grid and levels."""
+        """Normalized windows of ``data``, checked against the model's grid and levels.
+
+        Parameters
+        ----------
+        data : xarray.Dataset
+            Physical units, opened with ``open_dataset``.
+
+        Returns
+        -------
+        ConvLSTMDataset
+            Every window of ``data``.
+        """
         self.check_grid(data)
         return ConvLSTMDataset(data, self.config.window_size, self.regions, self.config.target_offset,
                                self.include_upstream, self.normalizer)
 
     def check_grid(self, data: xr.Dataset) -> None:
-        """Refuse data whose region cut-out differs from the grid the model was trained on."""
+        """Refuse data whose region cut-out differs from the grid the model was trained on.
+
+        Parameters
+        ----------
+        data : xarray.Dataset
+            Data in the library's layout; only its coordinates are read.
+        """
         # coordinates only: the cut-out of the fields themselves is built once, by the dataset
         crop = crop_regions(data.drop_vars(list(data.data_vars)), self.regions, self.include_upstream).data
         for dim in ("lat", "lon"):
@@ -164,7 +272,21 @@ class ForecastModel:
                 )
 
     def predict_dataset(self, data: xr.Dataset | str | os.PathLike[str], batch_size: int = 8) -> xr.Dataset:
-        """Forecast every window of ``data``: precipitation (mm) on the downstream grid at the target times."""
+        """Forecast every window of ``data``: precipitation (mm) on the downstream grid at the target times.
+
+        Parameters
+        ----------
+        data : xarray.Dataset or path-like
+            A netCDF file or dataset in any naming ``open_dataset`` accepts, physical units.
+        batch_size : int
+            Windows per forward pass.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``precipitation (time, lat, lon)`` with ``forecast_reference_time`` (the last input's time)
+            and CF attributes: what ``predictions.nc`` holds.
+        """
         data = open_dataset(data)
         windows = self.windows(data)
         predicted = predict_windows(self.model, windows, self.downstream_columns, self.device, batch_size)

@@ -32,7 +32,20 @@ logger = logging.getLogger(__name__)
 
 def load_model(checkpoint_path: str | os.PathLike[str], device: str | torch.device = "cpu"
                ) -> tuple[ConvLSTMUNet, ConvLSTMConfig, RegionConfig]:
-    """The documented API: ``model, config, region_config = load_model("best_model.pt")``."""
+    """The documented API: ``model, config, region_config = load_model("best_model.pt")``.
+
+    Parameters
+    ----------
+    checkpoint_path : path-like
+        A checkpoint, or a training output directory holding ``best_model.pt``.
+    device : str or torch.device
+        Where the model runs (``auto`` picks the best available).
+
+    Returns
+    -------
+    tuple
+        The network in eval mode, its ``ConvLSTMConfig`` and its ``RegionConfig``.
+    """
     forecast = load_forecast_model(checkpoint_path, device)
     return forecast.model, forecast.config, forecast.regions
 
@@ -47,8 +60,31 @@ def generate_predictions(
     include_upstream: bool = False,
     target_offset: int = 1,
 ) -> torch.Tensor:
-    """The documented API: normalized predictions ``[N, 1, H, W_down]`` for every window of
-    already-normalized ``data`` (label them with ``ConvLSTMDataset(...).target_times``)."""
+    """The documented API: normalized predictions for every window of already-normalized ``data``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (moved to ``device``).
+    data : xarray.Dataset
+        Normalized data in the library's layout.
+    window_size, target_offset : int
+        As the model was trained with.
+    region_config : RegionConfig
+        The region bounds.
+    device : torch.device or str
+        Where the model runs.
+    batch_size : int
+        Windows per forward pass.
+    include_upstream : bool
+        Whether the model takes the upstream region too.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N, 1, H, W_down]`` on the CPU, in window order; label them with
+        ``ConvLSTMDataset(...).target_times``.
+    """
     device = torch.device(device)
     windows = ConvLSTMDataset(data, window_size, region_config, target_offset, include_upstream)
     return predict_windows(model.to(device), windows, windows.downstream_columns, device, batch_size)[:, None]
@@ -60,7 +96,17 @@ METADATA_NAME = "metadata.json"
 
 @dataclass
 class InferenceOutcome:
-    """Files written by ``run_inference`` and, where the truth is in the data, the scores in mm."""
+    """Files written by ``run_inference`` and, where the truth is in the data, the scores in mm.
+
+    Parameters
+    ----------
+    predictions : xarray.Dataset
+        The forecasts, as written to ``predictions.nc``.
+    files : list of pathlib.Path
+        ``predictions.nc``, ``metadata.json`` and the maps.
+    scores : dict of str to float
+        ``rmse_mm``, ``mae_mm``, ``bias_mm`` and ``n_forecasts``.
+    """
 
     predictions: xr.Dataset
     files: list[Path]
@@ -77,7 +123,32 @@ def run_inference(
     max_maps: int = 12,
     extra_metadata: dict[str, Any] | None = None,
 ) -> InferenceOutcome:
-    """Forecast every window of ``data`` (or one split) and write predictions.nc, metadata.json and maps."""
+    """Forecast every window of ``data`` (or one split) and write predictions.nc, metadata.json and maps.
+
+    Parameters
+    ----------
+    forecast : ForecastModel
+        The trained model.
+    data : xarray.Dataset or path-like
+        The data to forecast from, with the observed precipitation the forecasts are scored against.
+    output_dir : path-like
+        Where the files go (created).
+    split : {"all", "train", "val", "test"}
+        The whole data, or one split of it cut as in training.
+    batch_size : int
+        Windows per forward pass.
+    visualize : bool
+        Also write ``prediction_map_<time>.png`` files.
+    max_maps : int
+        At most this many maps, evenly spread in time.
+    extra_metadata : dict, optional
+        More entries for ``metadata.json`` (e.g. the model reference).
+
+    Returns
+    -------
+    InferenceOutcome
+        The forecasts, the files and the scores.
+    """
     from convlstm.atomic import atomic_write_bytes
     from convlstm.netcdf import write_netcdf
     from convlstm.plotting import plot_prediction_map, save_figure

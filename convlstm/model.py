@@ -53,6 +53,15 @@ class ConvLSTMCell(nn.Module):
 
     Gates are stacked along the channel axis in the order input, forget,
     output, candidate (i, f, o, g).
+
+    Parameters
+    ----------
+    input_dim : int
+        Channels of the input.
+    hidden_dim : int
+        Channels of the hidden and cell states.
+    kernel_size : int
+        Odd size of both convolutions ('same' padding).
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, kernel_size: int = 3) -> None:
@@ -74,7 +83,20 @@ class ConvLSTMCell(nn.Module):
             self.input_conv.bias[hidden_dim : 2 * hidden_dim].fill_(1.0)
 
     def init_hidden(self, batch_size: int, height: int, width: int, device: torch.device | str | None = None) -> State:
-        """Return zero ``(h, c)`` of shape ``[B, hidden_dim, H, W]`` in the parameters' dtype."""
+        """Return zero ``(h, c)`` of shape ``[B, hidden_dim, H, W]`` in the parameters' dtype.
+
+        Parameters
+        ----------
+        batch_size, height, width : int
+            ``B``, ``H`` and ``W``.
+        device : torch.device or str, optional
+            Where the state lives (default: the current default device).
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            Hidden and cell state.
+        """
         dtype = self.input_conv.weight.dtype
         shape = (batch_size, self.hidden_dim, height, width)
         return (
@@ -85,14 +107,32 @@ class ConvLSTMCell(nn.Module):
     def project_inputs(self, x_seq: Tensor) -> Tensor:
         """Apply the input-to-state convolution to all timesteps in one batched call.
 
-        ``[B, T, C, H, W]`` -> ``[B, T, 4*hidden_dim, H, W]``.
+        Parameters
+        ----------
+        x_seq : torch.Tensor
+            ``[B, T, input_dim, H, W]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, T, 4*hidden_dim, H, W]``, the gates' input terms.
         """
         return _map_frames(self.input_conv, x_seq)
 
     def step(self, projected_t: Tensor, state: State | None) -> State:
-        """Advance one timestep given an already-projected input ``[B, 4*hidden_dim, H, W]``.
+        """Advance one timestep given an already-projected input.
 
-        ``state=None`` is the zero state: ``hidden_conv(0) = 0`` and ``f * 0 = 0`` are skipped.
+        Parameters
+        ----------
+        projected_t : torch.Tensor
+            ``[B, 4*hidden_dim, H, W]`` from ``input_conv``; may be overwritten.
+        state : tuple of torch.Tensor or None
+            ``(h, c)``; None is the zero state: ``hidden_conv(0) = 0`` and ``f * 0 = 0`` are skipped.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            The next ``(h, c)``, each ``[B, hidden_dim, H, W]``.
         """
         hd = self.hidden_dim
         # in place where autograd allows it: neither the convolution's nor the product's backward needs its output
@@ -113,19 +153,58 @@ class ConvLSTMCell(nn.Module):
         return o * torch.tanh(c_next), c_next
 
     def forward(self, input_tensor: Tensor, cur_state: State) -> State:
-        """Advance one timestep from a raw input ``[B, input_dim, H, W]``."""
+        """Advance one timestep from a raw input (the textbook interface; sequences use :meth:`forward_sequence`).
+
+        Parameters
+        ----------
+        input_tensor : torch.Tensor
+            ``[B, input_dim, H, W]``.
+        cur_state : tuple of torch.Tensor
+            ``(h, c)``, each ``[B, hidden_dim, H, W]``.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            The next ``(h, c)``.
+        """
         return self.step(self.input_conv(input_tensor), cur_state)
 
     def forward_sequence(self, x_seq: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Run the cell over ``[B, T, C, H, W]``; return all hidden states and the last state.
+        """Run the cell over a whole sequence.
 
-        Outputs have shape ``[B, T, hidden_dim, H, W]`` (``[T, B, H, W, C]`` memory). A missing
-        ``state`` starts from zeros.
+        Parameters
+        ----------
+        x_seq : torch.Tensor
+            ``[B, T, input_dim, H, W]``.
+        state : tuple of torch.Tensor, optional
+            The initial ``(h, c)``; None starts from zeros.
+
+        Returns
+        -------
+        outputs : torch.Tensor
+            Every hidden state, ``[B, T, hidden_dim, H, W]`` (``[T, B, H, W, C]`` memory).
+        state : tuple of torch.Tensor
+            The last ``(h, c)``.
         """
         return self.recur(self.projected_steps(x_seq), state)
 
     def recur(self, projections: Iterable[Tensor], state: State | None = None) -> tuple[Tensor, State]:
-        """Run the recurrence over inputs already projected (one ``[B, 4*hidden_dim, H, W]`` per step)."""
+        """Run the recurrence over inputs already projected, e.g. by :meth:`projected_steps`.
+
+        Parameters
+        ----------
+        projections : iterable of torch.Tensor
+            One ``[B, 4*hidden_dim, H, W]`` per step, at least one.
+        state : tuple of torch.Tensor, optional
+            The initial ``(h, c)``; None starts from zeros.
+
+        Returns
+        -------
+        outputs : torch.Tensor
+            Every hidden state, ``[B, T, hidden_dim, H, W]``.
+        state : tuple of torch.Tensor
+            The last ``(h, c)``.
+        """
         outputs = []
         for projected_t in projections:
             state = self.step(projected_t, state)
@@ -135,7 +214,18 @@ class ConvLSTMCell(nn.Module):
         return _stack_time(outputs), state
 
     def projected_steps(self, x_seq: Tensor) -> Iterator[Tensor]:
-        """Projected inputs ``[B, 4*hidden_dim, H, W]`` step by step, computed in as few batched calls as pay."""
+        """Projected inputs step by step, computed in as few batched calls as pay (on a CPU, capped in bytes).
+
+        Parameters
+        ----------
+        x_seq : torch.Tensor
+            ``[B, T, input_dim, H, W]``.
+
+        Yields
+        ------
+        torch.Tensor
+            ``[B, 4*hidden_dim, H, W]``, one per step.
+        """
         b, t, _, h, w = x_seq.shape
         chunk = t
         if x_seq.device.type == "cpu":
@@ -204,6 +294,17 @@ class ConvLSTMUNet(nn.Module):
     the skip sequence. The last timestep of the top decoder level is mapped to
     ``output_channels`` by a 1x1 convolution followed by ReLU, because
     precipitation is non-negative.
+
+    Parameters
+    ----------
+    input_channels : int
+        Channels of each input frame (``5 × levels + 1`` for the stacked data).
+    hidden_channels : sequence of int
+        Hidden channels per level, from the full grid down; a single entry gives one ConvLSTM layer, no decoder.
+    output_channels : int
+        Channels of the forecast.
+    kernel_size : int
+        Odd kernel size of every ConvLSTM convolution.
     """
 
     def __init__(
@@ -251,7 +352,18 @@ class ConvLSTMUNet(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Map ``[B, T, input_channels, H, W]`` to a non-negative ``[B, output_channels, H, W]``."""
+        """Forecast from a batch of sequences.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[B, T, input_channels, H, W]``, ``T >= 1``.
+
+        Returns
+        -------
+        torch.Tensor
+            Non-negative ``[B, output_channels, H, W]``.
+        """
         if x.dim() != 5 or x.shape[2] != self.input_channels or x.shape[1] < 1:
             raise DataError(
                 f"expected input of shape [B, T, {self.input_channels}, H, W] "
@@ -264,8 +376,21 @@ class ConvLSTMUNet(nn.Module):
 
         Sliding windows overlap: consecutive ones share all but one frame. The first level's input
         convolution has no recurrence, so it runs once per distinct frame here instead of once per
-        frame of every window; the recurrences still start afresh in each window. ``frames`` is
-        ``[N, input_channels, H, W]``, ``starts`` ``[B]`` integers.
+        frame of every window; the recurrences still start afresh in each window.
+
+        Parameters
+        ----------
+        frames : torch.Tensor
+            ``[N, input_channels, H, W]``.
+        starts : torch.Tensor
+            ``[B]`` integers, each in ``0 .. N - window_size``.
+        window_size : int
+            Frames per window.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, output_channels, H, W]``, as ``forward`` gives for the stacked windows.
         """
         require_positive_int("window_size", window_size)
         if frames.dim() != 4 or frames.shape[1] != self.input_channels:

@@ -33,6 +33,13 @@ class ConvLSTMPyfunc(mlflow.pyfunc.PythonModel):
     """Wraps a ``ForecastModel``; the checkpoint and normalizer travel as model artifacts."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Load the checkpoint and normalizer once, when the server starts, on the best device.
+
+        Parameters
+        ----------
+        context : mlflow.pyfunc.PythonModelContext
+            Holds the local paths of the ``checkpoint`` and ``normalizer`` artifacts.
+        """
         self.forecast = load_forecast_model(context.artifacts["checkpoint"], device="auto",
                                             normalizer_path=context.artifacts["normalizer"])
 
@@ -74,7 +81,18 @@ def _as_array(model_input: Any) -> np.ndarray:
 
 
 def signature_for(forecast: ForecastModel) -> ModelSignature:
-    """Tensor signature stating the input window shape and the downstream output shape."""
+    """Tensor signature stating the input window shape and the downstream output shape.
+
+    Parameters
+    ----------
+    forecast : ForecastModel
+        The model to serve.
+
+    Returns
+    -------
+    mlflow.models.ModelSignature
+        float32 input ``[-1, T, C, H, W]``, output ``[-1, H, W_down]``.
+    """
     t, c, h, w = forecast.input_shape
     columns = forecast.downstream_columns
     return ModelSignature(
@@ -84,7 +102,13 @@ def signature_for(forecast: ForecastModel) -> ModelSignature:
 
 
 def requirements() -> list[str]:
-    """What the served model imports (the convlstm package itself travels as code)."""
+    """What the served model imports (the convlstm package itself travels as code).
+
+    Returns
+    -------
+    list of str
+        Pip requirements pinned to the versions installed here (torch without its local ``+cpu`` tag).
+    """
     import numpy
     import pandas
     import xarray
@@ -95,7 +119,24 @@ def requirements() -> list[str]:
 
 def log_pyfunc_model(checkpoint: Path, normalizer: Path, input_example: np.ndarray,
                      registered_model_name: str | None = None) -> mlflow.models.model.ModelInfo:
-    """Log (and register) the model in the active run, with signature, example and metadata."""
+    """Log (and register) the model in the active run, with signature, example and metadata.
+
+    Parameters
+    ----------
+    checkpoint : pathlib.Path
+        The best checkpoint.
+    normalizer : pathlib.Path
+        The run's ``normalizer.pkl``.
+    input_example : numpy.ndarray
+        One raw window ``[1, T, C, H, W]``.
+    registered_model_name : str, optional
+        Register the model under this name (None: log it only).
+
+    Returns
+    -------
+    mlflow.models.model.ModelInfo
+        Where it was logged, and the registered version if any.
+    """
     forecast = load_forecast_model(checkpoint, device="cpu", normalizer_path=normalizer)
     return mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT_PATH,

@@ -47,7 +47,18 @@ class ServerError(RuntimeError):
 
 
 def free_port(host: str = HOST) -> int:
-    """A TCP port nothing listens on right now."""
+    """A TCP port nothing listens on right now (another process may still take it before the server does).
+
+    Parameters
+    ----------
+    host : str
+        The address to bind.
+
+    Returns
+    -------
+    int
+        The port number.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -62,7 +73,20 @@ def _finite_windows(windows: np.ndarray) -> np.ndarray:
 
 
 def request_body(windows: np.ndarray, key: str = "inputs") -> bytes:
-    """``{key: windows}`` as compact JSON bytes; every float32 reads back exactly (``%.9g`` round-trips float32)."""
+    """``{key: windows}`` as compact JSON bytes; every float32 reads back exactly (``%.9g`` round-trips float32).
+
+    Parameters
+    ----------
+    windows : numpy.ndarray
+        Raw fields ``[N, T, C, H, W]``, finite.
+    key : str
+        The top-level key: ``inputs`` (tensor input) or ``instances``.
+
+    Returns
+    -------
+    bytes
+        The request body.
+    """
     array = _finite_windows(windows)
     row = ",".join(["%.9g"] * array.shape[-1])
     items = ["[" + row % tuple(values) + "]" for values in array.reshape(-1, array.shape[-1]).tolist()]
@@ -72,7 +96,18 @@ def request_body(windows: np.ndarray, key: str = "inputs") -> bytes:
 
 
 def request_parquet(windows: np.ndarray) -> bytes:
-    """Windows ``[N, ...]`` as Parquet bytes, one row per flattened window; the server reshapes them by the signature."""
+    """Windows ``[N, ...]`` as Parquet bytes, one row per flattened window; the server reshapes them by the signature.
+
+    Parameters
+    ----------
+    windows : numpy.ndarray
+        Raw fields ``[N, T, C, H, W]``, finite.
+
+    Returns
+    -------
+    bytes
+        The request body, to send as ``PARQUET_CONTENT_TYPE``.
+    """
     array = _finite_windows(windows)
     buffer = BytesIO()
     pd.DataFrame({"windows": list(array.reshape(len(array), -1))}).to_parquet(buffer)
@@ -80,7 +115,24 @@ def request_parquet(windows: np.ndarray) -> bytes:
 
 
 def post(url: str, body: object, timeout_s: float = 60.0, content_type: str = JSON_CONTENT_TYPE) -> tuple[int, dict]:
-    """POST a JSON body (or raw bytes of ``content_type``) to ``url``; the HTTP status and the decoded answer."""
+    """POST a JSON body (or raw bytes of ``content_type``) to ``url``; error statuses are returned, not raised.
+
+    Parameters
+    ----------
+    url : str
+        The endpoint.
+    body : object
+        Bytes as they are, anything else encoded as JSON.
+    timeout_s : float
+        Seconds to wait for the answer.
+    content_type : str
+        The body's media type.
+
+    Returns
+    -------
+    tuple of (int, dict)
+        The HTTP status and the decoded JSON answer.
+    """
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
     try:
@@ -95,6 +147,28 @@ class ScoringServer:
 
     The server runs in its own process group with its output in ``log_path``; leaving the context
     stops it (and anything it started) even when the block failed.
+
+    Parameters
+    ----------
+    model_uri : str
+        What ``-m`` takes: ``models:/<name>@<alias>``, ``runs:/<id>/model`` or a local folder.
+    log_path : pathlib.Path
+        The server's stdout and stderr (overwritten).
+    env : dict of str to str, optional
+        The server's environment (default: this process's).
+    cwd : pathlib.Path, optional
+        The server's working directory.
+    host : str
+        The address it listens on.
+    start_timeout_s : float
+        Seconds to wait for ``/ping`` before :class:`ServerError`.
+
+    Attributes
+    ----------
+    port : int
+        The port, chosen when made.
+    process : subprocess.Popen or None
+        The running server; None outside the context.
     """
 
     def __init__(self, model_uri: str, log_path: Path, env: dict[str, str] | None = None,
@@ -110,10 +184,26 @@ class ScoringServer:
 
     @property
     def url(self) -> str:
+        """``http://<host>:<port>``."""
         return f"http://{self.host}:{self.port}"
 
     def post(self, body: object, timeout_s: float = 60.0, content_type: str = JSON_CONTENT_TYPE) -> tuple[int, dict]:
-        """POST to ``/invocations``."""
+        """POST to ``/invocations``: a forecast request.
+
+        Parameters
+        ----------
+        body : object
+            :func:`request_body` or :func:`request_parquet` bytes, or anything JSON-encodable.
+        timeout_s : float
+            Seconds to wait for the answer.
+        content_type : str
+            The body's media type (``PARQUET_CONTENT_TYPE`` for Parquet).
+
+        Returns
+        -------
+        tuple of (int, dict)
+            The HTTP status and the decoded answer (``{"predictions": ...}`` on success).
+        """
         return post(f"{self.url}/invocations", body, timeout_s, content_type)
 
     def __enter__(self) -> "ScoringServer":

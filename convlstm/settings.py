@@ -81,7 +81,23 @@ def setting(default: Any, help: str, **spec: Any) -> Any:  # noqa: A002 - the na
 
 @dataclass(frozen=True)
 class Field:
-    """One setting as the derived layers see it: name, type and spec (nested settings flattened)."""
+    """One setting as the derived layers see it: name, type and spec (nested settings flattened).
+
+    Parameters
+    ----------
+    name : str
+        The field's name, also the MLproject parameter's.
+    kind : type
+        ``bool``, ``int``, ``float``, ``str``, ``list`` (of ``item``) or ``tuple`` (a pair of ``item``).
+    item : type or None
+        The element type of a list or tuple setting.
+    optional : bool
+        Whether None is accepted (``str | None``).
+    default : object
+        The default value.
+    spec : Spec
+        Help, group, bounds and choices.
+    """
 
     name: str
     kind: type  # bool, int, float, str, list (of ``item``), tuple (pair of ``item``)
@@ -110,13 +126,35 @@ def _resolve(annotation: Any) -> tuple[type, type | None, bool]:
 
 
 def nested(cls: type) -> dict[str, type]:
-    """The fields of a settings class that hold another settings dataclass (flattened into its flags)."""
+    """The fields of a settings class that hold another settings dataclass (flattened into its flags).
+
+    Parameters
+    ----------
+    cls : type
+        A settings dataclass, e.g. ``TrainSettings``.
+
+    Returns
+    -------
+    dict of str to type
+        Field name → the nested settings class.
+    """
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
 
 
 def fields_of(cls: type) -> Iterator[Field]:
-    """Every setting of ``cls`` in declaration order, the nested settings' fields in place of their holder."""
+    """Every setting of ``cls`` in declaration order, the nested settings' fields in place of their holder.
+
+    Parameters
+    ----------
+    cls : type
+        A settings dataclass.
+
+    Yields
+    ------
+    Field
+        One per setting; fields made without :func:`setting` are skipped.
+    """
     hints = typing.get_type_hints(cls)
     holders = nested(cls)
     for f in dataclasses.fields(cls):
@@ -149,7 +187,18 @@ def build(cls: type, values: dict[str, Any]) -> Any:
 
 
 def flatten(settings: Any) -> dict[str, Any]:
-    """Flat ``name -> value`` of every setting (nested ones included): what MLflow logs as params."""
+    """Flat ``name -> value`` of every setting (nested ones included): what MLflow logs as params.
+
+    Parameters
+    ----------
+    settings : Settings
+        Any settings instance; nested settings are walked.
+
+    Returns
+    -------
+    dict
+        The values as they are (not yet text; see :func:`as_text`).
+    """
     out: dict[str, Any] = {}
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
@@ -183,7 +232,18 @@ def as_text(value: Any) -> str:
 
 
 def describe(field: Field) -> str:
-    """What a valid value looks like, e.g. ``'an integer >= 1'`` or ``'one of raise, drop, fill'``."""
+    """What a valid value looks like, e.g. ``'an integer >= 1'`` or ``'one of raise, drop, fill'``.
+
+    Parameters
+    ----------
+    field : Field
+        The setting.
+
+    Returns
+    -------
+    str
+        A phrase for ``--help`` and error messages.
+    """
     if field.spec.choices:
         return "one of " + ", ".join(field.spec.choices)
     noun = {bool: "true or false", int: "an integer", float: "a number", str: "text"}[field.item or field.kind]
@@ -241,12 +301,29 @@ class Settings:
         check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field as plain values (nested settings as nested dicts)."""
+        """Every field as plain values (nested settings as nested dicts).
+
+        Returns
+        -------
+        dict
+            What :meth:`from_dict` takes back; stored in checkpoints and the demo data's provenance.
+        """
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Any:
-        """Rebuild from :meth:`to_dict` output; keys this version does not know are refused, not ignored."""
+        """Rebuild from :meth:`to_dict` output; keys this version does not know are refused, not ignored.
+
+        Parameters
+        ----------
+        values : dict
+            Field values; missing ones take their default.
+
+        Returns
+        -------
+        Settings
+            The settings, checked.
+        """
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         if unknown:
             raise ConfigError(f"Unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}.")

@@ -28,6 +28,20 @@ def window_starts(times: np.ndarray, window_size: int, target_offset: int) -> np
 
     The regular step is the most common spacing; on a gap-free axis there are
     ``T - window_size - target_offset + 1`` windows.
+
+    Parameters
+    ----------
+    times : numpy.ndarray
+        The time axis ``[T]``, increasing.
+    window_size : int
+        Input steps per window.
+    target_offset : int
+        Steps from the last input to the target.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 indices into ``times``, increasing; empty when no window fits.
     """
     span = window_size + target_offset  # time steps from first input to target, inclusive
     if len(times) < span:
@@ -45,6 +59,15 @@ class WindowBatch(NamedTuple):
 
     Window ``k`` is ``frames[starts[k] : starts[k] + window_size]``; ``ConvLSTMUNet.forward_windows``
     takes it apart without copying a window.
+
+    Parameters
+    ----------
+    frames : torch.Tensor
+        ``[N, C, H, W]``: the frames from the first window's start to the last window's end.
+    starts : torch.Tensor
+        ``[B]`` integer offsets into ``frames``, one per window.
+    window_size : int
+        Frames per window.
     """
 
     frames: torch.Tensor
@@ -53,9 +76,24 @@ class WindowBatch(NamedTuple):
 
     @property
     def device(self) -> torch.device:
+        """Where the frames are."""
         return self.frames.device
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "WindowBatch":
+        """The same windows with frames and starts on ``device``, like ``Tensor.to``.
+
+        Parameters
+        ----------
+        device : torch.device
+            Where the model runs.
+        non_blocking : bool
+            Copy the frames asynchronously (from pinned memory).
+
+        Returns
+        -------
+        WindowBatch
+            A new batch; this one is unchanged.
+        """
         return WindowBatch(self.frames.to(device, non_blocking=non_blocking), self.starts.to(device), self.window_size)
 
 
@@ -65,6 +103,34 @@ class ConvLSTMDataset(Dataset):
     With ``include_upstream`` the upstream region is joined west of the downstream one along
     longitude; the target is always the downstream precipitation ``target_offset`` steps after the
     window's last input, and ``downstream_columns`` says where it sits in the model's output.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        The library's layout (``open_dataset``): normalized already, or in physical units when
+        ``normalizer`` is given; then the crop is stacked first and normalized in place, so no
+        normalized copy of the whole grid is made.
+    window_size : int
+        Input time steps per window.
+    region_config : RegionConfig
+        The region bounds.
+    target_offset : int
+        Steps ahead of the window's last input to predict.
+    include_upstream : bool
+        Join the upstream region west of the downstream one.
+    normalizer : ConvLSTMNormalizer, optional
+        Fitted statistics to normalize physical ``data`` with.
+
+    Attributes
+    ----------
+    inputs : numpy.ndarray
+        ``[n_times, C, H, W]`` float32, normalized: every time step of the crop, stacked once.
+    starts : numpy.ndarray
+        Index into ``times`` (and ``inputs``) of each window's first input.
+    lat, lon, levels, times : numpy.ndarray
+        Coordinates of the crop (degrees, hPa, datetime64).
+    downstream_columns : slice
+        The downstream region's columns of the crop (and of the model's output).
     """
 
     def __init__(
@@ -76,8 +142,6 @@ class ConvLSTMDataset(Dataset):
         include_upstream: bool = False,
         normalizer: ConvLSTMNormalizer | None = None,
     ) -> None:
-        """``data`` is normalized already, or in physical units when ``normalizer`` is given: then the
-        crop is stacked first and normalized in place, so no normalized copy of the whole grid is made."""
         self.window_size = require_positive_int("window_size", window_size)
         self.target_offset = require_positive_int("target_offset", target_offset)
         self.include_upstream = bool(include_upstream)
@@ -108,6 +172,7 @@ class ConvLSTMDataset(Dataset):
 
     @property
     def downstream_lon(self) -> np.ndarray:
+        """Longitudes of the target grid (degrees east)."""
         return self.lon[self.downstream_columns]
 
     @property
@@ -117,6 +182,7 @@ class ConvLSTMDataset(Dataset):
 
     @property
     def target_times(self) -> np.ndarray:
+        """Valid time of each window's target."""
         return self.times[self.target_indices]
 
     @property
@@ -132,6 +198,16 @@ class ConvLSTMDataset(Dataset):
 
         The windows of a batch arrive as the stretch of frames they span (a view, no copy), so
         overlapping windows are neither copied nor, by ``forward_windows``, projected twice.
+
+        Parameters
+        ----------
+        batch_size : int
+            Windows per batch (the last batch may be smaller).
+
+        Yields
+        ------
+        WindowBatch, torch.Tensor
+            The windows, and their normalized targets.
         """
         for first in range(0, len(self), batch_size):
             starts = self.starts[first:first + batch_size]

@@ -43,7 +43,15 @@ def _inverse(values: Any, mean: Any, std: Any, log: bool) -> Any:
 
 
 class ConvLSTMNormalizer:
-    """Per-variable, per-level statistics; ``fit`` on training data only, then reuse everywhere."""
+    """Per-variable, per-level statistics; ``fit`` on training data only, then reuse everywhere.
+
+    Attributes
+    ----------
+    levels : numpy.ndarray or None
+        Pressure levels (hPa) the statistics were fitted on; None until fitted or loaded.
+    means, stds : dict of str to numpy.ndarray
+        Per variable: one value per level, or a scalar for precipitation (in log1p space, mean 0).
+    """
 
     def __init__(self) -> None:
         self.levels: np.ndarray | None = None
@@ -52,10 +60,22 @@ class ConvLSTMNormalizer:
 
     @property
     def is_fitted(self) -> bool:
+        """Whether statistics are there (fitted or loaded)."""
         return self.levels is not None
 
     def fit(self, train_data: xr.Dataset) -> "ConvLSTMNormalizer":
-        """Compute the statistics from the training split (in the library layout of ``open_dataset``)."""
+        """Compute the statistics from the training split; a failed fit leaves the normalizer as it was.
+
+        Parameters
+        ----------
+        train_data : xarray.Dataset
+            The training split in the library layout of ``open_dataset``, physical units.
+
+        Returns
+        -------
+        ConvLSTMNormalizer
+            This normalizer, fitted.
+        """
         _require_variables(train_data)
         reduce_dims = ("time", "lat", "lon")
         stats = {}
@@ -77,15 +97,45 @@ class ConvLSTMNormalizer:
         return self
 
     def normalize(self, data: xr.Dataset) -> xr.Dataset:
-        """Physical units → normalized space; lazy (dask) data stays lazy."""
+        """Physical units → normalized space; lazy (dask) data stays lazy.
+
+        Parameters
+        ----------
+        data : xarray.Dataset
+            Every variable, on the fitted levels.
+
+        Returns
+        -------
+        xarray.Dataset
+            A float32 copy, normalized, with the same attributes.
+        """
         return self._apply(data, _forward)
 
     def denormalize(self, data: xr.Dataset) -> xr.Dataset:
-        """Normalized space → physical units (the inverse of ``normalize``)."""
+        """Normalized space → physical units (the inverse of ``normalize``).
+
+        Parameters
+        ----------
+        data : xarray.Dataset
+            Every variable, normalized.
+
+        Returns
+        -------
+        xarray.Dataset
+            A float32 copy in physical units; precipitation clipped at 0 mm.
+        """
         return self._apply(data, _inverse)
 
     def channel_statistics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mean, std, is_log) per stacked channel, in ``stack_channels`` order, for stacked arrays."""
+        """The statistics per stacked channel, in ``stack_channels`` order, for stacked arrays.
+
+        Returns
+        -------
+        mean, std : numpy.ndarray
+            ``[C]`` float64.
+        is_log : numpy.ndarray
+            ``[C]`` bool: True for the channels that go through log1p (precipitation, the last).
+        """
         self._require_fitted()
         means = np.concatenate([*(self.means[v] for v in LEVEL_VARIABLES), np.atleast_1d(self.means[PRECIPITATION])])
         stds = np.concatenate([*(self.stds[v] for v in LEVEL_VARIABLES), np.atleast_1d(self.stds[PRECIPITATION])])
@@ -96,8 +146,18 @@ class ConvLSTMNormalizer:
     def normalize_stacked(self, stacked: np.ndarray, in_place: bool = False) -> np.ndarray:
         """Normalize raw fields already stacked as ``[..., C, H, W]`` (what the pyfunc model receives).
 
-        ``in_place`` overwrites a float32 ``stacked`` instead of copying it: for arrays built only to be
-        normalized, such as a dataset's stack, where a copy of a 0.25° grid costs gigabytes.
+        Parameters
+        ----------
+        stacked : numpy.ndarray
+            Physical units, channels in ``stack_channels`` order.
+        in_place : bool
+            Overwrite a float32 ``stacked`` instead of copying it: for arrays built only to be
+            normalized, such as a dataset's stack, where a copy of a 0.25° grid costs gigabytes.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, normalized; ``stacked`` itself when ``in_place``.
         """
         means, stds, _ = self.channel_statistics()
         if stacked.shape[-3] != len(means):
@@ -113,13 +173,35 @@ class ConvLSTMNormalizer:
         return out
 
     def normalize_precipitation(self, values: np.ndarray | torch.Tensor | float) -> np.ndarray | torch.Tensor:
-        """Precipitation in mm → normalized space (e.g. a threshold in mm for the loss)."""
+        """Precipitation in mm → normalized space (e.g. a threshold in mm for the loss).
+
+        Parameters
+        ----------
+        values : numpy.ndarray, torch.Tensor or float
+            Precipitation (mm); negative values count as 0.
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor
+            Normalized values: a tensor for a tensor, a numpy float for a number.
+        """
         self._require_fitted()
         return _forward(np.asarray(values, dtype=np.float64) if isinstance(values, (int, float)) else values,
                         float(self.means[PRECIPITATION]), float(self.stds[PRECIPITATION]), log=True)
 
     def denormalize_precipitation(self, values: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """Model output (normalized precipitation) → mm, never negative."""
+        """Model output (normalized precipitation) → mm, never negative.
+
+        Parameters
+        ----------
+        values : numpy.ndarray or torch.Tensor
+            Normalized precipitation, any shape.
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor
+            Precipitation (mm), of the same kind and shape.
+        """
         self._require_fitted()
         return _inverse(values, float(self.means[PRECIPITATION]), float(self.stds[PRECIPITATION]), log=True)
 
@@ -130,7 +212,22 @@ class ConvLSTMNormalizer:
         lon_coords: np.ndarray,
         time_coords: np.ndarray | None = None,
     ) -> xr.Dataset:
-        """Model output ``[B, 1, H, W]``, ``[B, H, W]`` or ``[H, W]`` → dataset of precipitation in mm."""
+        """Model output → dataset of precipitation in mm, with CF attributes.
+
+        Parameters
+        ----------
+        precip_tensor : torch.Tensor or numpy.ndarray
+            Normalized forecasts ``[B, 1, H, W]``, ``[B, H, W]`` or ``[H, W]``.
+        lat_coords, lon_coords : numpy.ndarray
+            The grid (degrees), ``H`` and ``W`` long.
+        time_coords : numpy.ndarray, optional
+            ``B`` valid times (default: ``0 .. B - 1``).
+
+        Returns
+        -------
+        xarray.Dataset
+            Precipitation ``(time, lat, lon)``, float32.
+        """
         values = precip_tensor.detach().float().cpu().numpy() if isinstance(precip_tensor, torch.Tensor) else np.asarray(precip_tensor, dtype=np.float32)
         if values.ndim == 4 and values.shape[1] == 1:
             values = values[:, 0]
@@ -155,7 +252,13 @@ class ConvLSTMNormalizer:
         return xr.Dataset({PRECIPITATION: precip})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain statistics (numpy arrays and lists), for checkpoints and the pickle file."""
+        """Plain statistics (lists and numbers), for checkpoints and the pickle file.
+
+        Returns
+        -------
+        dict
+            ``format_version``, ``levels``, ``means`` and ``stds``: what :meth:`from_dict` reads.
+        """
         self._require_fitted()
         return {
             "format_version": _FORMAT_VERSION,
@@ -166,7 +269,20 @@ class ConvLSTMNormalizer:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> "ConvLSTMNormalizer":
-        if state.get("format_version") != _FORMAT_VERSION or set(state.get("means", {})) != set(VARIABLES):
+        """Rebuild a fitted normalizer from :meth:`to_dict` output (as a checkpoint holds it).
+
+        Parameters
+        ----------
+        state : dict
+            The plain statistics; another format version or set of variables is refused.
+
+        Returns
+        -------
+        ConvLSTMNormalizer
+            A new normalizer.
+        """
+        keys = [set(state.get(part, {})) for part in ("means", "stds")]
+        if state.get("format_version") != _FORMAT_VERSION or keys != [set(VARIABLES)] * 2:
             raise DataError("Normalizer statistics are not in the format this version of convlstm writes.")
         normalizer = cls()
         normalizer.levels = np.asarray(state["levels"], dtype=np.float64)
@@ -175,11 +291,28 @@ class ConvLSTMNormalizer:
         return normalizer
 
     def save(self, filepath: str | os.PathLike[str]) -> None:
-        """Write the statistics (a pickled dict of plain lists) atomically."""
+        """Write the statistics (a pickled dict of plain lists) atomically.
+
+        Parameters
+        ----------
+        filepath : path-like
+            The file (``normalizer.pkl`` beside the checkpoints).
+        """
         atomic_write_bytes(Path(filepath), pickle.dumps(self.to_dict()))
 
     def load(self, filepath: str | os.PathLike[str]) -> "ConvLSTMNormalizer":
-        """Read statistics written by ``save`` into this normalizer (and return it)."""
+        """Read statistics written by ``save`` into this normalizer.
+
+        Parameters
+        ----------
+        filepath : path-like
+            A file written by :meth:`save`.
+
+        Returns
+        -------
+        ConvLSTMNormalizer
+            This normalizer.
+        """
         path = Path(filepath)
         if not path.is_file():
             raise DataError(f"Normalizer file {path} does not exist; it is written next to the checkpoint by training.")
@@ -192,7 +325,13 @@ class ConvLSTMNormalizer:
         return self
 
     def check_levels(self, data: xr.Dataset) -> None:
-        """Refuse data whose pressure levels differ from the ones the statistics were fitted on."""
+        """Refuse data whose pressure levels differ from the ones the statistics were fitted on.
+
+        Parameters
+        ----------
+        data : xarray.Dataset
+            Data with a ``level`` coordinate (hPa).
+        """
         self._require_fitted()
         levels = np.asarray(data["level"].values, dtype=np.float64)
         if levels.shape != self.levels.shape or not np.allclose(levels, self.levels):

@@ -25,7 +25,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PreparedData:
-    """The opened data, its splits, the normalizer fitted on train, and a windowed dataset per split."""
+    """The opened data, its splits, the normalizer fitted on train, and a windowed dataset per split.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        The whole file in the library's layout, physical units.
+    splits : dict of str to xarray.Dataset
+        ``train``, ``val`` and ``test`` time ranges of ``data``, physical units.
+    normalizer : ConvLSTMNormalizer
+        Fitted on the training split (or the one given to resume with).
+    datasets : dict of str to ConvLSTMDataset or None
+        The normalized windows of each split; ``test`` is None when it holds no window.
+    """
 
     data: xr.Dataset
     splits: dict[str, xr.Dataset]
@@ -34,14 +46,17 @@ class PreparedData:
 
     @property
     def train(self) -> ConvLSTMDataset:
+        """The training windows."""
         return self.datasets["train"]  # type: ignore[return-value]
 
     @property
     def val(self) -> ConvLSTMDataset:
+        """The validation windows."""
         return self.datasets["val"]  # type: ignore[return-value]
 
     @property
     def test(self) -> ConvLSTMDataset | None:
+        """The test windows, or None when the test split is too short for one."""
         return self.datasets["test"]
 
 
@@ -56,7 +71,30 @@ def prepare_data(
     normalizer: ConvLSTMNormalizer | None = None,
     nan_policy: NanPolicy = "raise",
 ) -> PreparedData:
-    """Prepare every split; fit a new normalizer on the training split unless one is given (resume)."""
+    """Prepare every split; fit a new normalizer on the training split unless one is given (resume).
+
+    Parameters
+    ----------
+    source : path-like or xarray.Dataset
+        A netCDF file or an open dataset, in any naming ``open_dataset`` accepts.
+    regions : RegionConfig
+        The region bounds.
+    include_upstream : bool
+        Join the upstream region west of the downstream one.
+    window_size, target_offset : int
+        Input steps per window, and steps from the last input to the target.
+    train_ratio, val_ratio : float
+        Fractions of the time steps for training and validation; the rest is the test split.
+    normalizer : ConvLSTMNormalizer, optional
+        Statistics to reuse instead of fitting new ones.
+    nan_policy : {"raise", "drop", "fill"}
+        What to do with missing values (see ``open_dataset``).
+
+    Returns
+    -------
+    PreparedData
+        Everything training, inference and comparison read.
+    """
     data = open_dataset(source, nan_policy=nan_policy)
     check_regions(data, regions, include_upstream)
     train, val, test = create_train_val_test_split(data, train_ratio=train_ratio, val_ratio=val_ratio)

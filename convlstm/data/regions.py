@@ -22,14 +22,37 @@ _TOL = 1e-6  # degrees: grid coordinates are compared with this slack
 
 
 class RegionCrop(NamedTuple):
-    """The model's input grid and where the downstream target sits in it."""
+    """The model's input grid and where the downstream target sits in it.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        The cut-out, longitudes increasing eastward in the region's own convention.
+    downstream_columns : slice
+        The downstream region's columns of ``data`` (all of them without the upstream region).
+    """
 
     data: xr.Dataset
     downstream_columns: slice
 
 
 def crop_regions(data: xr.Dataset, regions: RegionConfig, include_upstream: bool) -> RegionCrop:
-    """Cut out the downstream region, or upstream ⊕ downstream joined along longitude (upstream west)."""
+    """Cut out the downstream region, or upstream ⊕ downstream joined along longitude (upstream west).
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        Opened with ``open_dataset``; lazy data stays lazy.
+    regions : RegionConfig
+        Bounds of both regions.
+    include_upstream : bool
+        Whether to join the upstream region.
+
+    Returns
+    -------
+    RegionCrop
+        The cut-out and the downstream columns in it.
+    """
     downstream, upstream = _region_crops(data, regions, include_upstream)
     if upstream is None:
         return RegionCrop(downstream, slice(0, downstream.sizes["lon"]))
@@ -98,7 +121,18 @@ def _region_crops(data: xr.Dataset, regions: RegionConfig, include_upstream: boo
 
 
 def data_bounds(data: xr.Dataset) -> str:
-    """The data's extent, for error messages."""
+    """The data's extent, for error messages.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        Data with ``lat`` and ``lon`` coordinates.
+
+    Returns
+    -------
+    str
+        E.g. ``'lat 25..40 °N, lon 70..125 °E'``.
+    """
     lat, lon = data["lat"].values, data["lon"].values
     return f"lat {lat.min():g}..{lat.max():g} °N, lon {lon.min():g}..{lon.max():g} °E"
 

@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from convlstm.data.thermo import dew_point_from_relative_humidity, dew_point_from_specific_humidity
-from convlstm.errors import DataError
+from convlstm.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,18 @@ SOURCE_ATTR = "convlstm_source"
 
 
 def describe_source(data: xr.Dataset) -> str:
-    """The file a dataset came from, for error messages (or a neutral name for in-memory data)."""
+    """The file a dataset came from, for error messages (or a neutral name for in-memory data).
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        A dataset, opened by :func:`open_dataset` or not.
+
+    Returns
+    -------
+    str
+        The path ``open_dataset`` recorded, or ``"the dataset"``.
+    """
     return str(data.attrs.get(SOURCE_ATTR, "the dataset"))
 
 
@@ -89,13 +100,26 @@ def open_dataset(
 ) -> xr.Dataset:
     """Open and validate a reanalysis file (or dataset) and return it in the library's layout.
 
-    ``chunks`` is passed to xarray to open lazily with dask (e.g. ``{"time": 100}``); the result then
-    stays lazy until it is stacked. ``nan_policy`` says what to do with missing values: ``"raise"``
-    (default) refuses them, ``"drop"`` drops every time step that has one (windows never span the
-    resulting gap), ``"fill"`` interpolates linearly in time and fills the ends with the nearest value.
+    Parameters
+    ----------
+    source : path-like or xarray.Dataset
+        A netCDF file, or a dataset already open, in standard, descriptive or ERA5/CF naming.
+    chunks : dict or "auto", optional
+        Passed to xarray to open lazily with dask (e.g. ``{"time": 100}``, library dimension names);
+        the result then stays lazy until it is stacked.
+    nan_policy : {"raise", "drop", "fill"}
+        What to do with missing values: ``"raise"`` refuses them, ``"drop"`` drops every time step
+        that has one (windows never span the resulting gap), ``"fill"`` interpolates linearly in time
+        and fills the ends with the nearest value.
+
+    Returns
+    -------
+    xarray.Dataset
+        The six variables in the layout and units of the module docstring, float32, its source
+        recorded for :func:`describe_source`.
     """
     if nan_policy not in ("raise", "drop", "fill"):
-        raise DataError(f"nan_policy must be 'raise', 'drop' or 'fill', got {nan_policy!r}.")
+        raise ConfigError(f"nan_policy must be 'raise', 'drop' or 'fill', got {nan_policy!r}.", "nan_policy")
     ds, name = _open(source, chunks)
     ds = _rename_dims(ds, name)
     ds = _standard_variables(ds, name)

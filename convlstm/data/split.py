@@ -34,6 +34,22 @@ def create_train_val_test_split(
       the proportion ``train_ratio : val_ratio``;
     - ratios: the first ``train_ratio`` of the time steps train, the next ``val_ratio`` validate, the
       rest test.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        Data with a strictly increasing ``time`` axis.
+    train_end_year, val_end_year : int, optional
+        Last year of training and of validation; give both or neither.
+    train_ratio, val_ratio : float
+        Fractions of the time steps (or, with ``test_start_date``, proportions of the data before it).
+    test_start_date : str, optional
+        First time of the test split, e.g. ``2020-01-01``.
+
+    Returns
+    -------
+    tuple of xarray.Dataset
+        Train, validation and test; train and validation are never empty, test may be.
     """
     name = describe_source(data)
     times = pd.DatetimeIndex(data["time"].values)

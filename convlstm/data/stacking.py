@@ -11,16 +11,38 @@ import numpy as np
 import xarray as xr
 
 from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, describe_source
-from convlstm.errors import DataError
+from convlstm.errors import ConfigError, DataError
 
 
 def n_channels(n_levels: int) -> int:
-    """Number of stacked channels for a given number of pressure levels."""
+    """Number of stacked channels for a given number of pressure levels: the model's ``input_channels``.
+
+    Parameters
+    ----------
+    n_levels : int
+        How many pressure levels (11 in the demo data).
+
+    Returns
+    -------
+    int
+        ``5 × n_levels + 1``.
+    """
     return len(LEVEL_VARIABLES) * n_levels + 1
 
 
 def channel_names(levels: np.ndarray | list[float]) -> list[str]:
-    """Readable names of the stacked channels, e.g. ``DPT@850hPa``, in stacking order."""
+    """Readable names of the stacked channels, e.g. ``DPT@850hPa``, in stacking order.
+
+    Parameters
+    ----------
+    levels : array-like of float
+        Pressure levels (hPa), in the data's order.
+
+    Returns
+    -------
+    list of str
+        One name per channel, ``precipitation`` last.
+    """
     return [f"{var}@{level:g}hPa" for var in LEVEL_VARIABLES for level in levels] + [PRECIPITATION]
 
 
@@ -28,9 +50,23 @@ def stack_channels(data: xr.Dataset, time_idx: int | None = None, time_slice: sl
     """Stack a dataset into a float32 array ``[T, C, H, W]`` (or ``[C, H, W]`` for one ``time_idx``).
 
     Built in one pre-allocated contiguous array; lazily opened data is read here, once.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        Data in the library's layout (usually a region cut-out).
+    time_idx : int, optional
+        Stack only this time step.
+    time_slice : slice, optional
+        Stack only these time steps (default: all); not together with ``time_idx``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, channels in the order of the module docstring; non-finite values are refused.
     """
     if time_idx is not None and time_slice is not None:
-        raise DataError("Give either time_idx or time_slice, not both.")
+        raise ConfigError("Give either time_idx or time_slice, not both.")
     selected = data.isel(time=[time_idx] if time_idx is not None else (time_slice or slice(None)))
     n_time, n_levels = selected.sizes["time"], selected.sizes["level"]
     height, width = selected.sizes["lat"], selected.sizes["lon"]

@@ -42,7 +42,18 @@ def same_coordinate(dim: str, a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def describe_coordinate(values: np.ndarray) -> str:
-    """``'213 values 2001-08-01T12 .. 2001-12-31T12'``: a coordinate in a few words, for messages."""
+    """``'213 values 2001-08-01T12 .. 2001-12-31T12'``: a coordinate in a few words, for messages.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Times (shown to the hour, first and last), numbers (shown as min and max) or names.
+
+    Returns
+    -------
+    str
+        The count and the range, or ``'no values'``.
+    """
     values = np.asarray(values)
     if values.size == 0:
         return "no values"

@@ -37,14 +37,54 @@ _FALLBACK_STYLES = [("tab:purple", "v"), ("tab:brown", "P"), ("tab:pink", "X"), 
 
 
 def precip_panel(ax: Axes, field: xr.DataArray, norm: Normalize, title: str, box: Box | None = None) -> QuadMesh:
-    """One precipitation map: white-to-blue from 0 mm, the shared ``norm``, optional downstream box."""
+    """One precipitation map: white-to-blue from 0 mm, the shared ``norm``, optional downstream box.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Where to draw.
+    field : xarray.DataArray
+        Precipitation (mm) on ``(lat, lon)``.
+    norm : matplotlib.colors.Normalize
+        The scale all panels of the figure share (top from :func:`precip_vmax`).
+    title : str
+        Panel title ('' for none).
+    box : tuple of float, optional
+        ``(lat_min, lat_max, lon_min, lon_max)`` of the downstream region to outline.
+
+    Returns
+    -------
+    matplotlib.collections.QuadMesh
+        The drawn field, for a colour bar.
+    """
     return draw_field(ax, field, PRECIP_CMAP, norm, title, box=box)
 
 
 def draw_field(
     ax: Axes, field: xr.DataArray, cmap: str | Colormap, norm: Normalize, title: str, box: Box | None = None
 ) -> QuadMesh:
-    """Draw a 2-D (lat, lon) field as cell-centred pixels on a lon/lat map with equal aspect."""
+    """Draw a 2-D (lat, lon) field as cell-centred pixels on a lon/lat map with equal aspect; NaN cells stay blank.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Where to draw.
+    field : xarray.DataArray
+        Values on ``lat`` and ``lon`` (degrees), in any dim order.
+    cmap : str or matplotlib.colors.Colormap
+        The colour map.
+    norm : matplotlib.colors.Normalize
+        The colour scale.
+    title : str
+        Panel title ('' for none).
+    box : tuple of float, optional
+        ``(lat_min, lat_max, lon_min, lon_max)`` to outline, snapped to the cell edges.
+
+    Returns
+    -------
+    matplotlib.collections.QuadMesh
+        The drawn field, for a colour bar.
+    """
     lon, lat = field["lon"].values, field["lat"].values
     mesh = ax.pcolormesh(lon, lat, np.ma.masked_invalid(field.transpose("lat", "lon").values),
                          cmap=cmap, norm=norm, shading="nearest", rasterized=True)
@@ -84,13 +124,32 @@ def _snap_to_cells(centres: np.ndarray, low: float, high: float) -> tuple[float,
 
 
 def corner_note(ax: Axes, text: str) -> None:
-    """A small note in the top-right corner of a map, readable on any colour."""
+    """A small note in the top-right corner of a map, readable on any colour.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        The map.
+    text : str
+        The note, e.g. a score.
+    """
     ax.annotate(text, xy=(1.0, 1.0), xycoords="axes fraction", xytext=(-3, -3), textcoords="offset points",
                 ha="right", va="top", fontsize=8, zorder=4, bbox=_NOTE_BBOX)
 
 
 def precip_vmax(*fields: np.ndarray) -> float:
-    """Shared colour-scale top: the 99th percentile of all panels, at least 1 mm (outliers saturate)."""
+    """Shared colour-scale top: the 99th percentile of all panels, at least 1 mm (outliers saturate).
+
+    Parameters
+    ----------
+    *fields : numpy.ndarray
+        The panels' values (mm), any shapes; NaNs are ignored.
+
+    Returns
+    -------
+    float
+        The top of the scale (mm).
+    """
     values = np.concatenate([np.ravel(f) for f in fields])
     values = values[np.isfinite(values)]
     top = float(np.percentile(values, 99)) if values.size else 0.0
@@ -98,27 +157,75 @@ def precip_vmax(*fields: np.ndarray) -> float:
 
 
 def error_norm(err: np.ndarray, floor: float = _MIN_ERROR_MM) -> TwoSlopeNorm:
-    """Diverging scale centred on 0 to ± the 99th percentile of |error|, at least ``floor`` (0.5 mm by default)."""
+    """Diverging scale centred on 0 to ± the 99th percentile of |error|, at least ``floor``.
+
+    Parameters
+    ----------
+    err : numpy.ndarray
+        Forecast minus observed (mm); NaNs are ignored.
+    floor : float
+        The smallest limit (mm), so a near-perfect forecast is not drawn in saturated colours.
+
+    Returns
+    -------
+    matplotlib.colors.TwoSlopeNorm
+        The symmetric scale.
+    """
     values = np.abs(err[np.isfinite(err)])
     limit = max(float(np.percentile(values, 99)) if values.size else 0.0, floor)
     return TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
 
 
 def forecast_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """(colour, marker) per forecast: the fixed ones for known names, the fallbacks in turn for others."""
+    """(colour, marker) per forecast: the fixed ones for known names, the fallbacks in turn for others.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The forecasts of one figure, e.g. ``["baseline", "upstream", "persistence"]``.
+
+    Returns
+    -------
+    dict of str to tuple of str
+        A matplotlib colour and marker per name.
+    """
     unknown = iter(_FALLBACK_STYLES * (1 + len(names) // len(_FALLBACK_STYLES)))
     return {name: FORECAST_STYLES.get(name) or next(unknown) for name in names}
 
 
 def extent(da: xr.DataArray, dim: str) -> float:
-    """Width in degrees covered by the cells of ``dim`` (one cell spacing added for the cell edges)."""
+    """Width in degrees covered by the cells of ``dim`` (one cell spacing added for the cell edges).
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        A field with coordinate ``dim``.
+    dim : str
+        ``lat`` or ``lon``.
+
+    Returns
+    -------
+    float
+        The width (degrees); a single cell counts as 1°.
+    """
     vals = da[dim].values.astype(float)
     step = float(np.median(np.diff(vals))) if len(vals) > 1 else 1.0
     return float(vals.max() - vals.min()) + step
 
 
 def fmt_time(value: object) -> str:
-    """'YYYY-MM-DD HH:MM UTC' for datetimes, the plain value otherwise."""
+    """'YYYY-MM-DD HH:MM UTC' for datetimes, the plain value otherwise: how titles show a time.
+
+    Parameters
+    ----------
+    value : object
+        A time (numpy, pandas, or a 0-d array of one) or anything else.
+
+    Returns
+    -------
+    str
+        The text.
+    """
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     if isinstance(value, (np.datetime64, pd.Timestamp)):
@@ -127,6 +234,17 @@ def fmt_time(value: object) -> str:
 
 
 def unit_of(label: str) -> str:
-    """The unit in a label's trailing parentheses ('RMSE (mm)' -> 'mm'), '' if none."""
+    """The unit in a label's trailing parentheses ('RMSE (mm)' -> 'mm'), '' if none.
+
+    Parameters
+    ----------
+    label : str
+        An axis or score label.
+
+    Returns
+    -------
+    str
+        The unit.
+    """
     match = re.search(r"\(([^()]*)\)\s*$", label)
     return match.group(1) if match else ""

@@ -27,7 +27,18 @@ SYSTEM_METRICS_INTERVAL_S = 5.0
 
 
 def timestamped(prefix: str) -> str:
-    """``<prefix>-YYYYmmdd-HHMMSS``: run names and default output folders."""
+    """``<prefix>-YYYYmmdd-HHMMSS``: run names and default output folders.
+
+    Parameters
+    ----------
+    prefix : str
+        E.g. ``baseline`` or ``compare``.
+
+    Returns
+    -------
+    str
+        The prefix and the local time.
+    """
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -69,7 +80,15 @@ def log_new_params(run_id: str, params: dict[str, Any]) -> None:
 
 
 def log_file(path: Path | None, artifact_path: str | None = None) -> None:
-    """Log ``path`` as an artifact of the active run if it exists (e.g. the command's log file)."""
+    """Log ``path`` as an artifact of the active run if it exists (e.g. the command's log file).
+
+    Parameters
+    ----------
+    path : pathlib.Path or None
+        The file; None or a missing file logs nothing.
+    artifact_path : str, optional
+        The artifact folder (default: the run's root).
+    """
     if path is not None and path.is_file():
         mlflow.log_artifact(str(path), artifact_path)
 

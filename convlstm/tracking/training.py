@@ -49,7 +49,13 @@ class MlflowTracker(TrainingCallback):
         self.settings = settings
 
     def on_data_ready(self, data_info: dict[str, Any]) -> None:
-        """Log every setting and the derived shapes as params, and the data file as the run's input."""
+        """Log every setting and the derived shapes as params, and the data file as the run's input.
+
+        Parameters
+        ----------
+        data_info : dict
+            What ``describe_data`` returned (path, digest, shapes).
+        """
         params = {**settings_params(self.settings), "data": self.settings.data or "demo", **data_info}
         log_new_params(self.run_id, params)
         source = LocalArtifactDatasetSource(str(Path(data_info["data_path"]).resolve()))
@@ -57,20 +63,48 @@ class MlflowTracker(TrainingCallback):
                          context="training")
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log the epoch's metrics at step ``epoch``.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch just finished.
+        metrics : dict of str to float
+            Losses, scores and timings.
+        """
         mlflow.log_metrics(metrics, step=epoch)
 
     def on_checkpoint(self, path: Path) -> None:
+        """Log the checkpoint file as an artifact under ``checkpoints/``.
+
+        Parameters
+        ----------
+        path : pathlib.Path
+            The file just written.
+        """
         mlflow.log_artifact(str(path), CHECKPOINT_ARTIFACTS)
 
     def backfill_history(self, history: list[dict[str, float]]) -> None:
-        """Log the epochs a killed run recorded in its checkpoint but not yet in MLflow (none twice)."""
+        """Log the epochs a killed run recorded in its checkpoint but not yet in MLflow (none twice).
+
+        Parameters
+        ----------
+        history : list of dict
+            The checkpoint's ``training_state["history"]``.
+        """
         logged = {m.step for m in MlflowClient().get_metric_history(self.run_id, "val_loss")}
         for row in history:
             if int(row["epoch"]) not in logged:
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     def log_outcome(self, outcome: TrainingOutcome) -> None:
-        """Final metrics, the run's files, and the model packaged with its normalizer (and registered)."""
+        """Final metrics, the run's files, and the model packaged with its normalizer (and registered).
+
+        Parameters
+        ----------
+        outcome : TrainingOutcome
+            What :func:`~convlstm.training.experiment.run_training` returned.
+        """
         from convlstm.pyfunc import log_pyfunc_model
 
         state = outcome.state
@@ -88,7 +122,17 @@ class MlflowTracker(TrainingCallback):
 
 @dataclass
 class TrackedTraining:
-    """What ``train_tracked`` did: the run, its settings and where its files are."""
+    """What ``train_tracked`` did: the run, its settings and where its files are.
+
+    Parameters
+    ----------
+    run_id : str
+        The MLflow run.
+    settings : TrainSettings
+        The settings it ran with (paths absolute).
+    outcome : TrainingOutcome
+        What training produced.
+    """
 
     run_id: str
     settings: TrainSettings
@@ -96,6 +140,7 @@ class TrackedTraining:
 
     @property
     def output_dir(self) -> Path:
+        """Where the run wrote its checkpoints, log and figures."""
         return Path(str(self.settings.output_dir))
 
 

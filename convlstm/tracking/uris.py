@@ -19,7 +19,18 @@ CHECKPOINT_ARTIFACTS = "checkpoints"
 
 
 def scratch_dir(prefix: str) -> Path:
-    """A temporary directory for downloaded artifacts, removed when the process exits."""
+    """A temporary directory for downloaded artifacts, removed when the process exits.
+
+    Parameters
+    ----------
+    prefix : str
+        Start of the directory's name, e.g. ``convlstm-model-``.
+
+    Returns
+    -------
+    pathlib.Path
+        The new, empty directory.
+    """
     path = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return Path(path)

@@ -112,7 +112,21 @@ def new_run_settings(settings: TrainSettings) -> TrainSettings:
 
 @dataclass
 class TrainingOutcome:
-    """What a finished run produced: final state, scores of the best model, and the files written."""
+    """What a finished run produced: final state, scores of the best model, and the files written.
+
+    Parameters
+    ----------
+    state : TrainingState
+        Epochs, best validation loss and history at the end of training.
+    test_scores : dict of str to float
+        The best model's ``test_*`` scores (mm); empty when the test split holds no window.
+    files : list of pathlib.Path
+        Normalizer, config and figures, to log as artifacts (the checkpoints are logged as they are written).
+    data_info : dict
+        What :func:`describe_data` returned.
+    input_example : numpy.ndarray
+        One raw window ``[1, T, C, H, W]`` in physical units, for the served model's signature.
+    """
 
     state: TrainingState
     test_scores: dict[str, float]
@@ -122,7 +136,18 @@ class TrainingOutcome:
 
 
 def file_digest(path: Path) -> str:
-    """Short SHA-256 of a file: identifies the exact data a run trained on."""
+    """Short SHA-256 of a file: identifies the exact data a run trained on.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file, read in 4 MiB blocks.
+
+    Returns
+    -------
+    str
+        The first 16 hex digits.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -131,7 +156,21 @@ def file_digest(path: Path) -> str:
 
 
 def describe_data(path: Path, prepared: PreparedData) -> dict[str, Any]:
-    """Provenance and derived shapes, logged as params: where the data came from and what the model sees."""
+    """Provenance and derived shapes, logged as params: where the data came from and what the model sees.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The data file.
+    prepared : PreparedData
+        The data prepared from it.
+
+    Returns
+    -------
+    dict
+        Path, digest, time span, levels, input shape, downstream columns, windows per split and
+        library versions.
+    """
     train = prepared.train
     times = prepared.data["time"].values
     columns = train.downstream_columns
@@ -152,7 +191,19 @@ def describe_data(path: Path, prepared: PreparedData) -> dict[str, Any]:
 
 
 def input_grid(dataset: ConvLSTMDataset) -> dict[str, Any]:
-    """The grid the model was trained on: what inference and the pyfunc model check requests against."""
+    """The grid the model was trained on: what inference and the pyfunc model check requests against.
+
+    Parameters
+    ----------
+    dataset : ConvLSTMDataset
+        The training windows.
+
+    Returns
+    -------
+    dict
+        ``lat``, ``lon`` (degrees), ``levels`` (hPa) as lists and ``downstream_columns`` as
+        ``[start, stop]``: plain values, for the checkpoint.
+    """
     columns = dataset.downstream_columns
     return {"lat": dataset.lat.tolist(), "lon": dataset.lon.tolist(), "levels": dataset.levels.tolist(),
             "downstream_columns": [columns.start, columns.stop]}
@@ -232,7 +283,20 @@ def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None
 
 
 def raw_window(prepared: PreparedData, settings: TrainSettings) -> np.ndarray:
-    """The first validation window in physical units, stacked as the served model expects it."""
+    """The first validation window in physical units, stacked as the served model expects it.
+
+    Parameters
+    ----------
+    prepared : PreparedData
+        The prepared data.
+    settings : TrainSettings
+        The run's settings (regions and window size).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[1, T, C, H, W]`` float32.
+    """
     crop = crop_regions(prepared.splits["val"], settings.regions, settings.include_upstream).data
     return stack_channels(crop, time_slice=slice(0, settings.model.window_size))[None]
 

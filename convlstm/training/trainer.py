@@ -39,15 +39,47 @@ class TrainingCallback:
     """Receives the trainer's events; the default does nothing, subclasses override what they need."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Called after validation and after the epoch's checkpoints are written."""
+        """Called after validation and after the epoch's checkpoints are written.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch just finished, from 1.
+        metrics : dict of str to float
+            ``train_loss``, ``val_loss``, ``val_rmse_mm``, ``val_mae_mm``, ``lr`` and timings (s).
+        """
 
     def on_checkpoint(self, path: Path) -> None:
-        """Called after a checkpoint file has been written (atomically)."""
+        """Called after a checkpoint file has been written (atomically).
+
+        Parameters
+        ----------
+        path : pathlib.Path
+            The file: ``best_model.pt``, ``checkpoint_epoch_N.pt`` or ``last.pt``.
+        """
 
 
 @dataclass
 class TrainingState:
-    """What survives an interruption: saved in every checkpoint, restored on resume."""
+    """What survives an interruption: saved in every checkpoint, restored on resume.
+
+    Parameters
+    ----------
+    epoch : int
+        Epochs completed.
+    global_step : int
+        Optimizer steps taken.
+    best_val_loss : float
+        Lowest validation loss so far (normalized space; inf before the first epoch).
+    best_epoch : int
+        The epoch that reached it (0: none yet).
+    epochs_without_improvement : int
+        Epochs since then, counted against ``early_stopping_patience``.
+    stopped_early : bool
+        Whether early stopping ended training.
+    history : list of dict
+        One row per epoch: ``epoch`` and the metrics the callbacks received.
+    """
 
     epoch: int = 0
     global_step: int = 0
@@ -59,7 +91,38 @@ class TrainingState:
 
 
 class Trainer:
-    """Trains a model on windows whose targets are the downstream columns of the model's output."""
+    """Trains a model on windows whose targets are the downstream columns of the model's output.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network, moved to ``device``.
+    config : ConvLSTMConfig
+        Optimizer, schedule, loss, AMP, accumulation, clipping, early stopping and checkpoint settings.
+    normalizer : ConvLSTMNormalizer
+        Fitted statistics: the loss threshold and the mm scores are derived with them.
+    downstream_columns : slice
+        Columns of the model's output that hold the target region.
+    device : torch.device
+        Where the model trains.
+    output_dir : pathlib.Path
+        Where checkpoints are written.
+    metadata : dict
+        Plain values stored in every checkpoint (configs, normalizer, input grid, ...).
+    callbacks : sequence of TrainingCallback
+        Receive the epoch and checkpoint events.
+    num_workers : int
+        DataLoader worker processes.
+    pin_memory : bool
+        Pinned host memory for the batches (used on CUDA only).
+
+    Attributes
+    ----------
+    state : TrainingState
+        Progress so far, fresh or restored.
+    amp_dtype : torch.dtype or None
+        The autocast dtype, None in full precision.
+    """
 
     def __init__(
         self,
@@ -98,7 +161,25 @@ class Trainer:
 
     # ---- public API -------------------------------------------------------------------------
     def fit(self, train_data: Dataset, val_data: ConvLSTMDataset) -> TrainingState:
-        """Train until ``num_epochs`` or early stopping, from the current state (fresh or resumed)."""
+        """Train until ``num_epochs`` or early stopping, from the current state (fresh or resumed).
+
+        Parameters
+        ----------
+        train_data : torch.utils.data.Dataset
+            Training windows (shuffled each epoch with the seeded generator).
+        val_data : ConvLSTMDataset
+            Validation windows, scored after every epoch.
+
+        Returns
+        -------
+        TrainingState
+            The final state (also ``self.state``).
+
+        Raises
+        ------
+        TrainingDiverged
+            When the training or validation loss stops being finite; ``last.pt`` keeps the last good epoch.
+        """
         loader = self._loader(train_data, shuffle=True)
         if len(loader) == 0:
             raise DataError("The training split has no windows; use more data or a smaller --window-size.")
@@ -141,7 +222,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, data: ConvLSTMDataset) -> dict[str, float]:
-        """Weighted loss (normalized space) and RMSE / MAE in mm on the downstream cells."""
+        """Weighted loss (normalized space) and RMSE / MAE in mm on the downstream cells.
+
+        Parameters
+        ----------
+        data : ConvLSTMDataset
+            The windows to score, ``EVAL_BATCH_FACTOR`` times the training batch size at a time.
+
+        Returns
+        -------
+        dict of str to float
+            ``loss``, ``rmse_mm`` and ``mae_mm``; NaN without windows.
+        """
         self.model.eval()
         loss_sum, n_windows, scores = 0.0, 0, ContinuousScores()
         # No activations are kept for backward here, so a larger batch fits in a training batch's memory.
@@ -155,7 +247,13 @@ class Trainer:
         return {"loss": loss_sum / n_windows if n_windows else math.nan, "rmse_mm": computed["rmse_mm"], "mae_mm": computed["mae_mm"]}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything needed to resume or to rebuild the model, as plain values and tensors."""
+        """Everything needed to resume or to rebuild the model, as plain values and tensors.
+
+        Returns
+        -------
+        dict
+            The metadata, model / optimizer / scheduler / scaler state, RNG states and ``training_state``.
+        """
         return {
             **self.metadata,
             "model_state_dict": self.model.state_dict(),
@@ -168,7 +266,13 @@ class Trainer:
         }
 
     def restore(self, path: Path) -> None:
-        """Continue from a checkpoint written by this trainer (weights, optimizer, schedule, RNG, history)."""
+        """Continue from a checkpoint written by this trainer (weights, optimizer, schedule, RNG, history).
+
+        Parameters
+        ----------
+        path : pathlib.Path
+            A checkpoint a trainer wrote (``last.pt`` to continue where a run stopped).
+        """
         state = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state["model_state_dict"])
         self.optimizer.load_state_dict(state["optimizer_state_dict"])

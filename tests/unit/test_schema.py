@@ -16,7 +16,7 @@ from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.schema import CF_ATTRS, DIMS, LEVEL_VARIABLES, PRECIPITATION, VARIABLES, open_dataset
 from convlstm.data.stacking import stack_channels
 from convlstm.data.thermo import saturation_vapour_pressure
-from convlstm.errors import DataError
+from convlstm.errors import ConfigError, DataError
 
 G = 9.80665
 
@@ -358,7 +358,7 @@ def test_nan_policy_fill_on_lazy_data(tmp_path):
 
 
 def test_unknown_nan_policy_is_refused():
-    with pytest.raises(DataError, match="nan_policy must be"):
+    with pytest.raises(ConfigError, match="nan_policy must be"):
         open_dataset(make_dataset(n_time=3), nan_policy="ignore")  # type: ignore[arg-type]
 
 

@@ -80,7 +80,7 @@ def test_stack_transposed_dataset_gives_same_array():
 
 def test_stack_refusals():
     data = make_dataset(n_time=4)
-    with pytest.raises(DataError, match="either time_idx or time_slice"):
+    with pytest.raises(ConfigError, match="either time_idx or time_slice"):
         stack_channels(data, time_idx=0, time_slice=slice(0, 2))
     data["V"][2, 0, 0, 0] = np.nan
     with pytest.raises(DataError, match="1 non-finite values after stacking"):
