@@ -16,11 +16,19 @@ from convlstm.cli import configure_logging
 from convlstm.config import CompareSettings, InferSettings
 from convlstm.data.demo import demo_data_path
 from convlstm.errors import TrackingError
+from convlstm.evaluation.comparison import ComparisonResult, compare, inputs_from_files, inputs_from_models
 from convlstm.evaluation.report import flat_metrics
 from convlstm.forecast import load_forecast_model
 from convlstm.inference import InferenceOutcome, run_inference
 from convlstm.tracking.registry import set_champion
-from convlstm.tracking.runs import DEFAULT_EXPERIMENT, experiment_of_run, log_new_params, managed_run, settings_params, timestamped
+from convlstm.tracking.runs import (
+    DEFAULT_EXPERIMENT,
+    experiment_of_run,
+    log_new_params,
+    managed_run,
+    settings_params,
+    timestamped,
+)
 from convlstm.tracking.uris import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -93,7 +101,7 @@ def latest_training_runs(experiment_name: str | None) -> dict[str, str]:
     return found
 
 
-def log_comparison(result: Any, params: dict[str, Any]) -> None:
+def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
     """Differences with intervals and the main scores on the parent run; one child run per forecast.
 
     Child runs (baseline, upstream, persistence, climatology) carry identical metric keys, so ticking
@@ -126,7 +134,7 @@ def log_comparison(result: Any, params: dict[str, Any]) -> None:
             mlflow.log_metrics(flat_metrics(result.scores, name))
 
 
-def compare_tracked(settings: CompareSettings) -> tuple[Any, Path]:
+def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
     """Compare two models (or two predictions files) inside an MLflow comparison run.
 
     Parameters
@@ -139,8 +147,6 @@ def compare_tracked(settings: CompareSettings) -> tuple[Any, Path]:
     tuple
         The comparison result and the path of its ``report.md``.
     """
-    from convlstm.evaluation.comparison import compare, inputs_from_files, inputs_from_models
-
     models = {"baseline": settings.baseline, "upstream": settings.upstream}
     if not settings.uses_files and not settings.baseline:
         models = dict(latest_training_runs(settings.experiment_name))
