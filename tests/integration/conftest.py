@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.integration.workspace import PAIR_ENV, READY, Workspace, start_pair, tracking_environment, wait_for_pair
+from convlstm.forecast import ForecastModel, load_forecast_model
+from tests.integration.workspace import PAIR_ENV, Workspace, start_pair, tracking_environment, wait_for_pair
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
         if not (root / "pair.log").is_file():
             start_pair(root)
     return wait_for_pair(root)
+
+
+@pytest.fixture(scope="session")
+def pair_models(pair: Workspace) -> dict[str, ForecastModel]:
+    """The pair's best models, loaded once (read only)."""
+    return {kind: load_forecast_model(directory) for kind, directory in pair.train_dirs.items()}
 
 
 @pytest.fixture

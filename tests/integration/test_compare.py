@@ -23,7 +23,7 @@ from convlstm.errors import DataError
 from convlstm.evaluation.comparison import ComparisonInputs, ComparisonResult, compare, inputs_from_files, inputs_from_models
 from convlstm.evaluation.report import FIGURES, REPORT_NAME, SCORES_NAME, flat_metrics
 from convlstm.evaluation.scores import ContinuousScores
-from convlstm.forecast import ForecastModel, load_forecast_model
+from convlstm.forecast import ForecastModel
 from convlstm.inference import PREDICTIONS_NAME
 from entrypoints.compare import compare as compare_command
 from entrypoints.infer import infer
@@ -46,13 +46,8 @@ def ws(pair: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 
 @pytest.fixture(scope="module")
-def models(ws: Workspace) -> dict[str, ForecastModel]:
-    return {kind: load_forecast_model(directory) for kind, directory in ws.train_dirs.items()}
-
-
-@pytest.fixture(scope="module")
-def model_inputs(models: dict[str, ForecastModel], ws: Workspace) -> ComparisonInputs:
-    return inputs_from_models(models["baseline"], models["upstream"], ws.tiny)
+def model_inputs(pair_models: dict[str, ForecastModel], ws: Workspace) -> ComparisonInputs:
+    return inputs_from_models(pair_models["baseline"], pair_models["upstream"], ws.tiny)
 
 
 @pytest.fixture(scope="module")

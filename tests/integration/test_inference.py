@@ -54,11 +54,6 @@ def copied(pair: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspa
 
 
 @pytest.fixture(scope="module")
-def forecasts(ws: Workspace) -> dict[str, ForecastModel]:
-    return {kind: load_forecast_model(directory) for kind, directory in ws.train_dirs.items()}
-
-
-@pytest.fixture(scope="module")
 def raw(ws: Workspace) -> xr.Dataset:
     return open_dataset(ws.tiny).load()
 
@@ -125,8 +120,8 @@ def test_load_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["upstream", "baseline"])
-def test_describe_says_how_to_build_a_request(forecasts: dict[str, ForecastModel], ws: Workspace, kind: str) -> None:
-    forecast = forecasts[kind]
+def test_describe_says_how_to_build_a_request(pair_models: dict[str, ForecastModel], ws: Workspace, kind: str) -> None:
+    forecast = pair_models[kind]
     height, width, columns = GRID[kind]
     described = forecast.describe()
     json.dumps(described)  # JSON-ready
@@ -151,9 +146,9 @@ def test_describe_says_how_to_build_a_request(forecasts: dict[str, ForecastModel
 
 
 @pytest.mark.parametrize("kind", ["upstream", "baseline"])
-def test_predict_stacked_equals_predict_dataset(forecasts: dict[str, ForecastModel], raw: xr.Dataset, ws: Workspace,
+def test_predict_stacked_equals_predict_dataset(pair_models: dict[str, ForecastModel], raw: xr.Dataset, ws: Workspace,
                                                kind: str) -> None:
-    forecast = forecasts[kind]
+    forecast = pair_models[kind]
     height, _, columns = GRID[kind]
     predicted = forecast.predict_dataset(ws.tiny)
     n = N_TIMES - WINDOW - TARGET_OFFSET + 1
@@ -194,8 +189,8 @@ def _bad_requests(raw: xr.Dataset, forecast: ForecastModel) -> dict[str, tuple[n
 
 
 @pytest.mark.parametrize("case", ["rank", "time steps", "channels", "grid", "nan", "inf", "no window"])
-def test_predict_stacked_refuses_bad_input(forecasts: dict[str, ForecastModel], raw: xr.Dataset, case: str) -> None:
-    forecast = forecasts["upstream"]
+def test_predict_stacked_refuses_bad_input(pair_models: dict[str, ForecastModel], raw: xr.Dataset, case: str) -> None:
+    forecast = pair_models["upstream"]
     array, message = _bad_requests(raw, forecast)[case]
     with pytest.raises(DataError, match=message) as caught:
         forecast.predict_stacked(array)
@@ -207,9 +202,9 @@ def test_predict_stacked_refuses_bad_input(forecasts: dict[str, ForecastModel], 
 # ---------------------------------------------------------------------------------------------- files
 
 
-def test_run_inference_writes_cf_predictions_metadata_and_maps(forecasts: dict[str, ForecastModel], ws: Workspace,
+def test_run_inference_writes_cf_predictions_metadata_and_maps(pair_models: dict[str, ForecastModel], ws: Workspace,
                                                                tmp_path: Path) -> None:
-    forecast = forecasts["upstream"]
+    forecast = pair_models["upstream"]
     outcome = run_inference(forecast, ws.tiny, tmp_path, split="test", visualize=True, max_maps=5)
 
     with xr.open_dataset(tmp_path / PREDICTIONS_NAME) as written:
@@ -245,11 +240,11 @@ def test_run_inference_writes_cf_predictions_metadata_and_maps(forecasts: dict[s
     assert set(maps) | {tmp_path / PREDICTIONS_NAME, tmp_path / METADATA_NAME} == set(outcome.files)
 
 
-def test_test_split_reproduces_the_training_runs_test_scores(forecasts: dict[str, ForecastModel], ws: Workspace,
+def test_test_split_reproduces_the_training_runs_test_scores(pair_models: dict[str, ForecastModel], ws: Workspace,
                                                             tmp_path: Path) -> None:
     """The same windows through the same model: the training run's test metrics come out again."""
     metrics = ws.client().get_run(ws.run_ids["upstream"]).data.metrics
-    outcome = run_inference(forecasts["upstream"], ws.tiny, tmp_path, split="test")
+    outcome = run_inference(pair_models["upstream"], ws.tiny, tmp_path, split="test")
     n_test = N_TIMES - round(0.7 * N_TIMES) - round(0.15 * N_TIMES) - WINDOW - TARGET_OFFSET + 1
     assert outcome.scores["n_forecasts"] == n_test
     assert outcome.scores["rmse_mm"] == pytest.approx(metrics["test_rmse_mm"], abs=1e-4)
@@ -257,16 +252,16 @@ def test_test_split_reproduces_the_training_runs_test_scores(forecasts: dict[str
     assert not list(tmp_path.glob("*.png"))  # no maps unless asked
 
 
-def test_run_inference_refuses_an_unknown_split(forecasts: dict[str, ForecastModel], ws: Workspace, tmp_path: Path) -> None:
+def test_run_inference_refuses_an_unknown_split(pair_models: dict[str, ForecastModel], ws: Workspace, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="split must be one of all, train, val, test"):
-        run_inference(forecasts["upstream"], ws.tiny, tmp_path, split="validation")
+        run_inference(pair_models["upstream"], ws.tiny, tmp_path, split="validation")
 
 
 # ---------------------------------------------------------------------------------------------- data from another source
 
 
 @pytest.mark.parametrize("humidity", ["r", "q"])
-def test_era5_layout_gives_the_same_predictions(forecasts: dict[str, ForecastModel], raw: xr.Dataset, tmp_path: Path,
+def test_era5_layout_gives_the_same_predictions(pair_models: dict[str, ForecastModel], raw: xr.Dataset, tmp_path: Path,
                                                 humidity: str) -> None:
     part = raw.isel(time=slice(0, 30))
     era5 = tmp_path / f"era5_{humidity}.nc"
@@ -275,7 +270,7 @@ def test_era5_layout_gives_the_same_predictions(forecasts: dict[str, ForecastMod
         assert {"t", "z", "u", "v", humidity, "tp"} == set(check.data_vars)
         assert check["latitude"].values[0] > check["latitude"].values[-1]
         assert "valid_time" in check.dims and "pressure_level" in check.dims
-    forecast = forecasts["upstream"]
+    forecast = pair_models["upstream"]
     expected = forecast.predict_dataset(part)
     got = forecast.predict_dataset(era5)
     np.testing.assert_array_equal(got["time"].values, expected["time"].values)
@@ -294,13 +289,13 @@ def _other_files(raw: xr.Dataset) -> dict[str, tuple[xr.Dataset, str]]:
 
 
 @pytest.mark.parametrize("case", ["levels subset", "2.5 degree grid", "missing column"])
-def test_a_file_on_other_levels_or_another_grid_is_refused(forecasts: dict[str, ForecastModel], raw: xr.Dataset,
+def test_a_file_on_other_levels_or_another_grid_is_refused(pair_models: dict[str, ForecastModel], raw: xr.Dataset,
                                                            tmp_path: Path, case: str) -> None:
     data, message = _other_files(raw)[case]
     path = tmp_path / "other.nc"
     data.to_netcdf(path)
     with pytest.raises(DataError, match=message) as caught:
-        run_inference(forecasts["upstream"], path, tmp_path / "out", split="all")
+        run_inference(pair_models["upstream"], path, tmp_path / "out", split="all")
     assert str(path) in str(caught.value)
     assert not (tmp_path / "out" / PREDICTIONS_NAME).exists()
 
@@ -308,9 +303,9 @@ def test_a_file_on_other_levels_or_another_grid_is_refused(forecasts: dict[str, 
 # ---------------------------------------------------------------------------------------------- the documented API
 
 
-def test_generate_predictions_equals_predict_windows(forecasts: dict[str, ForecastModel], ws: Workspace, raw: xr.Dataset) -> None:
+def test_generate_predictions_equals_predict_windows(pair_models: dict[str, ForecastModel], ws: Workspace, raw: xr.Dataset) -> None:
     model, config, regions = load_model(ws.train_dirs["upstream"] / BEST_NAME)
-    normalizer = forecasts["upstream"].normalizer
+    normalizer = pair_models["upstream"].normalizer
     normalized = normalizer.normalize(raw)
     out = generate_predictions(model, normalized, config.window_size, regions, include_upstream=True,
                                target_offset=config.target_offset, batch_size=16)
@@ -320,7 +315,7 @@ def test_generate_predictions_equals_predict_windows(forecasts: dict[str, Foreca
     expected = predict_windows(model, windows, slice(8, 12), torch.device("cpu"))
     torch.testing.assert_close(out[:, 0], expected, rtol=0, atol=1e-6)
     mm = normalizer.denormalize_precipitation(out[:, 0].numpy())
-    np.testing.assert_allclose(mm, forecasts["upstream"].predict_dataset(raw)[PRECIPITATION].values, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mm, pair_models["upstream"].predict_dataset(raw)[PRECIPITATION].values, rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- the infer entry point

@@ -20,7 +20,7 @@ from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_
 from convlstm.config import ConvLSTMConfig, RegionConfig, TrainSettings
 from convlstm.data.demo import write_demo_dataset
 from convlstm.data.normalizer import ConvLSTMNormalizer
-from convlstm.data.prepare import PreparedData, prepare_data
+from convlstm.data.prepare import prepare_data
 from convlstm.errors import ModelError, TrainingDiverged
 from convlstm.forecast import predict_windows
 from convlstm.model import ConvLSTMUNet
