@@ -37,10 +37,8 @@ def require_odd_kernel(name: str, value: object) -> int:
 
     Parameters
     ----------
-    name : str
-        The setting or argument, for the message.
-    value : object
-        The kernel size.
+    name, value : str, object
+        The setting's name (for the message) and the kernel size.
 
     Returns
     -------

@@ -148,10 +148,6 @@ def _device() -> str:
     return setting("auto", "auto picks cuda, then mps, then cpu.", choices=DEVICES, group=_SYSTEM)
 
 
-def _forward_batch_size() -> int:
-    return setting(8, "Windows per forward pass.", low=1, group=_SYSTEM)
-
-
 def _experiment_name(default: str) -> str | None:
     return setting(None, f"MLflow experiment (default: {default}; under `mlflow run`, the experiment it runs in).",
                    group=_TRACKING, mlproject=False)
@@ -207,6 +203,16 @@ class TrainSettings(Settings):
 
 
 @dataclass
+class RunSettings(Settings):
+    """How a forecasting command (``infer``, ``compare``) runs: batch, device, logging, MLflow experiment."""
+
+    batch_size: int = setting(8, "Windows per forward pass.", low=1, group=_SYSTEM)
+    device: str = _device()
+    experiment_name: str | None = _experiment_name("the experiment of the (baseline) model's training run")
+    log_level: str = _log_level()
+
+
+@dataclass
 class InferSettings(Settings):
     """The ``infer`` entry point: one trained model, the data to forecast, and what to write.
 
@@ -222,10 +228,7 @@ class InferSettings(Settings):
     output_dir: str | None = setting(None, "Default: outputs/infer-<baseline|upstream>-<time>.", group=_DATA)
     visualize: bool = setting(False, "Write prediction_map_<time>.png (forecast beside the observation).")
     max_maps: int = setting(12, "At most this many maps, evenly spread in time.", low=1)
-    batch_size: int = _forward_batch_size()
-    device: str = _device()
-    experiment_name: str | None = _experiment_name("the training run's experiment")
-    log_level: str = _log_level()
+    run: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -259,10 +262,7 @@ class CompareSettings(Settings):
     block_length: int | None = setting(None, "Bootstrap block length in steps (default: n^(1/3)).", low=1, group="Scores")
     set_aliases: bool = setting(True, "Give the better model's registered version the alias champion.", group=_TRACKING)
     registered_model_name: str = _registered_model_name("The registered model whose versions get the aliases.")
-    batch_size: int = _forward_batch_size()
-    device: str = _device()
-    experiment_name: str | None = _experiment_name("the baseline run's experiment")
-    log_level: str = _log_level()
+    run: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -49,16 +49,16 @@ def infer_tracked(settings: InferSettings) -> InferenceOutcome:
     """
     reference = str(settings.checkpoint or settings.model)
     checkpoint, normalizer = resolve_model(reference)
-    forecast = load_forecast_model(checkpoint, settings.device, normalizer)
+    forecast = load_forecast_model(checkpoint, settings.run.device, normalizer)
     out = Path(settings.output_dir or Path("outputs") / timestamped(f"infer-{forecast.experiment_type}"))
     log_path = out / "inference.log"
-    configure_logging(settings.log_level, log_path)
+    configure_logging(settings.run.log_level, log_path)
     data_path = Path(settings.data) if settings.data else demo_data_path()
-    experiment = settings.experiment_name or (experiment_of_run(forecast.run_id) if forecast.run_id else None)
+    experiment = settings.run.experiment_name or (experiment_of_run(forecast.run_id) if forecast.run_id else None)
     tags = {"run_type": "inference", "experiment_type": forecast.experiment_type, "model_uri": reference,
             "training_run_id": forecast.run_id or ""}
     with managed_run(None, timestamped(f"infer-{forecast.experiment_type}"), experiment, tags, log_path) as run:
-        outcome = run_inference(forecast, data_path, out, settings.split, settings.batch_size, settings.visualize,
+        outcome = run_inference(forecast, data_path, out, settings.split, settings.run.batch_size, settings.visualize,
                                 settings.max_maps, extra_metadata={"model_uri": reference})
         log_new_params(run.info.run_id, {**settings_params(settings), "data": str(data_path), "model_uri": reference})
         mlflow.log_metrics(outcome.scores)
@@ -149,10 +149,10 @@ def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
     """
     models = {"baseline": settings.baseline, "upstream": settings.upstream}
     if not settings.uses_files and not settings.baseline:
-        models = dict(latest_training_runs(settings.experiment_name))
+        models = dict(latest_training_runs(settings.run.experiment_name))
     out = Path(settings.output_dir or Path("outputs") / timestamped("compare"))
     log_path = out / "compare.log"
-    configure_logging(settings.log_level, log_path)
+    configure_logging(settings.run.log_level, log_path)
     run_ids: dict[str, str | None] = {"baseline": None, "upstream": None}
     if settings.uses_files:
         inputs = inputs_from_files(settings.baseline_predictions, settings.upstream_predictions, settings.ground_truth)
@@ -160,11 +160,11 @@ def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
         loaded = {}
         for name, reference in models.items():
             checkpoint, normalizer = resolve_model(str(reference))
-            loaded[name] = load_forecast_model(checkpoint, settings.device, normalizer)
+            loaded[name] = load_forecast_model(checkpoint, settings.run.device, normalizer)
             run_ids[name] = loaded[name].run_id
         inputs = inputs_from_models(loaded["baseline"], loaded["upstream"], settings.data or demo_data_path(),
-                                    settings.batch_size)
-    experiment = settings.experiment_name or (experiment_of_run(run_ids["baseline"]) if run_ids["baseline"] else None)
+                                    settings.run.batch_size)
+    experiment = settings.run.experiment_name or (experiment_of_run(run_ids["baseline"]) if run_ids["baseline"] else None)
     tags = {"run_type": "comparison", **{f"{name}_run_id": rid or "" for name, rid in run_ids.items()}}
     with managed_run(None, timestamped("compare"), experiment, tags, log_path):
         result = compare(inputs, out, tuple(settings.thresholds), tuple(settings.fss_windows), settings.n_boot,
