@@ -87,22 +87,16 @@ class ConvLSTMCell(nn.Module):
 
         Parameters
         ----------
-        batch_size, height, width : int
-            ``B``, ``H`` and ``W``.
-        device : torch.device or str, optional
-            Where the state lives (default: the current default device).
+        batch_size, height, width, device : int, int, int, torch.device or str (optional)
+            ``B``, ``H``, ``W``, and where the state lives (default: the current default device).
 
         Returns
         -------
         tuple of torch.Tensor
             Hidden and cell state.
         """
-        dtype = self.input_conv.weight.dtype
-        shape = (batch_size, self.hidden_dim, height, width)
-        return (
-            torch.zeros(shape, device=device, dtype=dtype),
-            torch.zeros(shape, device=device, dtype=dtype),
-        )
+        shape, dtype = (batch_size, self.hidden_dim, height, width), self.input_conv.weight.dtype
+        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 
     def project_inputs(self, x_seq: Tensor) -> Tensor:
         """Apply the input-to-state convolution to all timesteps in one batched call.
@@ -157,10 +151,8 @@ class ConvLSTMCell(nn.Module):
 
         Parameters
         ----------
-        input_tensor : torch.Tensor
-            ``[B, input_dim, H, W]``.
-        cur_state : tuple of torch.Tensor
-            ``(h, c)``, each ``[B, hidden_dim, H, W]``.
+        input_tensor, cur_state : torch.Tensor, tuple of torch.Tensor
+            ``[B, input_dim, H, W]``, and ``(h, c)``, each ``[B, hidden_dim, H, W]``.
 
         Returns
         -------
@@ -170,7 +162,7 @@ class ConvLSTMCell(nn.Module):
         return self.step(self.input_conv(input_tensor), cur_state)
 
     def forward_sequence(self, x_seq: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Run the cell over a whole sequence.
+        """Run the cell over a whole sequence: :meth:`recur` of :meth:`projected_steps`.
 
         Parameters
         ----------
@@ -181,10 +173,8 @@ class ConvLSTMCell(nn.Module):
 
         Returns
         -------
-        outputs : torch.Tensor
-            Every hidden state, ``[B, T, hidden_dim, H, W]`` (``[T, B, H, W, C]`` memory).
-        state : tuple of torch.Tensor
-            The last ``(h, c)``.
+        tuple
+            Every hidden state ``[B, T, hidden_dim, H, W]`` (``[T, B, H, W, C]`` memory), and the last ``(h, c)``.
         """
         return self.recur(self.projected_steps(x_seq), state)
 
@@ -200,10 +190,8 @@ class ConvLSTMCell(nn.Module):
 
         Returns
         -------
-        outputs : torch.Tensor
-            Every hidden state, ``[B, T, hidden_dim, H, W]``.
-        state : tuple of torch.Tensor
-            The last ``(h, c)``.
+        tuple
+            Every hidden state ``[B, T, hidden_dim, H, W]``, and the last ``(h, c)``.
         """
         outputs = []
         for projected_t in projections:
@@ -318,14 +306,10 @@ class ConvLSTMUNet(nn.Module):
         require_positive_int("input_channels", input_channels)
         require_positive_int("output_channels", output_channels)
         require_odd_kernel("kernel_size", kernel_size)
-        if isinstance(hidden_channels, (int, str, bytes)):
-            raise ConfigError(
-                f"hidden_channels must be a sequence of ints (one per level), got {hidden_channels!r}; "
-                "e.g. pass (32, 64)."
-            )
-        hidden = list(hidden_channels)
-        if len(hidden) == 0:
-            raise ConfigError("hidden_channels must list at least one level, got an empty sequence; e.g. pass (32, 64).")
+        hidden = [] if isinstance(hidden_channels, (int, str, bytes)) else list(hidden_channels)
+        if not hidden:
+            raise ConfigError(f"hidden_channels must list one or more ints, one per level, e.g. (32, 64); "
+                              f"got {hidden_channels!r}.", "hidden_channels")
         for idx, ch in enumerate(hidden):
             require_positive_int(f"hidden_channels[{idx}]", ch)
 
@@ -365,10 +349,8 @@ class ConvLSTMUNet(nn.Module):
             Non-negative ``[B, output_channels, H, W]``.
         """
         if x.dim() != 5 or x.shape[2] != self.input_channels or x.shape[1] < 1:
-            raise DataError(
-                f"expected input of shape [B, T, {self.input_channels}, H, W] "
-                f"(batch, time >= 1, channels, height, width), got {list(x.shape)}"
-            )
+            raise DataError(f"expected input of shape [B, T, {self.input_channels}, H, W] "
+                            f"(batch, time >= 1, channels, height, width), got {list(x.shape)}")
         return self._run(self.encoders[0].projected_steps(_channels_last(x)))
 
     def forward_windows(self, frames: Tensor, starts: Tensor, window_size: int) -> Tensor:
