@@ -64,6 +64,17 @@ def test_standard_names_from_file(tmp_path):
     assert out.attrs["convlstm_source"] == str(path)
 
 
+def test_opening_an_opened_dataset_checks_nothing_twice(tmp_path):
+    path = tmp_path / "standard.nc"
+    make_dataset(n_time=6).to_netcdf(path)
+    opened = open_dataset(path)
+    assert open_dataset(opened) is opened
+    part = opened.isel(time=slice(2, 5))  # a selection is still in the layout
+    assert open_dataset(part) is part
+    renamed = opened.rename(DPT="dew_point").drop_attrs()  # anything else is opened and checked as usual
+    assert_library_layout(open_dataset(renamed))
+
+
 def test_descriptive_names(tmp_path):
     ref = make_dataset(n_time=5)
     renamed = ref.rename(DPT="dew_point", GPH="geopotential_height", TEM="temperature", U="u_wind", V="v_wind")
