@@ -27,7 +27,7 @@ from convlstm.evaluation.alignment import check_aligned
 from convlstm.evaluation.bootstrap import BootstrapOptions, csi_difference, rmse_difference
 from convlstm.evaluation.references import climatology_forecast, persistence_forecast
 from convlstm.evaluation.report import EXPERIMENTS, REFERENCES, metric_key, verdict, write_outputs
-from convlstm.evaluation.scores import CategoricalScores, ContinuousScores, FractionsSkillScore
+from convlstm.evaluation.scores import CategoricalScores, ContinuousScores, FractionsSkillScore, rmse_from_sums
 from convlstm.forecast import ForecastModel
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class ComparisonResult:
         ``low``, ``high`` of each forecast's CSI on ``(forecast, threshold)``, for error bars.
     differences : dict of str to dict
         Upstream − baseline per score (``rmse_mm``, ``csi_1mm`` ...): ``estimate, low, high, excludes_zero``.
+    rmse_by_time : xarray.DataArray
+        RMSE over the grid of each forecast at each time, ``(forecast, time)``, mm.
     verdict, n_boot, block_length, files : str, int, int, list of pathlib.Path
         The answer in two sentences, how the bootstrap resampled, and the files written.
     """
@@ -74,6 +76,7 @@ class ComparisonResult:
     scores: xr.Dataset
     differences: dict[str, dict[str, float]]
     csi_interval: xr.Dataset
+    rmse_by_time: xr.DataArray
     verdict: str
     n_boot: int
     block_length: int
@@ -112,12 +115,11 @@ def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: s
                  for name, model in zip(EXPERIMENTS, (baseline, upstream))}
     check_aligned(forecasts)
     times = forecasts["baseline"]["time"].values
-    truth = downstream_precipitation(opened, baseline.regions, times)
-    downstream = downstream_precipitation(opened, baseline.regions, opened["time"].values)
-    lead = _lead(forecasts["baseline"], opened)
-    train = downstream_precipitation(opened, baseline.regions, select_split(opened, "train", baseline.config)["time"].values)
-    forecasts["persistence"] = persistence_forecast(downstream, times, lead)
-    forecasts["climatology"] = climatology_forecast(train, times)
+    downstream = downstream_precipitation(opened, baseline.regions, opened["time"].values)  # read once
+    train_times = select_split(opened, "train", baseline.config)["time"].values
+    forecasts["persistence"] = persistence_forecast(downstream, times, _lead(forecasts["baseline"], opened))
+    forecasts["climatology"] = climatology_forecast(downstream.sel(time=train_times), times)
+    truth = downstream.sel(time=times)
     return ComparisonInputs(truth, forecasts, f"test split of {opened.attrs.get('convlstm_source', data)}",
                             ["Climatology: mean of the training split by calendar month and hour, per grid cell."])
 
@@ -233,7 +235,9 @@ def compare(inputs: ComparisonInputs, output_dir: str | os.PathLike[str],
     intervals = [list(csi_difference(never, categorical[name], options).values()) for name in forecasts]
     csi_bounds = xr.Dataset({bound: (("forecast", "threshold"), [[getattr(r, bound) for r in row] for row in intervals])
                              for bound in ("low", "high")}, coords={"forecast": list(forecasts), "threshold": scores["threshold"].values})
-    result = ComparisonResult(scores, differences, csi_bounds, verdict(scores, differences), options.n_boot,
+    rmse_by_time = xr.DataArray([rmse_from_sums(continuous[name].per_time()) for name in forecasts], dims=("forecast", "time"),
+                                coords={"forecast": list(forecasts), "time": truth["time"].values}, name="rmse_mm")
+    result = ComparisonResult(scores, differences, csi_bounds, rmse_by_time, verdict(scores, differences), options.n_boot,
                               results["rmse_mm"].block_length)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -164,9 +164,7 @@ def _figures(inputs: ComparisonInputs, result: ComparisonResult, output_dir: Pat
     )
 
     truth, forecasts, scores = inputs.truth, inputs.forecasts, result.scores
-    per_cell = {name: _rmse_per(forecasts[name], truth, "lat", "lon") for name in EXPERIMENTS}
-    by_time = xr.concat([_rmse_per(forecast, truth, "time") for forecast in forecasts.values()],
-                        dim=pd.Index(list(forecasts), name="forecast"))
+    per_cell = {name: _rmse_per_cell(forecasts[name], truth) for name in EXPERIMENTS}
     paths = [Path(output_dir) / name for name in FIGURES]
     return [
         save_figure(plot_difference_map(per_cell["upstream"] - per_cell["baseline"]), paths[0]),
@@ -174,13 +172,14 @@ def _figures(inputs: ComparisonInputs, result: ComparisonResult, output_dir: Pat
         save_figure(plot_csi_bars(scores["csi"], result.csi_interval["low"], result.csi_interval["high"],
                                   title="CSI per threshold (95 % block-bootstrap intervals)"), paths[2]),
         save_figure(plot_performance_diagram(scores["pod"], scores["far"]), paths[3]),
-        save_figure(plot_error_by_time(by_time), paths[4]),
+        save_figure(plot_error_by_time(result.rmse_by_time), paths[4]),
     ]
 
 
-def _rmse_per(forecast: xr.DataArray, observed: xr.DataArray, *dims: str) -> xr.DataArray:
-    """RMSE at each point of ``dims`` over the other dims (per cell for a map, per time for a series)."""
-    f, o = (x.transpose(*dims, ...) for x in (forecast, observed))
-    shape = tuple(f.sizes[d] for d in dims)
+def _rmse_per_cell(forecast: xr.DataArray, observed: xr.DataArray) -> xr.DataArray:
+    """RMSE over time at each grid cell: the per-time sums of the cells laid out as the first axis."""
+    f, o = (x.transpose("lat", "lon", "time") for x in (forecast, observed))
+    shape = (f.sizes["lat"], f.sizes["lon"])
     sums = ContinuousScores(per_time=True).accumulate(*(x.values.reshape(math.prod(shape), -1) for x in (f, o)))
-    return xr.DataArray(rmse_from_sums(sums.per_time()).reshape(shape), dims=dims, coords={d: f[d].values for d in dims})
+    return xr.DataArray(rmse_from_sums(sums.per_time()).reshape(shape), dims=("lat", "lon"),
+                        coords={d: f[d].values for d in ("lat", "lon")})

@@ -164,17 +164,23 @@ def test_scores_csv_and_report(compared):
     assert "| csi_0.1mm" in text and f"{N_BOOT} resamples" in text and "A note for the report." in text
 
 
-def test_rmse_per_cell_and_per_time_by_hand():
+def test_rmse_per_cell_by_hand():
     obs = np.arange(8.0).reshape(2, 2, 2)
     error = np.array([1.0, -1.0, 1.0, -1.0, 2.0, -2.0, 0.0, 0.0]).reshape(2, 2, 2)
     coords = {"time": pd.date_range("2001-01-01", periods=2, freq="12h"), "lat": [0.0, 10.0], "lon": [100.0, 101.0]}
     f, o = (xr.DataArray(x, dims=("time", "lat", "lon"), coords=coords) for x in (obs + error, obs))
-    by_time = report._rmse_per(f, o, "time")
-    assert by_time.dims == ("time",) and (by_time["time"].values == coords["time"].values).all()
-    np.testing.assert_allclose(by_time.values, [1.0, np.sqrt(2.0)])
-    cells = report._rmse_per(f, o, "lat", "lon")
+    cells = report._rmse_per_cell(f, o)
     assert cells.dims == ("lat", "lon")
     np.testing.assert_allclose(cells.values, np.sqrt([[2.5, 2.5], [0.5, 0.5]]))
+
+
+def test_rmse_per_time_by_hand(compared, inputs):
+    by_time = compared[0].rmse_by_time
+    assert by_time.dims == ("forecast", "time") and list(by_time["forecast"].values) == list(FORECASTS)
+    assert (by_time["time"].values == inputs.truth["time"].values).all()
+    for name in FORECASTS:
+        error = inputs.forecasts[name].values.astype(np.float64) - inputs.truth.values.astype(np.float64)
+        np.testing.assert_allclose(by_time.sel(forecast=name).values, np.sqrt((error ** 2).mean(axis=(1, 2))), rtol=1e-12)
 
 
 def test_figures(compared, inputs, tmp_path, monkeypatch):
