@@ -17,7 +17,7 @@ import click
 from click_option_group import optgroup
 
 from convlstm.errors import ConvLSTMError
-from convlstm.settings import Field, as_text, build, describe, fields_of
+from convlstm.settings import Field, as_text, build, describe, fields_of, flag_of
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -188,7 +188,7 @@ def run_cli(command: click.Command, argv: Sequence[str] | None = None) -> None:
         message, code = exc.format_message(), exc.exit_code
     except ConvLSTMError as exc:
         setting = getattr(exc, "setting", None)
-        flag = f" ({'--' + setting.replace('_', '-')})" if setting and f"--{setting.replace('_', '-')}" not in str(exc) else ""
+        flag = f" ({flag_of(setting)})" if setting and flag_of(setting) not in str(exc) else ""
         click.echo(f"Error{flag}: {exc}", err=True)
         message, code = str(exc), exc.exit_code
     except click.Abort:

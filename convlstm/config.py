@@ -18,7 +18,7 @@ from pathlib import Path
 
 from convlstm.checks import check_split_ratios, require_odd_kernel
 from convlstm.errors import ConfigError
-from convlstm.settings import Settings, setting
+from convlstm.settings import Settings, flag_of, setting
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 NAN_POLICIES = ("raise", "drop", "fill")
@@ -137,7 +137,7 @@ class RegionConfig(Settings):
 
 def _existing_file(value: str | None, name: str) -> None:
     if value and not Path(value).is_file():
-        raise ConfigError(f"--{name.replace('_', '-')} {value}: the file does not exist.", name)
+        raise ConfigError(f"{flag_of(name)} {value}: the file does not exist.", name)
 
 
 def _data(help_text: str) -> str | None:
@@ -271,7 +271,7 @@ class CompareSettings(Settings):
             raise ConfigError("Give either --baseline and --upstream (models), or --baseline-predictions, "
                               "--upstream-predictions and --ground-truth (files), not both.", "baseline")
         if self.uses_files:
-            missing = [f"--{name.replace('_', '-')}" for name in files if not getattr(self, name)]
+            missing = [flag_of(name) for name in files if not getattr(self, name)]
             if missing:
                 raise ConfigError(f"Missing {', '.join(missing)}.", files[0])
         elif bool(self.baseline) != bool(self.upstream):

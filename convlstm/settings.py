@@ -109,7 +109,12 @@ class Field:
     @property
     def flag(self) -> str:
         """``--num-epochs`` for ``num_epochs``."""
-        return "--" + self.name.replace("_", "-")
+        return flag_of(self.name)
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a setting: ``--num-epochs`` for ``num_epochs``."""
+    return "--" + name.replace("_", "-")
 
 
 def _resolve(annotation: Any) -> tuple[type, type | None, bool]:
@@ -142,13 +147,15 @@ def nested(cls: type) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
 
 
-def fields_of(cls: type) -> Iterator[Field]:
+def fields_of(cls: type, flat: bool = True) -> Iterator[Field]:
     """Every setting of ``cls`` in declaration order, the nested settings' fields in place of their holder.
 
     Parameters
     ----------
     cls : type
         A settings dataclass.
+    flat : bool
+        Whether nested settings' fields are included (False: ``cls``'s own fields only).
 
     Yields
     ------
@@ -159,7 +166,7 @@ def fields_of(cls: type) -> Iterator[Field]:
     holders = nested(cls)
     for f in dataclasses.fields(cls):
         if f.name in holders:
-            yield from fields_of(holders[f.name])
+            yield from fields_of(holders[f.name]) if flat else ()
         elif "setting" in f.metadata:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             yield Field(f.name, *_resolve(hints[f.name]), default, f.metadata["setting"])
@@ -346,10 +353,7 @@ def check_fields(settings: Any) -> None:
     ConfigError
         Naming the setting, its flag, what is expected and what was given.
     """
-    own = {f.name for f in dataclasses.fields(settings)} - set(nested(type(settings)))
-    for field in fields_of(type(settings)):
-        if field.name not in own:
-            continue
+    for field in fields_of(type(settings), flat=False):
         value = getattr(settings, field.name)
         if value is None and field.optional:
             continue
