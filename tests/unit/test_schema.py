@@ -416,21 +416,17 @@ def test_extra_non_singleton_dimension(tmp_path):
         open_dataset(path)
 
 
-def test_level_variable_without_level(tmp_path):
+@pytest.mark.parametrize("name,var,change,match", [
+    ("flat_tem", "TEM", lambda da: da.isel(level=0, drop=True), r"variable TEM has dimensions \('time', 'lat', 'lon'\)"),
+    ("precip_levels", PRECIPITATION, lambda da: da.expand_dims(level=[1000.0, 850.0, 500.0], axis=1),
+     r"variable precipitation has dimensions.*surface field"),
+], ids=["level variable without level", "precipitation on levels"])
+def test_variable_with_the_wrong_dimensions_is_refused(tmp_path, name, var, change, match):
     ds = make_dataset(n_time=3)
-    ds["TEM"] = ds["TEM"].isel(level=0, drop=True)
-    path = tmp_path / "flat_tem.nc"
+    ds[var] = change(ds[var])
+    path = tmp_path / f"{name}.nc"
     ds.to_netcdf(path)
-    with pytest.raises(DataError, match=r"flat_tem\.nc: variable TEM has dimensions \('time', 'lat', 'lon'\)"):
-        open_dataset(path)
-
-
-def test_precipitation_on_levels_is_refused(tmp_path):
-    ds = make_dataset(n_time=3)
-    ds[PRECIPITATION] = ds[PRECIPITATION].expand_dims(level=ds["level"].values, axis=1)
-    path = tmp_path / "precip_levels.nc"
-    ds.to_netcdf(path)
-    with pytest.raises(DataError, match=r"precip_levels\.nc: variable precipitation has dimensions.*surface field"):
+    with pytest.raises(DataError, match=rf"{name}\.nc: {match}"):
         open_dataset(path)
 
 
