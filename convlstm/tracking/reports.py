@@ -13,12 +13,12 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from convlstm.cli import configure_logging
-from convlstm.config import CompareSettings, InferSettings
+from convlstm.config import CompareSettings, InferSettings, RunSettings
 from convlstm.data.demo import demo_data_path
 from convlstm.errors import TrackingError
 from convlstm.evaluation.comparison import ComparisonResult, compare, inputs_from_files, inputs_from_models
 from convlstm.evaluation.report import flat_metrics
-from convlstm.forecast import load_forecast_model
+from convlstm.forecast import ForecastModel, load_forecast_model
 from convlstm.inference import InferenceOutcome, run_inference
 from convlstm.tracking.registry import set_champion
 from convlstm.tracking.runs import (
@@ -32,6 +32,24 @@ from convlstm.tracking.runs import (
 from convlstm.tracking.uris import resolve_model
 
 logger = logging.getLogger(__name__)
+
+
+def _load_model(reference: str, run: RunSettings) -> ForecastModel:
+    """The model behind a checkpoint, run id or model URI, on the settings' device."""
+    checkpoint, normalizer = resolve_model(reference)
+    return load_forecast_model(checkpoint, run.device, normalizer)
+
+
+def _start(output_dir: str | None, name: str, log_name: str, run: RunSettings) -> tuple[Path, Path]:
+    """The output folder (default ``outputs/<name>``) and its log file, logging set up to write there."""
+    out = Path(output_dir or Path("outputs") / name)
+    configure_logging(run.log_level, out / log_name)
+    return out, out / log_name
+
+
+def _experiment(run: RunSettings, training_run_id: str | None) -> str | None:
+    """The experiment asked for, else the one of the training run used (so results land beside it)."""
+    return run.experiment_name or (experiment_of_run(training_run_id) if training_run_id else None)
 
 
 def infer_tracked(settings: InferSettings) -> InferenceOutcome:
@@ -48,16 +66,13 @@ def infer_tracked(settings: InferSettings) -> InferenceOutcome:
         The predictions, the files written and the scores against the observations in the data.
     """
     reference = str(settings.checkpoint or settings.model)
-    checkpoint, normalizer = resolve_model(reference)
-    forecast = load_forecast_model(checkpoint, settings.run.device, normalizer)
-    out = Path(settings.output_dir or Path("outputs") / timestamped(f"infer-{forecast.experiment_type}"))
-    log_path = out / "inference.log"
-    configure_logging(settings.run.log_level, log_path)
+    forecast = _load_model(reference, settings.run)
+    name = timestamped(f"infer-{forecast.experiment_type}")
+    out, log_path = _start(settings.output_dir, name, "inference.log", settings.run)
     data_path = Path(settings.data) if settings.data else demo_data_path()
-    experiment = settings.run.experiment_name or (experiment_of_run(forecast.run_id) if forecast.run_id else None)
     tags = {"run_type": "inference", "experiment_type": forecast.experiment_type, "model_uri": reference,
             "training_run_id": forecast.run_id or ""}
-    with managed_run(None, timestamped(f"infer-{forecast.experiment_type}"), experiment, tags, log_path) as run:
+    with managed_run(None, name, _experiment(settings.run, forecast.run_id), tags, log_path) as run:
         outcome = run_inference(forecast, data_path, out, settings.split, settings.run.batch_size, settings.visualize,
                                 settings.max_maps, extra_metadata={"model_uri": reference})
         log_new_params(run.info.run_id, {**settings_params(settings), "data": str(data_path), "model_uri": reference})
@@ -150,27 +165,22 @@ def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
     models = {"baseline": settings.baseline, "upstream": settings.upstream}
     if not settings.uses_files and not settings.baseline:
         models = dict(latest_training_runs(settings.run.experiment_name))
-    out = Path(settings.output_dir or Path("outputs") / timestamped("compare"))
-    log_path = out / "compare.log"
-    configure_logging(settings.run.log_level, log_path)
+    name = timestamped("compare")
+    out, log_path = _start(settings.output_dir, name, "compare.log", settings.run)
     run_ids: dict[str, str | None] = {"baseline": None, "upstream": None}
     if settings.uses_files:
         inputs = inputs_from_files(settings.baseline_predictions, settings.upstream_predictions, settings.ground_truth)
     else:
-        loaded = {}
-        for name, reference in models.items():
-            checkpoint, normalizer = resolve_model(str(reference))
-            loaded[name] = load_forecast_model(checkpoint, settings.run.device, normalizer)
-            run_ids[name] = loaded[name].run_id
+        loaded = {kind: _load_model(str(reference), settings.run) for kind, reference in models.items()}
+        run_ids = {kind: model.run_id for kind, model in loaded.items()}
         inputs = inputs_from_models(loaded["baseline"], loaded["upstream"], settings.data or demo_data_path(),
                                     settings.run.batch_size)
-    experiment = settings.run.experiment_name or (experiment_of_run(run_ids["baseline"]) if run_ids["baseline"] else None)
-    tags = {"run_type": "comparison", **{f"{name}_run_id": rid or "" for name, rid in run_ids.items()}}
-    with managed_run(None, timestamped("compare"), experiment, tags, log_path):
+    tags = {"run_type": "comparison", **{f"{kind}_run_id": rid or "" for kind, rid in run_ids.items()}}
+    with managed_run(None, name, _experiment(settings.run, run_ids["baseline"]), tags, log_path):
         result = compare(inputs, out, tuple(settings.thresholds), tuple(settings.fss_windows), settings.n_boot,
                          settings.block_length)
         log_comparison(result, {**settings_params(settings), **models})
         if not settings.uses_files and settings.set_aliases and all(run_ids.values()):
-            set_champion(run_ids, {name: float(result.scores["rmse_mm"].sel(forecast=name)) for name in run_ids},  # type: ignore[arg-type]
+            set_champion(run_ids, {kind: float(result.scores["rmse_mm"].sel(forecast=kind)) for kind in run_ids},  # type: ignore[arg-type]
                          settings.registered_model_name)
     return result, out / "report.md"
