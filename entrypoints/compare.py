@@ -1,37 +1,6 @@
-"""Compare the baseline and the upstream experiment on the same held-out times.
+"""``python -m entrypoints.compare`` (what ``mlflow run . -e compare`` runs): the ``convlstm-compare`` command."""
 
-A thin door into the library: the flags come from ``convlstm.config.CompareSettings``; the run is
-``convlstm.tracking.reports.compare_tracked``: two trained models (run ids or model URIs; the test
-split of ``--data`` is forecast here) or two ``predictions.nc`` files and a ground-truth file,
-recorded as an MLflow comparison run with one child run per forecast, figures and ``report.md``.
-"""
-
-from __future__ import annotations
-
-import click
-
-from convlstm.cli import run_cli, settings_command
-from convlstm.config import CompareSettings
-
-EPILOG = """
-\b
-Examples:
-  mlflow run . -e compare --env-manager local --experiment-name convlstm-demo   # newest runs of the experiment
-  mlflow run . -e compare --env-manager local -P baseline=<run id> -P upstream=<run id>
-  python -m entrypoints.compare --baseline <run id> --upstream <run id> --data era5.nc
-  python -m entrypoints.compare --baseline-predictions base/predictions.nc --upstream-predictions up/predictions.nc \\
-      --ground-truth era5.nc
-"""
-
-
-@settings_command(CompareSettings, EPILOG)
-def compare(settings: CompareSettings) -> None:
-    """Score baseline vs upstream against the truth, persistence and climatology, with uncertainty."""
-    from convlstm.tracking.reports import compare_tracked
-
-    result, report = compare_tracked(settings)
-    click.echo(f"{result.verdict}\nReport: {report}")
-
+from convlstm.commands.compare import main
 
 if __name__ == "__main__":
-    run_cli(compare)
+    main()

@@ -25,8 +25,8 @@ from convlstm.evaluation.report import FIGURES, REPORT_NAME, SCORES_NAME, flat_m
 from convlstm.evaluation.scores import ContinuousScores
 from convlstm.forecast import ForecastModel
 from convlstm.inference import PREDICTIONS_NAME
-from entrypoints.compare import compare as compare_command
-from entrypoints.infer import infer
+from convlstm.commands.compare import compare as compare_command
+from convlstm.commands.infer import infer
 from tests.helpers import REPO, assert_png
 from tests.integration.workspace import Workspace, invoke, mlflow_run, tracking_environment
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +25,13 @@ def test_help_loads_no_heavy_library_and_warns_nothing(name: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "Usage:" in done.stdout and "LOADED []" in done.stdout, done.stdout[-500:]
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_installed_command_runs_outside_the_repository(name: str, tmp_path) -> None:
+    """``pip install`` puts ``convlstm-<name>`` beside the interpreter; it must not need the repository as cwd."""
+    script = Path(sys.executable).parent / f"convlstm-{name.replace('_', '-')}"
+    assert script.is_file(), f"{script} missing: install the package (pip install -e .)"
+    done = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"Usage: convlstm-{name.replace('_', '-')} [OPTIONS]")

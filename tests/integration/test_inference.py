@@ -28,7 +28,7 @@ from convlstm.errors import ConfigError, DataError, ModelError
 from convlstm.forecast import ForecastModel, load_forecast_model, predict_windows
 from convlstm.inference import METADATA_NAME, PREDICTIONS_NAME, generate_predictions, load_model, run_inference
 from convlstm.model import ConvLSTMUNet
-from entrypoints.infer import infer
+from convlstm.commands.infer import infer
 from tests.integration.workspace import Workspace, invoke, tracking_environment
 
 WINDOW, TARGET_OFFSET = 6, 1

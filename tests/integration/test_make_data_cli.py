@@ -8,7 +8,7 @@ import xarray as xr
 from click.testing import CliRunner
 
 from convlstm.errors import ConfigError
-from entrypoints.make_data import make_data
+from convlstm.commands.make_data import make_data
 
 TINY = ["--years", "0.02", "--resolution", "2.5", "--start", "2001-01-01"]
 
@@ -48,4 +48,4 @@ def test_help_lists_the_atmosphere_flags_and_examples() -> None:
     assert result.exit_code == 0
     for flag in ("--output", "--start", "--years", "--resolution", "--lat-range", "--lon-range", "--seed", "--compress"):
         assert flag in result.output, flag
-    assert "entrypoints.make_data --output demo.nc" in result.output
+    assert "convlstm-make-data --output demo.nc" in result.output

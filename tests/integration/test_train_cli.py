@@ -26,7 +26,7 @@ from convlstm.config import TrainSettings
 from convlstm.data.demo import write_demo_dataset
 from convlstm.settings import build, fields_of
 from convlstm.training.experiment import new_run_settings
-from entrypoints.train import train
+from convlstm.commands.train import train
 from tests.integration.workspace import PAIR_ARGS, PAIR_EPOCHS, Workspace, invoke, subprocess_env, tracking_environment
 
 TINY_ARGS = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1", "--visualize", "false"]

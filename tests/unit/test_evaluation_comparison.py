@@ -22,7 +22,7 @@ from convlstm.evaluation.comparison import ComparisonInputs, ComparisonResult, c
 from convlstm.evaluation.report import FIGURES, REPORT_NAME, SCORES_NAME, flat_metrics
 from convlstm.config import DEFAULT_FSS_WINDOWS, DEFAULT_THRESHOLDS_MM
 from convlstm.plotting import figure
-from entrypoints.compare import compare as compare_command
+from convlstm.commands.compare import compare as compare_command
 
 FORECASTS = ("baseline", "upstream", "persistence", "climatology")
 N_BOOT = 200

@@ -28,7 +28,7 @@ def test_committed_mlproject_is_the_one_the_settings_render() -> None:
 
 @pytest.mark.parametrize("name", list(ENTRY_POINTS))
 def test_each_entry_point_has_a_flag_per_setting_with_its_help(name: str) -> None:
-    module = __import__(f"entrypoints.{name}", fromlist=["x"])
+    module = __import__(f"convlstm.commands.{name}", fromlist=["x"])
     command = next(v for v in vars(module).values() if isinstance(v, click.Command))
     options = {p.name: p for p in command.params if isinstance(p, click.Option) and not p.hidden}
     fields = {f.name: f for f in fields_of(ENTRY_POINTS[name]) if f.spec.cli}
@@ -89,7 +89,7 @@ def test_flags_build_nested_settings() -> None:
 ])
 def test_bad_flags_are_one_line_and_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from entrypoints.train import train
+    from convlstm.commands.train import train
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     with pytest.raises(SystemExit) as exit_info:

@@ -1,0 +1,39 @@
+"""Train a ConvLSTM U-Net: the baseline (downstream only) or the upstream experiment.
+
+The ``convlstm-train`` command (MLflow runs it as ``python -m entrypoints.train``): the flags come from
+``convlstm.config.TrainSettings``; the run is ``convlstm.tracking.training.train_tracked``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from convlstm.cli import run_cli, settings_command
+from convlstm.config import TrainSettings
+
+EPILOG = """
+\b
+Examples:
+  # baseline on the built-in demo atmosphere
+  convlstm-train
+  # upstream experiment on your own file, larger model
+  convlstm-train --data era5.nc --include-upstream --hidden-channels 32 64 --num-epochs 50
+  # the same through MLflow
+  mlflow run . -e train -P include_upstream=true --env-manager local
+  # continue an interrupted run (run id, output directory or checkpoint file)
+  convlstm-train --resume <run id>
+"""
+
+
+@settings_command(TrainSettings, EPILOG)
+def train(settings: TrainSettings) -> None:
+    """Train the ConvLSTM U-Net and record everything in MLflow."""
+    from convlstm.tracking.training import train_tracked
+
+    outcome = train_tracked(settings)
+    click.echo(f"Finished {outcome.settings.experiment_type} run {outcome.run_id}; outputs in {outcome.output_dir}")
+
+
+def main() -> None:
+    """``convlstm-train``: run the command; user errors end as one line and an exit status."""
+    run_cli(train)
