@@ -10,6 +10,7 @@ import numbers
 import numpy as np
 
 from convlstm.errors import ConfigError, DataError
+from convlstm.settings import flag_of
 
 
 def require_positive_int(name: str, value: object) -> int:
@@ -47,7 +48,8 @@ def require_odd_kernel(name: str, value: object) -> int:
     """
     size = require_positive_int(name, value)
     if size % 2 == 0:
-        raise ConfigError(f"{name} must be odd so the grid keeps its size, got {size}; use {size - 1} or {size + 1}.", name)
+        raise ConfigError(f"{name} ({flag_of(name)}) must be odd so the grid keeps its size, got {size}; use "
+                          f"{size - 1} or {size + 1}.", name)
     return size
 
 

@@ -144,6 +144,12 @@ def _data(help_text: str) -> str | None:
     return setting(None, help_text + " Default: the built-in demo atmosphere.", group=_DATA)
 
 
+def _nan_policy() -> str:
+    return setting("raise", "Missing values in the regions the model reads (elsewhere they are ignored): refuse them, "
+                            "leave out the windows that read them, or interpolate them in time.",
+                   choices=NAN_POLICIES, group=_DATA)
+
+
 def _device() -> str:
     return setting("auto", "auto picks cuda, then mps, then cpu.", choices=DEVICES, group=_SYSTEM)
 
@@ -171,8 +177,7 @@ class TrainSettings(Settings):
     data: str | None = _data("netCDF reanalysis file (standard, descriptive or ERA5 names).")
     output_dir: str | None = setting(None, "Where checkpoints, normalizer, log and figures go. "
                                            "Default: outputs/<baseline|upstream>-<time>.", group=_DATA)
-    nan_policy: str = setting("raise", "Missing values: refuse them, drop those time steps, or interpolate them in time.",
-                              choices=NAN_POLICIES, group=_DATA)
+    nan_policy: str = _nan_policy()
     include_upstream: bool = setting(False, "Join the upstream region west of the downstream one (the upstream "
                                             "experiment).", group=_REGIONS)
     regions: RegionConfig = field(default_factory=RegionConfig)
@@ -204,9 +209,11 @@ class TrainSettings(Settings):
 
 @dataclass
 class RunSettings(Settings):
-    """How a forecasting command (``infer``, ``compare``) runs: batch, device, logging, MLflow experiment."""
+    """How a forecasting command (``infer``, ``compare``) runs: batch, missing values, device, logging, MLflow
+    experiment."""
 
     batch_size: int = setting(8, "Windows per forward pass.", low=1, group=_SYSTEM)
+    nan_policy: str = _nan_policy()
     device: str = _device()
     experiment_name: str | None = _experiment_name("the experiment of the (baseline) model's training run")
     log_level: str = _log_level()

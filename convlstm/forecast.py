@@ -10,6 +10,7 @@ resolved to files in ``convlstm.tracking``.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,14 @@ from convlstm.config import ConvLSTMConfig, RegionConfig
 from convlstm.data.dataset import ConvLSTMDataset, WindowBatch
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import crop_regions
-from convlstm.data.schema import CF_ATTRS, PRECIPITATION, describe_source, open_dataset
+from convlstm.data.schema import CF_ATTRS, PRECIPITATION, NanPolicy, describe_source, open_dataset
 from convlstm.data.stacking import channel_names
 from convlstm.device import select_device
 from convlstm.errors import DataError, ModelError
 from convlstm.evaluation.alignment import describe_coordinate, same_coordinate
 from convlstm.model import ConvLSTMUNet
+
+logger = logging.getLogger(__name__)
 
 
 def forward_downstream(
@@ -236,22 +239,24 @@ class ForecastModel:
         return np.asarray(self.normalizer.denormalize_precipitation(torch.cat(outputs).numpy()), dtype=np.float32)
 
     # ---- the infer path: a netCDF file or dataset ---------------------------------------------
-    def windows(self, data: xr.Dataset) -> ConvLSTMDataset:
+    def windows(self, data: xr.Dataset, drop_missing: bool = False) -> ConvLSTMDataset:
         """Normalized windows of ``data``, checked against the model's grid and levels.
 
         Parameters
         ----------
         data : xarray.Dataset
             Physical units, opened with ``open_dataset``.
+        drop_missing : bool
+            Leave out the windows that read a missing value in the model's regions (else refuse them).
 
         Returns
         -------
         ConvLSTMDataset
-            Every window of ``data``.
+            Every window of ``data`` (that reads no missing value, with ``drop_missing``).
         """
         self.check_grid(data)
         return ConvLSTMDataset(data, self.config.window_size, self.regions, self.config.target_offset,
-                               self.include_upstream, self.normalizer)
+                               self.include_upstream, self.normalizer, drop_missing=drop_missing)
 
     def check_grid(self, data: xr.Dataset) -> None:
         """Refuse data whose region cut-out differs from the grid the model was trained on.
@@ -271,7 +276,8 @@ class ForecastModel:
                     f"model was trained on {describe_coordinate(want)}. Regrid the data to the training grid."
                 )
 
-    def predict_dataset(self, data: xr.Dataset | str | os.PathLike[str], batch_size: int = 8) -> xr.Dataset:
+    def predict_dataset(self, data: xr.Dataset | str | os.PathLike[str], batch_size: int = 8,
+                        nan_policy: NanPolicy = "raise") -> xr.Dataset:
         """Forecast every window of ``data``: precipitation (mm) on the downstream grid at the target times.
 
         Parameters
@@ -280,6 +286,9 @@ class ForecastModel:
             A netCDF file or dataset in any naming ``open_dataset`` accepts, physical units.
         batch_size : int
             Windows per forward pass.
+        nan_policy : {"raise", "drop", "fill"}
+            Missing values in the model's regions: refuse them, forecast only the windows that read none,
+            or interpolate them in time (a dataset already opened keeps what its opening did).
 
         Returns
         -------
@@ -287,8 +296,10 @@ class ForecastModel:
             ``precipitation (time, lat, lon)`` with ``forecast_reference_time`` (the last input's time)
             and CF attributes: what ``predictions.nc`` holds.
         """
-        data = open_dataset(data)
-        windows = self.windows(data)
+        data = open_dataset(data, nan_policy=nan_policy)
+        windows = self.windows(data, drop_missing=nan_policy == "drop")
+        if nan_policy == "drop":
+            logger.info("%s: forecasting %s.", describe_source(data), windows.describe_kept())
         predicted = predict_windows(self.model, windows, self.downstream_columns, self.device, batch_size)
         out = self.normalizer.denormalize_tensor(predicted, windows.lat, windows.downstream_lon, windows.target_times)
         reference = windows.times[windows.target_indices - self.config.target_offset]

@@ -21,10 +21,11 @@ import xarray as xr
 from convlstm.config import ConvLSTMConfig, RegionConfig
 from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.regions import downstream_precipitation
-from convlstm.data.schema import PRECIPITATION, describe_source, open_dataset
-from convlstm.data.split import select_split
+from convlstm.data.schema import PRECIPITATION, NanPolicy, describe_source, open_dataset
+from convlstm.data.split import describe_split, select_split
 from convlstm.forecast import ForecastModel, load_forecast_model, predict_windows
 from convlstm.evaluation.scores import ContinuousScores
+from convlstm.errors import DataError
 from convlstm.model import ConvLSTMUNet
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def run_inference(
     visualize: bool = False,
     max_maps: int = 12,
     extra_metadata: dict[str, Any] | None = None,
+    nan_policy: NanPolicy = "raise",
 ) -> InferenceOutcome:
     """Forecast every window of ``data`` (or one split) and write predictions.nc, metadata.json and maps.
 
@@ -143,6 +145,9 @@ def run_inference(
         At most this many maps, evenly spread in time.
     extra_metadata : dict, optional
         More entries for ``metadata.json`` (e.g. the model reference).
+    nan_policy : {"raise", "drop", "fill"}
+        Missing values in the model's regions: refuse them, forecast only the windows that read none, or
+        interpolate them in time.
 
     Returns
     -------
@@ -155,9 +160,16 @@ def run_inference(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    opened = open_dataset(data)
+    opened = open_dataset(data, nan_policy=nan_policy)
     selected = select_split(opened, split, forecast.config)
-    predictions = forecast.predict_dataset(selected, batch_size)
+    try:
+        predictions = forecast.predict_dataset(selected, batch_size, nan_policy)
+    except DataError as exc:
+        if split == "all":
+            raise
+        too_short = selected.sizes["time"] < forecast.config.window_size + forecast.config.target_offset
+        hint = " Or forecast every window of the file (--split all)." if too_short else ""
+        raise DataError(f"Cannot forecast {describe_split(opened, selected, split)}: {exc}{hint}") from exc
     predictions.attrs["split"] = split
     observed = downstream_precipitation(opened, forecast.regions, predictions["time"].values)
     computed = ContinuousScores().accumulate(predictions[PRECIPITATION].values, observed.values).compute()

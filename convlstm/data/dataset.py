@@ -1,8 +1,9 @@
 """Sliding windows over one contiguous stacked array: what the model trains and predicts on.
 
 The region crop and the channel stack are built once at construction; an item is a pair of numpy
-views wrapped as tensors (O(1), no xarray, no copy). A window never spans a gap in the time axis, so
-dropped time steps (missing data) simply remove the windows that would cross them.
+views wrapped as tensors (O(1), no xarray, no copy). A window never spans a gap in the time axis.
+Missing values count only inside the cut-out, where the model reads: they are found in the same
+pass that stacks it, and refused, or (``drop_missing``) the windows that read them are left out.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from torch.utils.data import Dataset
 
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import RegionConfig, crop_regions
-from convlstm.data.schema import describe_source
-from convlstm.data.stacking import stack_channels
+from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, describe_source, format_time
+from convlstm.data.stacking import missing_steps, stack_channels
 from convlstm.checks import require_positive_int
 from convlstm.errors import DataError
 
@@ -120,6 +121,9 @@ class ConvLSTMDataset(Dataset):
         Join the upstream region west of the downstream one.
     normalizer : ConvLSTMNormalizer, optional
         Fitted statistics to normalize physical ``data`` with.
+    drop_missing : bool
+        Leave out the windows whose inputs or target hold a missing value in the cut-out (``--nan-policy
+        drop``); by default such values are refused.
 
     Attributes
     ----------
@@ -131,6 +135,10 @@ class ConvLSTMDataset(Dataset):
         Coordinates of the crop (degrees, hPa, datetime64).
     downstream_columns : slice
         The downstream region's columns of the crop (and of the model's output).
+    n_missing_steps : int
+        Time steps with a missing value in the crop.
+    n_windows_possible : int
+        Windows on the time axis before those touching a missing value were left out.
     """
 
     def __init__(
@@ -141,17 +149,16 @@ class ConvLSTMDataset(Dataset):
         target_offset: int = 1,
         include_upstream: bool = False,
         normalizer: ConvLSTMNormalizer | None = None,
+        drop_missing: bool = False,
     ) -> None:
         self.window_size = require_positive_int("window_size", window_size)
         self.target_offset = require_positive_int("target_offset", target_offset)
         self.include_upstream = bool(include_upstream)
         self.region_config = region_config
-        n_time = data.sizes["time"]
-        if n_time < window_size + target_offset:
-            raise DataError(
-                f"{describe_source(data)} has {n_time} time steps but window_size + target_offset = "
-                f"{window_size + target_offset} are needed for one window. Use more data (a longer split) or a smaller --window-size."
-            )
+        n_time, span = data.sizes["time"], window_size + target_offset
+        if n_time < span:
+            raise DataError(f"{describe_source(data)}: {n_time} time step(s) are too few for one window, which needs "
+                            f"window_size + target_offset = {span}. Use a longer file.")
         crop = crop_regions(data, region_config, include_upstream)
         self.downstream_columns = crop.downstream_columns
         self.lat = crop.data["lat"].values
@@ -160,15 +167,59 @@ class ConvLSTMDataset(Dataset):
         self.times = crop.data["time"].values
         if normalizer is not None:
             normalizer.check_levels(crop.data)
-        self.inputs = stack_channels(crop.data)
+        self.inputs = stack_channels(crop.data, allow_missing=True)
+        missing = missing_steps(self.inputs)
+        self.n_missing_steps = int(missing.sum())
+        if self.n_missing_steps and not drop_missing:
+            raise DataError(self._missing_message(describe_source(data), missing))
         if normalizer is not None:
             normalizer.normalize_stacked(self.inputs, in_place=True)
+        # No kept window reads these frames, but a batch's shared stretch of frames may span them: a NaN there
+        # would still reach the weight gradients of the input convolution (0 × NaN).
+        self.inputs[missing] = 0.0
         self.starts = window_starts(self.times, self.window_size, self.target_offset)
         if len(self.starts) == 0:
-            raise DataError(
-                f"{describe_source(data)} has no gap-free stretch of {window_size + target_offset} time steps, "
-                "so no window can be built. Fill the gaps (nan_policy='fill') or use a smaller --window-size."
-            )
+            raise DataError(f"{describe_source(data)} has no gap-free stretch of {span} time steps, so no window can "
+                            "be built. Use a file without gaps in time.")
+        self.n_windows_possible = len(self.starts)
+        if self.n_missing_steps:
+            self.starts = self.starts[self._reads_no_missing_value(missing)]
+            if len(self.starts) == 0:
+                raise DataError(f"{describe_source(data)}: each of its {self.n_windows_possible} windows reads one of the "
+                                f"{self.n_missing_steps} time steps with missing values in the "
+                                f"{self._regions_text()}. Interpolate them in time with --nan-policy fill.")
+
+    def describe_kept(self) -> str:
+        """What was left out for missing values, for the log: ``120 of 150 windows (12 time step(s) ...)``.
+
+        Returns
+        -------
+        str
+            Windows kept, of those the time axis holds, and the time steps with missing values.
+        """
+        return (f"{len(self)} of {self.n_windows_possible} windows ({self.n_missing_steps} time step(s) with missing "
+                "values left out)")
+
+    def _reads_no_missing_value(self, missing: np.ndarray) -> np.ndarray:
+        """Which windows (of ``starts``) have neither an input step nor the target step in ``missing``."""
+        before = np.concatenate([[0], np.cumsum(missing)])  # missing steps before each index
+        inputs_clean = before[self.starts + self.window_size] == before[self.starts]
+        return inputs_clean & ~missing[self.target_indices]
+
+    def _regions_text(self) -> str:
+        return "upstream and downstream regions" if self.include_upstream else "downstream region"
+
+    def _missing_message(self, source: str, missing: np.ndarray) -> str:
+        """How many values of each variable are missing in the crop, in how many steps, from when, and the fix."""
+        per_channel = (~np.isfinite(self.inputs[missing])).sum(axis=(0, 2, 3))  # only the steps that have some
+        n_levels = len(self.levels)
+        counts = {var: int(per_channel[k * n_levels:(k + 1) * n_levels].sum()) for k, var in enumerate(LEVEL_VARIABLES)}
+        counts[PRECIPITATION] = int(per_channel[-1])
+        first = format_time(self.times[np.flatnonzero(missing)[0]])
+        return (f"{source} has missing values (NaN) in the {self._regions_text()} the model reads — "
+                f"{', '.join(f'{var}: {count}' for var, count in counts.items() if count)} — in {self.n_missing_steps} "
+                f"time step(s), the first at {first}. Leave out the windows that read them with --nan-policy drop, or "
+                "interpolate them in time with --nan-policy fill.")
 
     @property
     def downstream_lon(self) -> np.ndarray:

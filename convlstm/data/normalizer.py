@@ -69,7 +69,8 @@ class ConvLSTMNormalizer:
         Parameters
         ----------
         train_data : xarray.Dataset
-            The training split in the library layout of ``open_dataset``, physical units.
+            The training split in the library layout of ``open_dataset``, physical units; missing
+            values (NaN) are skipped; a variable that is all missing or holds infinite values is refused.
 
         Returns
         -------
@@ -79,11 +80,11 @@ class ConvLSTMNormalizer:
         _require_variables(train_data)
         reduce_dims = ("time", "lat", "lon")
         stats = {}
-        for var in LEVEL_VARIABLES:
+        for var in LEVEL_VARIABLES:  # missing values are skipped: windows reading them are dropped or refused later
             field = train_data[var].astype(np.float64)
-            stats[var] = (field.mean(reduce_dims, skipna=False), field.std(reduce_dims, skipna=False))
+            stats[var] = (field.mean(reduce_dims, skipna=True), field.std(reduce_dims, skipna=True))
         log_precip = np.log1p(train_data[PRECIPITATION].astype(np.float64).clip(min=0))
-        stats[PRECIPITATION] = (xr.zeros_like(log_precip.isel(time=0, lat=0, lon=0)), log_precip.std(reduce_dims, skipna=False))
+        stats[PRECIPITATION] = (xr.zeros_like(log_precip.isel(time=0, lat=0, lon=0)), log_precip.std(reduce_dims, skipna=True))
         (stats,) = _compute(stats)
         means, stds = {}, {}  # set only once all are valid: a failed fit leaves the normalizer as it was
         for var, (mean, std) in stats.items():

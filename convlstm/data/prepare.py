@@ -16,8 +16,8 @@ from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.config import RegionConfig
 from convlstm.data.regions import check_regions, crop_regions
-from convlstm.data.schema import NanPolicy, describe_source, open_dataset
-from convlstm.data.split import create_train_val_test_split
+from convlstm.data.schema import NanPolicy, open_dataset
+from convlstm.data.split import create_train_val_test_split, describe_split
 from convlstm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def prepare_data(
     normalizer : ConvLSTMNormalizer, optional
         Statistics to reuse instead of fitting new ones.
     nan_policy : {"raise", "drop", "fill"}
-        What to do with missing values (see ``open_dataset``).
+        What to do with missing values inside the regions: refuse them, leave out the windows that read
+        them (``ConvLSTMDataset``'s ``drop_missing``), or interpolate them in time (``open_dataset``).
 
     Returns
     -------
@@ -104,10 +105,16 @@ def prepare_data(
     datasets: dict[str, ConvLSTMDataset | None] = {}
     for name, split in splits.items():
         try:
-            datasets[name] = ConvLSTMDataset(split, window_size, regions, target_offset, include_upstream, normalizer)
+            datasets[name] = ConvLSTMDataset(split, window_size, regions, target_offset, include_upstream, normalizer,
+                                             drop_missing=nan_policy == "drop")
         except DataError as exc:
             if name != "test":
-                raise DataError(f"The {name} split of {describe_source(data)} is unusable: {exc}") from exc
+                hint = " A smaller --window-size also helps." if split.sizes["time"] < window_size + target_offset else ""
+                raise DataError(f"Cannot build windows from {describe_split(data, split, name)}: {exc}{hint}") from exc
             logger.warning("No test windows (%s); test scores will be skipped.", exc)
             datasets[name] = None
+    if nan_policy == "drop":
+        logger.info("Windows kept with --nan-policy drop (missing values inside the regions only): %s.",
+                    "; ".join(f"{name} {dataset.describe_kept()}" for name, dataset in datasets.items() if dataset))
     return PreparedData(data, splits, normalizer, datasets)
+

@@ -65,6 +65,7 @@ CF_ATTRS: dict[str, dict[str, str]] = {
         "standard_name": "lwe_thickness_of_precipitation_amount",
         "long_name": "precipitation accumulated over the time step",
         "units": "mm",
+        "cell_methods": "time: sum",
     },
     "time": {"standard_name": "time", "long_name": "time"},
     "level": {"standard_name": "air_pressure", "long_name": "pressure level", "units": "hPa", "positive": "down"},
@@ -110,16 +111,17 @@ def open_dataset(
         Passed to xarray to open lazily with dask (e.g. ``{"time": 100}``, library dimension names);
         the result then stays lazy until it is stacked.
     nan_policy : {"raise", "drop", "fill"}
-        What to do with missing values: ``"raise"`` refuses them, ``"drop"`` drops every time step
-        that has one (windows never span the resulting gap), ``"fill"`` interpolates linearly in time
-        and fills the ends with the nearest value.
+        ``"fill"`` interpolates missing values linearly in time and fills the ends with the nearest
+        value. ``"raise"`` and ``"drop"`` leave them in place: only those inside the regions a model
+        reads matter, so ``ConvLSTMDataset`` refuses them, or drops the windows that touch them, when it
+        cuts the regions out (``"drop"`` there).
 
     Returns
     -------
     xarray.Dataset
         The six variables in the layout and units of the module docstring, float32, its source
         recorded for :func:`describe_source`. A dataset this function returned (or a selection of it)
-        comes back as it is: it is in the layout and has no missing values, so it is not checked twice.
+        comes back as it is: it is in the layout already, so it is not checked twice.
     """
     if nan_policy not in ("raise", "drop", "fill"):
         raise ConfigError(f"nan_policy must be 'raise', 'drop' or 'fill', got {nan_policy!r}.", "nan_policy")
@@ -129,7 +131,8 @@ def open_dataset(
     ds = _rename_dims(ds, name)
     ds = _standard_variables(ds, name)
     ds = _orient(ds, name)
-    ds = _handle_missing_values(ds, name, nan_policy)
+    if nan_policy == "fill":
+        ds = _fill_missing_values(ds)
     ds.attrs.update({SOURCE_ATTR: name, LAYOUT_ATTR: LAYOUT_VERSION})
     return ds
 
@@ -309,13 +312,25 @@ def _check_time(times: np.ndarray, name: str) -> None:
     steps = np.diff(times)
     if np.any(steps == np.zeros_like(steps[:1])):
         first = times[1:][steps == np.zeros_like(steps[:1])][0]
-        raise DataError(f"{name}: duplicate time {_fmt_time(first)}. Remove duplicates first, e.g. ds.drop_duplicates('time').")
+        raise DataError(f"{name}: duplicate time {format_time(first)}. Remove duplicates first, e.g. ds.drop_duplicates('time').")
     if np.any(steps < np.zeros_like(steps[:1])):
         first = times[1:][steps < np.zeros_like(steps[:1])][0]
-        raise DataError(f"{name}: times are not increasing (at {_fmt_time(first)}). Sort them first, e.g. ds.sortby('time').")
+        raise DataError(f"{name}: times are not increasing (at {format_time(first)}). Sort them first, e.g. ds.sortby('time').")
 
 
-def _fmt_time(value: object) -> str:
+def format_time(value: object) -> str:
+    """A time for messages, to the minute (any other value as it prints).
+
+    Parameters
+    ----------
+    value : object
+        A ``numpy.datetime64``, or a plain coordinate value.
+
+    Returns
+    -------
+    str
+        E.g. ``2000-01-02T12:00``.
+    """
     return str(np.datetime_as_string(value, unit="m")) if isinstance(value, np.datetime64) else str(value)
 
 
@@ -334,27 +349,10 @@ def _fill_ends_in_time(da: xr.DataArray) -> xr.DataArray:
     return filled.transpose(*da.dims)
 
 
-def _handle_missing_values(ds: xr.Dataset, name: str, nan_policy: NanPolicy) -> xr.Dataset:
-    if nan_policy == "fill":
-        time_chunks = ds[VARIABLES[0]].chunksizes.get("time")
-        if time_chunks is not None:  # dask interpolates along one chunk only; restore the caller's chunks after
-            ds = ds.chunk({"time": -1})
-        filled = ds.interpolate_na("time", method="linear").map(_fill_ends_in_time, keep_attrs=True)
-        return filled.chunk({"time": time_chunks}) if time_chunks is not None else filled
-    bad_steps = None
-    for var in VARIABLES:
-        per_step = ds[var].isnull().any([d for d in ds[var].dims if d != "time"])
-        bad_steps = per_step if bad_steps is None else bad_steps | per_step
-    bad = np.asarray(bad_steps.values)
-    if not bad.any():
-        return ds
-    if nan_policy == "drop":
-        logger.warning("%s: dropping %d time step(s) with missing values.", name, int(bad.sum()))
-        return ds.isel(time=np.flatnonzero(~bad))
-    counts = {var: int(ds[var].isnull().sum().values) for var in VARIABLES}
-    counts_text = ", ".join(f"{var}: {count}" for var, count in counts.items() if count)
-    first = _fmt_time(ds["time"].values[np.flatnonzero(bad)[0]])
-    raise DataError(
-        f"{name} has missing values (NaN) — {counts_text} — in {int(bad.sum())} time step(s), the first at {first}. "
-        f"Drop those steps with nan_policy='drop' (--nan-policy drop) or interpolate them in time with nan_policy='fill'."
-    )
+def _fill_missing_values(ds: xr.Dataset) -> xr.Dataset:
+    """Interpolate missing values linearly in time, the ends with the nearest value; lazy data stays lazy."""
+    time_chunks = ds[VARIABLES[0]].chunksizes.get("time")
+    if time_chunks is not None:  # dask interpolates along one chunk only; restore the caller's chunks after
+        ds = ds.chunk({"time": -1})
+    filled = ds.interpolate_na("time", method="linear").map(_fill_ends_in_time, keep_attrs=True)
+    return filled.chunk({"time": time_chunks}) if time_chunks is not None else filled

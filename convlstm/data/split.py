@@ -115,6 +115,28 @@ def select_split(data: xr.Dataset, split: str, config: ConvLSTMConfig) -> xr.Dat
     return dict(zip(("train", "val", "test"), parts))[split]
 
 
+def describe_split(data: xr.Dataset, split: xr.Dataset, name: str) -> str:
+    """A split for messages, with its share of the file's time steps (a short file's split is shorter still).
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        The whole data.
+    split : xarray.Dataset
+        The time steps selected from it.
+    name : str
+        ``train``, ``val``, ``test`` or ``all``.
+
+    Returns
+    -------
+    str
+        E.g. ``the train split of era5.nc (4 of its 5 time steps)``, or the source for ``all``.
+    """
+    if name == "all":
+        return describe_source(data)
+    return f"the {name} split of {describe_source(data)} ({split.sizes['time']} of its {data.sizes['time']} time steps)"
+
+
 def _span(times: pd.DatetimeIndex) -> str:
     return f"{times[0]:%Y-%m-%d %H:%M} to {times[-1]:%Y-%m-%d %H:%M}" if len(times) else "empty"
 

@@ -46,7 +46,8 @@ def channel_names(levels: np.ndarray | list[float]) -> list[str]:
     return [f"{var}@{level:g}hPa" for var in LEVEL_VARIABLES for level in levels] + [PRECIPITATION]
 
 
-def stack_channels(data: xr.Dataset, time_idx: int | None = None, time_slice: slice | None = None) -> np.ndarray:
+def stack_channels(data: xr.Dataset, time_idx: int | None = None, time_slice: slice | None = None, *,
+                   allow_missing: bool = False) -> np.ndarray:
     """Stack a dataset into a float32 array ``[T, C, H, W]`` (or ``[C, H, W]`` for one ``time_idx``).
 
     Built in one pre-allocated contiguous array; lazily opened data is read here, once.
@@ -59,11 +60,14 @@ def stack_channels(data: xr.Dataset, time_idx: int | None = None, time_slice: sl
         Stack only this time step.
     time_slice : slice, optional
         Stack only these time steps (default: all); not together with ``time_idx``.
+    allow_missing : bool
+        Keep non-finite values, for a caller that decides per time step (:func:`missing_steps`) what
+        to do with them; by default they are refused.
 
     Returns
     -------
     numpy.ndarray
-        float32, channels in the order of the module docstring; non-finite values are refused.
+        float32, channels in the order of the module docstring.
     """
     if time_idx is not None and time_slice is not None:
         raise ConfigError("Give either time_idx or time_slice, not both.")
@@ -74,9 +78,25 @@ def stack_channels(data: xr.Dataset, time_idx: int | None = None, time_slice: sl
     for k, var in enumerate(LEVEL_VARIABLES):
         out[:, k * n_levels:(k + 1) * n_levels] = selected[var].transpose("time", "level", "lat", "lon").values
     out[:, -1] = selected[PRECIPITATION].transpose("time", "lat", "lon").values
-    if not np.isfinite(out).all():
+    if not allow_missing and missing_steps(out).any():
         raise DataError(
             f"{describe_source(data)} has {int((~np.isfinite(out)).sum())} non-finite values after stacking; "
-            "open it with open_dataset(nan_policy='drop' or 'fill')."
+            "fill them first with open_dataset(nan_policy='fill')."
         )
     return out[0] if time_idx is not None else out
+
+
+def missing_steps(stacked: np.ndarray) -> np.ndarray:
+    """Which time steps of a stacked array hold a NaN or infinite value anywhere (one pass over it).
+
+    Parameters
+    ----------
+    stacked : numpy.ndarray
+        ``[T, C, H, W]`` from :func:`stack_channels`.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool ``[T]``.
+    """
+    return ~np.isfinite(stacked).reshape(len(stacked), -1).all(axis=1)

@@ -20,7 +20,7 @@ import xarray as xr
 from convlstm.checks import require_finite
 from convlstm.config import DEFAULT_FSS_WINDOWS, DEFAULT_THRESHOLDS_MM
 from convlstm.data.regions import downstream_precipitation
-from convlstm.data.schema import PRECIPITATION, open_dataset
+from convlstm.data.schema import PRECIPITATION, NanPolicy, open_dataset
 from convlstm.data.split import select_split
 from convlstm.errors import DataError
 from convlstm.evaluation.alignment import check_aligned
@@ -88,7 +88,7 @@ def _precip(da: xr.DataArray | xr.Dataset) -> xr.DataArray:
 
 
 def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: str | os.PathLike[str],
-                       batch_size: int = 8) -> ComparisonInputs:
+                       batch_size: int = 8, nan_policy: NanPolicy = "raise") -> ComparisonInputs:
     """Forecast the test split of ``data`` with both models and build the references, all on the same times.
 
     Parameters
@@ -99,26 +99,34 @@ def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: s
         The netCDF file whose test split is forecast (as cut in training).
     batch_size : int
         Windows per forward pass.
+    nan_policy : {"raise", "drop", "fill"}
+        Missing values in the models' regions: refuse them, score only the times both models could
+        forecast, or interpolate them in time.
 
     Returns
     -------
     ComparisonInputs
         The four forecasts and the observed downstream precipitation.
     """
-    opened = open_dataset(data)
+    opened = open_dataset(data, nan_policy=nan_policy)
     for name, model in zip(EXPERIMENTS, (baseline, upstream)):
         if model.experiment_type != name:
             logger.warning("The %s model was trained as %s; using it as %s anyway.", name, model.experiment_type, name)
     if (baseline.config.train_ratio, baseline.config.val_ratio) != (upstream.config.train_ratio, upstream.config.val_ratio):
         raise DataError("The two models were trained with different split ratios, so their test splits differ.")
-    forecasts = {name: _precip(model.predict_dataset(select_split(opened, "test", model.config), batch_size))
+    forecasts = {name: _precip(model.predict_dataset(select_split(opened, "test", model.config), batch_size, nan_policy))
                  for name, model in zip(EXPERIMENTS, (baseline, upstream))}
+    if nan_policy == "drop":  # the upstream model reads more cells, so it may have left out more windows
+        common = np.intersect1d(*(forecast["time"].values for forecast in forecasts.values()))
+        forecasts = {name: forecast.sel(time=common) for name, forecast in forecasts.items()}
     check_aligned(forecasts)
     times = forecasts["baseline"]["time"].values
     downstream = downstream_precipitation(opened, baseline.regions, opened["time"].values)  # read once
-    train_times = select_split(opened, "train", baseline.config)["time"].values
+    train = downstream.sel(time=select_split(opened, "train", baseline.config)["time"].values)
+    if nan_policy == "drop":
+        train = train.isel(time=np.flatnonzero(np.isfinite(train.values).all(axis=(1, 2))))
     forecasts["persistence"] = persistence_forecast(downstream, times, _lead(forecasts["baseline"], opened))
-    forecasts["climatology"] = climatology_forecast(downstream.sel(time=train_times), times)
+    forecasts["climatology"] = climatology_forecast(train, times)
     truth = downstream.sel(time=times)
     return ComparisonInputs(truth, forecasts, f"test split of {opened.attrs.get('convlstm_source', data)}",
                             ["Climatology: mean of the training split by calendar month and hour, per grid cell."])

@@ -74,7 +74,8 @@ def infer_tracked(settings: InferSettings) -> InferenceOutcome:
             "training_run_id": forecast.run_id or ""}
     with managed_run(None, name, _experiment(settings.run, forecast.run_id), tags, log_path) as run:
         outcome = run_inference(forecast, data_path, out, settings.split, settings.run.batch_size, settings.visualize,
-                                settings.max_maps, extra_metadata={"model_uri": reference})
+                                settings.max_maps, extra_metadata={"model_uri": reference},
+                                nan_policy=settings.run.nan_policy)  # type: ignore[arg-type]
         log_new_params(run.info.run_id, {**settings_params(settings), "data": str(data_path), "model_uri": reference})
         mlflow.log_metrics(outcome.scores)
         for path in outcome.files:
@@ -174,7 +175,7 @@ def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
         loaded = {kind: _load_model(str(reference), settings.run) for kind, reference in models.items()}
         run_ids = {kind: model.run_id for kind, model in loaded.items()}
         inputs = inputs_from_models(loaded["baseline"], loaded["upstream"], settings.data or demo_data_path(),
-                                    settings.run.batch_size)
+                                    settings.run.batch_size, settings.run.nan_policy)  # type: ignore[arg-type]
     tags = {"run_type": "comparison", **{f"{kind}_run_id": rid or "" for kind, rid in run_ids.items()}}
     with managed_run(None, name, _experiment(settings.run, run_ids["baseline"]), tags, log_path):
         result = compare(inputs, out, tuple(settings.thresholds), tuple(settings.fss_windows), settings.n_boot,

@@ -283,7 +283,7 @@ def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None
 
 
 def raw_window(prepared: PreparedData, settings: TrainSettings) -> np.ndarray:
-    """The first validation window in physical units, stacked as the served model expects it.
+    """The first validation window (of those kept) in physical units, stacked as the served model expects it.
 
     Parameters
     ----------
@@ -298,7 +298,8 @@ def raw_window(prepared: PreparedData, settings: TrainSettings) -> np.ndarray:
         ``[1, T, C, H, W]`` float32.
     """
     crop = crop_regions(prepared.splits["val"], settings.regions, settings.include_upstream).data
-    return stack_channels(crop, time_slice=slice(0, settings.model.window_size))[None]
+    start = int(prepared.val.starts[0])
+    return stack_channels(crop, time_slice=slice(start, start + settings.model.window_size))[None]
 
 
 def _figures(output_dir: Path, state: TrainingState, prepared: PreparedData, model: torch.nn.Module,

@@ -179,10 +179,20 @@ def test_unfitted_refused(data):
             call()
 
 
+def test_missing_training_values_are_skipped():
+    # --nan-policy drop leaves them in the training split (its windows skip them): the statistics skip them too
+    data = make_dataset(n_time=4)
+    data["U"][0, 0, 0, 0] = np.nan
+    fitted = ConvLSTMNormalizer().fit(data)
+    u = data["U"].values[:, 0].astype(np.float64)
+    np.testing.assert_allclose(fitted.means["U"][0], np.nanmean(u), rtol=1e-9)
+    np.testing.assert_allclose(fitted.stds["U"][0], np.nanstd(u), rtol=1e-9)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_non_finite_training_data_refused():
     data = make_dataset(n_time=4)
-    data["U"][0, 0, 0, 0] = np.nan
+    data["U"][:, 0] = np.nan  # no value left at that level
     normalizer = ConvLSTMNormalizer()
     with pytest.raises(DataError, match="U has non-finite values"):
         normalizer.fit(data)

@@ -81,7 +81,7 @@ def test_flags_build_nested_settings() -> None:
 
 @pytest.mark.parametrize("args,message", [
     (["--num-epochs", "0"], "num_epochs (--num-epochs) must be an integer >= 1, got 0"),
-    (["--kernel-size", "4"], "kernel_size must be odd"),
+    (["--kernel-size", "4"], "kernel_size (--kernel-size) must be odd so the grid keeps its size, got 4; use 3 or 5."),
     (["--learning-rate", "-1"], "learning_rate (--learning-rate) must be a number > 0"),
     (["--train-ratio", "0.9", "--val-ratio", "0.2"], "sum to less than 1"),
     (["--include-upstream", "--upstream-lon-max", "115"], "overlaps the downstream region"),

@@ -138,23 +138,66 @@ def test_no_window_spans_a_gap(n_time, drops, window, offset):
     np.testing.assert_array_equal(starts, regular)
 
 
-def test_dataset_with_dropped_steps_builds_only_gap_free_windows():
+def _windows_reading(dataset: ConvLSTMDataset, step: int) -> set[int]:
+    """Starts (on the full axis) of the windows whose inputs or target are ``step``."""
+    w, o = dataset.window_size, dataset.target_offset
+    return {s for s in range(len(dataset.times) - w - o + 1) if s <= step < s + w or step == s + w + o - 1}
+
+
+def test_drop_leaves_out_exactly_the_windows_that_read_a_missing_value():
     data = make_dataset(n_time=24, lat=SMALL_LAT, lon=SMALL_LON)
-    data["TEM"][9, 0, 0, 0] = np.nan  # NaN steps are dropped on opening
-    data[PRECIPITATION][10, 1, 1] = np.nan
+    data["TEM"][9, 0, 0, 2] = np.nan  # lon 110: inside the downstream region
+    data[PRECIPITATION][14, 1, 1] = np.nan  # lon 105: only the upstream region reads it
     opened = open_dataset(data, nan_policy="drop")
-    assert opened.sizes["time"] == 22
-    dataset = ConvLSTMDataset(opened, window_size=3, region_config=RegionConfig(), target_offset=2)
-    step = np.timedelta64(12, "h")
-    bad = {data["time"].values[9], data["time"].values[10]}
-    # windows: 24 - 5 + 1 = 20 on the full axis, minus the 5 + 1 that touch the 2-step gap (starts 5..10 of 20)
-    assert len(dataset) == 20 - 6
-    for index, start in enumerate(dataset.starts):
-        input_times = dataset.times[start:start + 3]
-        target_time = dataset.target_times[index]
-        assert np.all(np.diff(input_times) == step)
-        assert target_time - input_times[-1] == 2 * step
-        assert not bad & set(dataset.times[start:start + 5])
+    assert opened.sizes["time"] == 24  # nothing is dropped on opening: only the regions count
+    baseline = ConvLSTMDataset(opened, 3, REGIONS, target_offset=2, drop_missing=True)
+    upstream = ConvLSTMDataset(opened, 3, REGIONS, target_offset=2, include_upstream=True, drop_missing=True)
+    every = set(range(24 - 5 + 1))
+    assert set(baseline.starts.tolist()) == every - _windows_reading(baseline, 9)
+    assert set(upstream.starts.tolist()) == every - _windows_reading(upstream, 9) - _windows_reading(upstream, 14)
+    # step 9 is read by windows 7, 8, 9 (inputs) and 5 (target); window 6 (inputs 6..8, target 10) skips it
+    assert 6 in baseline.starts and not {5, 7, 8, 9} & set(baseline.starts.tolist())
+    assert len(baseline) == 20 - 4 and baseline.n_windows_possible == 20 and baseline.n_missing_steps == 1
+    assert (len(upstream), upstream.n_missing_steps) == (20 - 8, 2)
+    assert baseline.describe_kept() == "16 of 20 windows (1 time step(s) with missing values left out)"
+    for dataset in (baseline, upstream):
+        assert np.isfinite(dataset.inputs).all()  # no batch of frames carries a NaN into the model
+        for index in range(len(dataset)):
+            x, y = dataset[index]
+            assert torch.isfinite(x).all() and torch.isfinite(y).all()
+
+
+def test_missing_values_outside_the_regions_are_ignored():
+    data = make_dataset(n_time=12, lat=SMALL_LAT, lon=SMALL_LON)
+    data["U"][:, :, :, 0] = np.nan  # lon 100: west of both regions when the upstream one starts at 105
+    data[PRECIPITATION][3, 0, 1] = np.nan  # lon 105
+    regions = RegionConfig(upstream_lon_min=105.0, upstream_lon_max=110.0)
+    assert len(ConvLSTMDataset(data, 3, REGIONS)) == len(ConvLSTMDataset(data, 3, regions)) == 12 - 3
+    with pytest.raises(DataError, match="missing values"):
+        ConvLSTMDataset(data, 3, regions, include_upstream=True)
+
+
+def test_missing_values_in_the_regions_are_refused_with_count_first_time_and_flags(tmp_path):
+    path = tmp_path / "gappy.nc"
+    data = make_dataset(n_time=10, lat=SMALL_LAT, lon=SMALL_LON)
+    data["TEM"][3, 0, 0, 2] = np.nan
+    data["TEM"][3, 1, 2, 3] = np.nan
+    data[PRECIPITATION][6, 1, 4] = np.nan
+    data["V"][5, 0, 0, 0] = np.nan  # outside the downstream region: not counted
+    data.to_netcdf(path)
+    with pytest.raises(DataError) as info:
+        ConvLSTMDataset(open_dataset(path), 3, REGIONS)
+    message = str(info.value)
+    assert message.startswith(f"{path} has missing values (NaN) in the downstream region the model reads")
+    assert "TEM: 2, precipitation: 1 — in 2 time step(s), the first at 2000-01-02T12:00" in message
+    assert "V:" not in message and "--nan-policy drop" in message and "--nan-policy fill" in message
+
+
+def test_drop_that_leaves_no_window_says_to_fill():
+    data = make_dataset(n_time=6, lat=SMALL_LAT, lon=SMALL_LON)
+    data[PRECIPITATION][2, 0, 3] = np.nan
+    with pytest.raises(DataError, match="each of its 3 windows reads one of the 1 time steps with missing values.*--nan-policy fill"):
+        ConvLSTMDataset(data, 3, REGIONS, drop_missing=True)
 
 
 def test_target_is_downstream_precipitation_after_offset():
@@ -221,9 +264,10 @@ def test_dataloader_batches():
 def test_window_batches_hold_every_window_in_order_as_views(gappy):
     data = make_dataset(n_time=24, lat=SMALL_LAT, lon=SMALL_LON)
     if gappy:
-        data["TEM"][9, 0, 0, 0] = np.nan  # dropped on opening: windows jump over the gap
-    opened = open_dataset(data, nan_policy="drop")
-    dataset = ConvLSTMDataset(opened, window_size=3, region_config=REGIONS, target_offset=2, include_upstream=True)
+        data["TEM"][9, 0, 0, 0] = np.nan  # the windows reading step 9 are left out: the others jump over it
+    dataset = ConvLSTMDataset(data, window_size=3, region_config=REGIONS, target_offset=2, include_upstream=True,
+                              drop_missing=True)
+    assert len(dataset) == (20 - 4 if gappy else 20)
     index = 0
     for batch, targets in dataset.window_batches(batch_size=4):
         assert np.shares_memory(batch.frames.numpy(), dataset.inputs)
@@ -240,7 +284,8 @@ def test_too_few_time_steps(tmp_path):
     path = tmp_path / "short.nc"
     make_dataset(n_time=5, lat=SMALL_LAT, lon=SMALL_LON).to_netcdf(path)
     data = open_dataset(path)
-    with pytest.raises(DataError, match=r"short\.nc has 5 time steps but window_size \+ target_offset = 6 are needed"):
+    with pytest.raises(DataError, match=r"short\.nc: 5 time step\(s\) are too few for one window, which needs "
+                                        r"window_size \+ target_offset = 6\. Use a longer file\.$"):
         ConvLSTMDataset(data, 4, REGIONS, target_offset=2)
     assert len(ConvLSTMDataset(data, 4, REGIONS, target_offset=1)) == 1
 

@@ -69,7 +69,7 @@ def generate_demo_dataset(atmosphere: DemoAtmosphere | None = None, **settings: 
     grid, fields = simulate(atmosphere)
     coords = {name: (name, grid[name], {**CF_ATTRS[name], "axis": axis}) for name, axis in _AXES.items()}
     data_vars = {var: (("time", "level", "lat", "lon"), fields[var], dict(CF_ATTRS[var])) for var in LEVEL_VARIABLES}
-    rain_attrs = {"cell_methods": "time: sum", "comment": "accumulated over the 12 hours ending at the time stamp"}
+    rain_attrs = {"comment": "accumulated over the 12 hours ending at the time stamp"}
     data_vars[PRECIPITATION] = (("time", "lat", "lon"), fields[PRECIPITATION], {**CF_ATTRS[PRECIPITATION], **rain_attrs})
     described = ", ".join(f"{name}={value!r}" for name, value in json.loads(json.dumps(atmosphere.to_dict())).items())
     attrs = {
