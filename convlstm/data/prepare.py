@@ -117,4 +117,3 @@ def prepare_data(
         logger.info("Windows kept with --nan-policy drop (missing values inside the regions only): %s.",
                     "; ".join(f"{name} {dataset.describe_kept()}" for name, dataset in datasets.items() if dataset))
     return PreparedData(data, splits, normalizer, datasets)
-
