@@ -95,7 +95,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or corrupt files all end here
-        raise ModelError(f"{path} is not a readable convlstm checkpoint ({type(exc).__name__}: {exc}).") from exc
+        # torch explains in paragraphs (and suggests weights_only=False, which would run the file's code): one line
+        detail = str(exc).split("\n", 1)[0].split(". ", 1)[0].strip()
+        raise ModelError(f"{path} is not a readable convlstm checkpoint: the file is truncated, corrupt or not a torch "
+                         f"checkpoint ({type(exc).__name__}{': ' + detail if detail else ''}).") from exc
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{path} is not a checkpoint written by this version of convlstm.")
     return state

@@ -8,12 +8,14 @@ This module imports neither torch nor mlflow nor xarray, so ``--help`` answers a
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from click_option_group import optgroup
 
 from convlstm.errors import ConvLSTMError
@@ -165,6 +167,29 @@ def settings_command(settings_cls: type, epilog: str = "") -> Callable[[Callable
         return command
 
     return decorate
+
+
+def given_on_command_line(name: str) -> bool:
+    """Whether the running command's flag for setting ``name`` was given, rather than left at its default.
+
+    ``mlflow run`` passes every MLproject parameter, so under it (``MLFLOW_RUN_ID`` set) a value equal
+    to the default counts as not given.
+
+    Parameters
+    ----------
+    name : str
+        The setting, e.g. ``num_epochs``.
+
+    Returns
+    -------
+    bool
+        True when the user chose the value.
+    """
+    context = click.get_current_context()
+    if context.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
+        return False
+    default = next(param.default for param in context.command.params if param.name == name)
+    return not os.environ.get("MLFLOW_RUN_ID") or context.params[name] != default
 
 
 def run_cli(command: click.Command, argv: Sequence[str] | None = None) -> None:

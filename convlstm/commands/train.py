@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from convlstm.cli import run_cli, settings_command
+from convlstm.cli import given_on_command_line, run_cli, settings_command
 from convlstm.config import TrainSettings
 
 EPILOG = """
@@ -22,6 +22,8 @@ Examples:
   mlflow run . -e train -P include_upstream=true --env-manager local
   # continue an interrupted run (run id, output directory or checkpoint file)
   convlstm-train --resume <run id>
+  # train a finished run on, to 20 epochs in all
+  convlstm-train --resume <run id> --num-epochs 20
 """
 
 
@@ -30,7 +32,8 @@ def train(settings: TrainSettings) -> None:
     """Train the ConvLSTM U-Net and record everything in MLflow."""
     from convlstm.tracking.training import train_tracked
 
-    outcome = train_tracked(settings)
+    # with --resume, --num-epochs only counts when given: it continues a run that ended
+    outcome = train_tracked(settings, settings.model.num_epochs if given_on_command_line("num_epochs") else None)
     click.echo(f"Finished {outcome.settings.experiment_type} run {outcome.run_id}; outputs in {outcome.output_dir}")
 
 

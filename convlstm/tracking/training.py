@@ -18,9 +18,11 @@ from convlstm.checkpoint import BEST_NAME, load_checkpoint
 from convlstm.cli import configure_logging
 from convlstm.config import TrainSettings
 from convlstm.data.demo import demo_data_path
+from convlstm.errors import ConfigError, TrackingError
 from convlstm.training.experiment import (
     NORMALIZER_NAME,
     TrainingOutcome,
+    ended_after,
     new_run_settings,
     run_training,
     settings_from_checkpoint,
@@ -144,7 +146,7 @@ class TrackedTraining:
         return Path(str(self.settings.output_dir))
 
 
-def train_tracked(settings: TrainSettings) -> TrackedTraining:
+def train_tracked(settings: TrainSettings, num_epochs: int | None = None) -> TrackedTraining:
     """Train one experiment inside an MLflow run (a new one, or the one a resumed checkpoint belongs to).
 
     Parameters
@@ -152,16 +154,25 @@ def train_tracked(settings: TrainSettings) -> TrackedTraining:
     settings : TrainSettings
         As given on the command line; with ``resume``, the run's own settings are taken from its
         checkpoint (only ``output_dir`` and ``log_level`` may change).
+    num_epochs : int, optional
+        With ``resume``: the epochs to train in all instead of the checkpoint's (``--num-epochs`` given),
+        which continues a run that ended. A FINISHED run resumed without it is refused: there is nothing
+        left to train, and finishing it again would log its final metrics twice and register a second
+        copy of its model.
 
     Returns
     -------
     TrackedTraining
         The run id, the settings it ran with and the training outcome.
     """
-    run_id = None
+    run_id, extend = None, False
     if settings.resume:
+        configure_logging(settings.log_level)  # resolving may warn before the run's log file is known
         checkpoint = resolve_resume(settings.resume)
-        resumed, run_id = settings_from_checkpoint(checkpoint, settings.output_dir)
+        resumed, run_id = settings_from_checkpoint(checkpoint, settings.output_dir, num_epochs)
+        extend = num_epochs is not None
+        if run_id:
+            _check_resumable(settings.resume, run_id, checkpoint, extend)
         settings = dataclasses.replace(resumed, log_level=settings.log_level)
     else:
         settings = new_run_settings(settings)
@@ -169,13 +180,29 @@ def train_tracked(settings: TrainSettings) -> TrackedTraining:
     configure_logging(settings.log_level, log_path)
     data_path = Path(settings.data) if settings.data else demo_data_path()
     tags = {"experiment_type": settings.experiment_type, "include_upstream": str(settings.include_upstream).lower(),
-            "run_type": "training"}
+            "run_type": "training", **({"num_epochs_extended_to": str(num_epochs)} if extend else {})}
     with managed_run(run_id, None if run_id else timestamped(settings.experiment_type), settings.experiment_name, tags,
                      log_path, system_metrics=True) as run:
         tracker = MlflowTracker(run.info.run_id, settings)
         if settings.resume:
             tracker.backfill_history(load_checkpoint(settings.resume)["training_state"]["history"])
         outcome = run_training(settings, data_path, run_id=run.info.run_id, callbacks=[tracker],
-                               on_data_ready=tracker.on_data_ready)
+                               on_data_ready=tracker.on_data_ready, extend=extend)
         tracker.log_outcome(outcome)
     return TrackedTraining(run.info.run_id, settings, outcome)
+
+
+def _check_resumable(resume: str, run_id: str, checkpoint: Path, extend: bool) -> None:
+    """Refuse a run this tracking store does not hold, and, unless more epochs were asked for (``extend``),
+    a run that ended training and FINISHED; a run that failed after its last epoch (e.g. while
+    registering its model) may be resumed to finish it."""
+    try:
+        status = MlflowClient().get_run(run_id).info.status
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for an unknown id
+        raise TrackingError(f"--resume {resume}: the checkpoint belongs to run {run_id}, which is not in the tracking "
+                            f"store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI to the store it was "
+                            "trained with.") from exc
+    done = None if extend else ended_after(checkpoint)
+    if status == "FINISHED" and done is not None:
+        raise ConfigError(f"--resume {resume}: run {run_id} already FINISHED after {done} epoch{'s' * (done != 1)}; "
+                          f"pass --num-epochs M (> {done}) to continue it.", "resume")

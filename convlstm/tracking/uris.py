@@ -4,6 +4,7 @@ run ids, ``runs:/`` and ``models:/`` URIs (artifacts are downloaded to a scratch
 from __future__ import annotations
 
 import atexit
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +17,8 @@ from convlstm.errors import ModelError, TrackingError
 from convlstm.training.experiment import NORMALIZER_NAME
 
 CHECKPOINT_ARTIFACTS = "checkpoints"
+
+logger = logging.getLogger(__name__)
 
 
 def scratch_dir(prefix: str) -> Path:
@@ -47,8 +50,8 @@ def resolve_resume(value: str) -> Path:
     Returns
     -------
     pathlib.Path
-        A local ``last.pt`` (or the named file); a run's artifact is downloaded when its output
-        directory is not on this machine.
+        A local ``last.pt`` (or the named file); for a run id, the run's ``checkpoints/last.pt`` artifact
+        (downloaded) when its output directory's copy is missing, unreadable or another run's.
     """
     path = Path(value)
     if path.is_file():
@@ -63,13 +66,29 @@ def resolve_resume(value: str) -> Path:
         raise TrackingError(f"--resume {value} is neither a checkpoint file, an output directory nor a run id in the "
                             f"tracking store {mlflow.get_tracking_uri()}.") from exc
     local = Path(run.data.params.get("output_dir", "")) / LAST_NAME
-    if local.is_file() and load_checkpoint(local).get("run_id") == value:
+    problem = _unusable(local, value)
+    if problem is None:
         return local
+    artifact = f"{CHECKPOINT_ARTIFACTS}/{LAST_NAME}"
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=value, artifact_path=f"{CHECKPOINT_ARTIFACTS}/{LAST_NAME}",
-                                                        dst_path=str(scratch_dir("convlstm-resume-"))))
+        downloaded = Path(mlflow.artifacts.download_artifacts(run_id=value, artifact_path=artifact,
+                                                              dst_path=str(scratch_dir("convlstm-resume-"))))
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"Run {value} has no {CHECKPOINT_ARTIFACTS}/{LAST_NAME} artifact to resume from.") from exc
+        raise ModelError(f"Cannot resume run {value}: its local checkpoint {local} {problem}, and the run has no "
+                         f"{artifact} artifact.") from exc
+    logger.warning("Local checkpoint %s %s; using the run's artifact %s.", local, problem, artifact)
+    return downloaded
+
+
+def _unusable(local: Path, run_id: str) -> str | None:
+    """Why ``local`` cannot resume ``run_id`` (missing, corrupt, another run's), or None when it can."""
+    if not local.is_file():
+        return "is missing"
+    try:
+        owner = load_checkpoint(local).get("run_id")
+    except ModelError as exc:
+        return f"is corrupt ({exc})"
+    return None if owner == run_id else f"belongs to run {owner}"
 
 
 def resolve_model(reference: str) -> tuple[Path, Path | None]:

@@ -64,7 +64,8 @@ def checkpoint_metadata(settings: TrainSettings, run_id: str | None) -> dict[str
             "output_dir": options.pop("output_dir"), "options": options, "run_id": run_id}
 
 
-def settings_from_checkpoint(path: Path, output_dir: str | None = None) -> tuple[TrainSettings, str | None]:
+def settings_from_checkpoint(path: Path, output_dir: str | None = None,
+                             num_epochs: int | None = None) -> tuple[TrainSettings, str | None]:
     """The settings and MLflow run id of the run that wrote ``path``, set to resume from it.
 
     Parameters
@@ -73,6 +74,9 @@ def settings_from_checkpoint(path: Path, output_dir: str | None = None) -> tuple
         A checkpoint written by training.
     output_dir : str, optional
         Where the resumed run writes (default: where the run wrote).
+    num_epochs : int, optional
+        Epochs to train in all instead of the checkpoint's (more than it has trained): how a run that
+        ended is continued.
 
     Returns
     -------
@@ -80,12 +84,38 @@ def settings_from_checkpoint(path: Path, output_dir: str | None = None) -> tuple
         The settings (``resume`` set to ``path``) and the run id (None if the run was not tracked).
     """
     state = load_checkpoint(path)
+    config = state["config"]
+    if num_epochs is not None:
+        done = state["training_state"]["epoch"]
+        if num_epochs <= done:
+            raise ConfigError(f"--num-epochs {num_epochs}: {path} has already trained {done} epoch{'s' * (done != 1)}; "
+                              f"pass more than {done} to continue it, or leave --num-epochs out.", "num_epochs")
+        config = {**config, "num_epochs": num_epochs}
     options = {**state.get("options", {}), "resume": str(path)}
-    settings = TrainSettings(model=ConvLSTMConfig.from_dict(state["config"]),
+    settings = TrainSettings(model=ConvLSTMConfig.from_dict(config),
                              regions=RegionConfig.from_dict(state["region_config"]),
                              include_upstream=bool(state["include_upstream"]), data=state.get("data"),
                              output_dir=output_dir or state.get("output_dir") or str(path.parent), **options)
     return settings, state.get("run_id")
+
+
+def ended_after(path: Path) -> int | None:
+    """The epochs a checkpoint's training completed if it ended (``num_epochs`` reached or stopped early).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        A checkpoint written by training.
+
+    Returns
+    -------
+    int or None
+        None while epochs remain: resuming it trains them.
+    """
+    state = load_checkpoint(path)
+    progress = state["training_state"]
+    ended = progress["stopped_early"] or progress["epoch"] >= state["config"]["num_epochs"]
+    return int(progress["epoch"]) if ended else None
 
 
 def new_run_settings(settings: TrainSettings) -> TrainSettings:
@@ -211,7 +241,8 @@ def input_grid(dataset: ConvLSTMDataset) -> dict[str, Any]:
 
 def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None = None,
                  callbacks: Sequence[TrainingCallback] = (),
-                 on_data_ready: Callable[[dict[str, Any]], None] | None = None) -> TrainingOutcome:
+                 on_data_ready: Callable[[dict[str, Any]], None] | None = None,
+                 extend: bool = False) -> TrainingOutcome:
     """Train one experiment: data → model → training → test scores → figures.
 
     Parameters
@@ -227,6 +258,10 @@ def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None
         Receive the trainer's events (the MLflow tracker is one).
     on_data_ready : callable, optional
         Called with the data description (provenance, shapes) once the data is prepared.
+    extend : bool
+        With ``resume``: more epochs were asked for (``settings.model.num_epochs`` replaces the
+        checkpoint's), so the schedule is stretched over them and early stopping re-armed
+        (:meth:`~convlstm.training.trainer.Trainer.extend`).
 
     Returns
     -------
@@ -267,6 +302,8 @@ def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None
     )
     if resume_from:
         trainer.restore(resume_from)
+        if extend:
+            trainer.extend()
     state = trainer.fit(prepared.train, prepared.val)
 
     best = load_checkpoint(output_dir / BEST_NAME, map_location=device)

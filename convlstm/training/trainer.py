@@ -284,6 +284,22 @@ class Trainer:
         logger.info("Resumed from %s at epoch %d (best val_loss %.4f at epoch %d).", path, self.state.epoch,
                     self.state.best_val_loss, self.state.best_epoch)
 
+    def extend(self) -> None:
+        """Let a restored run train on to ``config.num_epochs``, a total asked for on resume.
+
+        The cosine schedule is stretched over the new total (the learning rate continues as if that had
+        been the plan from the start, instead of staying at its floor), and a run that had stopped early
+        gets a fresh patience window: with the old count it would stop again after one epoch.
+        """
+        scheduler, total = self.scheduler, self.config.num_epochs
+        scheduler.T_max = total
+        progress = (1 + math.cos(math.pi * scheduler.last_epoch / total)) / 2
+        for group, base in zip(self.optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * progress
+        if self.state.stopped_early:
+            self.state.stopped_early, self.state.epochs_without_improvement = False, 0
+        logger.info("Continuing to %d epochs (learning rate now %.3g).", total, self.optimizer.param_groups[0]["lr"])
+
     # ---- internals --------------------------------------------------------------------------
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
