@@ -53,8 +53,37 @@ def library_versions() -> dict[str, str]:
     return {"convlstm": convlstm.__version__, "torch": str(torch.__version__), "numpy": numpy.__version__, "xarray": xarray.__version__}
 
 
+def checkpoint_space(model: torch.nn.Module, num_epochs: int, checkpoint_frequency: int) -> int:
+    """Disk space a training run's checkpoints need at most, to refuse a too-full disk before training.
+
+    Each checkpoint holds the weights and AdamW's two moment estimates (3 × the parameters' bytes; the
+    rest is small); a run keeps ``best_model.pt``, ``last.pt`` and one every ``checkpoint_frequency``
+    epochs, and an atomic write needs room for one more copy while it replaces a file.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to train.
+    num_epochs : int
+        Epochs the run trains.
+    checkpoint_frequency : int
+        Epochs between periodic checkpoints.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    size = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    return size * (3 + num_epochs // checkpoint_frequency)
+
+
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Write a checkpoint atomically: a crash mid-write leaves the previous file intact.
+
+    ``torch.save`` writes through a Python file, so a full disk raises ``OSError(ENOSPC)``, which
+    :func:`~convlstm.atomic.atomic_path` turns into one line (given a path, torch reports only
+    ``unexpected pos``).
 
     Parameters
     ----------
@@ -69,8 +98,8 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     pathlib.Path
         ``path``.
     """
-    with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, "versions": library_versions(), **state}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save({"format_version": FORMAT_VERSION, "versions": library_versions(), **state}, handle)
     return Path(path)
 
 

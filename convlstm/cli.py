@@ -1,6 +1,7 @@
 """What every entry point shares: a click command derived from its settings class, logging set-up, and
-one error policy (a one-line message naming the flag or file, exit status 2 for usage errors and 1
-for failures, never a traceback, and no MLflow run left RUNNING).
+one error policy (a one-line message naming the flag or file, exit status 2 for usage errors, 1 for
+failures and 128 + the signal's number when SIGTERM or SIGINT stopped it, never a traceback, and no
+MLflow run left RUNNING).
 
 This module imports neither torch nor mlflow nor xarray, so ``--help`` answers at once.
 """
@@ -18,7 +19,9 @@ import click
 from click.core import ParameterSource
 from click_option_group import optgroup
 
-from convlstm.errors import ConvLSTMError
+from convlstm.atomic import WRITE_FAILURES, check_writable
+from convlstm.errors import ConvLSTMError, Interrupted
+from convlstm.interrupt import catching_signals
 from convlstm.settings import Field, as_text, build, describe, fields_of, flag_of
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,11 +36,13 @@ def configure_logging(level: str, log_file: Path | None = None) -> None:
     level : str
         ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.
     log_file : pathlib.Path, optional
-        A file that receives the records too (its folder is created).
+        A file that receives the records too. Its folder, the command's ``--output-dir``, is created and
+        checked writable here: this is every command's first write, so a read-only folder is refused
+        in one line before any work.
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(log_file.parent, setting="output_dir")
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, handlers=handlers, force=True)
     for noisy in ("matplotlib", "urllib3", "alembic", "git"):
@@ -196,6 +201,9 @@ def run_cli(command: click.Command, argv: Sequence[str] | None = None) -> None:
     """Run a click command; turn usage and user errors into one line and an exit status, and fail the
     run ``mlflow run`` created for us when we stop before starting it.
 
+    SIGTERM and SIGINT raise :class:`~convlstm.errors.Interrupted` throughout, so the command's MLflow run
+    ends KILLED (not left RUNNING) and the exit status is 128 + the signal's number.
+
     Parameters
     ----------
     command : click.Command
@@ -204,21 +212,27 @@ def run_cli(command: click.Command, argv: Sequence[str] | None = None) -> None:
         Arguments (default: ``sys.argv[1:]``).
     """
     try:
-        command.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        with catching_signals():
+            command.main(args=list(argv) if argv is not None else None, standalone_mode=False)
         return
     except click.exceptions.Exit as exc:  # --help and friends
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        message, code = exc.format_message(), exc.exit_code
+        message, code, status = exc.format_message(), exc.exit_code, "FAILED"
     except ConvLSTMError as exc:
         setting = getattr(exc, "setting", None)
         flag = f" ({flag_of(setting)})" if setting and flag_of(setting) not in str(exc) else ""
-        click.echo(f"Error{flag}: {exc}", err=True)
-        message, code = str(exc), exc.exit_code
+        click.echo(str(exc) if isinstance(exc, Interrupted) else f"Error{flag}: {exc}", err=True)
+        message, code, status = str(exc), exc.exit_code, "KILLED" if isinstance(exc, Interrupted) else "FAILED"
     except click.Abort:
-        message, code = "aborted", 130
+        message, code, status = "aborted", 130, "KILLED"
+    except OSError as exc:  # a full disk or a folder we may not use, struck outside our own writes
+        if exc.errno not in WRITE_FAILURES:
+            raise
+        message, code, status = f"{exc.strerror}: {exc.filename or 'a file'}", 1, "FAILED"
+        click.echo(f"Error: {message}", err=True)
     from convlstm.tracking.runs import fail_pending_run
 
-    fail_pending_run(message)
+    fail_pending_run(message, status)
     sys.exit(code)

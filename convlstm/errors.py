@@ -7,6 +7,8 @@ errors exit with status 2, failures with status 1.
 
 from __future__ import annotations
 
+import signal
+
 
 class ConvLSTMError(Exception):
     """Base of every error convlstm raises for bad input or a failed step.
@@ -52,3 +54,45 @@ class TrackingError(ConvLSTMError):
 
 class TrainingDiverged(ConvLSTMError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
+
+
+class StorageError(ConvLSTMError):
+    """An output file cannot be written: the disk is full, or the folder is read-only or not ours.
+
+    Parameters
+    ----------
+    message : str
+        The path, the cause and what to do.
+    setting : str, optional
+        The setting that chose the place (``output_dir``), so a command line can name its flag.
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class Interrupted(ConvLSTMError):
+    """A stop was asked for (SIGTERM from ``timeout``, Slurm, Kubernetes or docker; SIGINT from Ctrl-C).
+
+    The exit status is ``128 + signal number`` (143 for SIGTERM, 130 for SIGINT), as shells report a
+    process killed by that signal, so schedulers see the stop for what it was.
+
+    Parameters
+    ----------
+    signum : int
+        The signal received.
+    detail : str
+        What was done on stopping, after ``"SIGTERM received: "`` in the message.
+
+    Attributes
+    ----------
+    signal_name : str
+        ``SIGTERM`` or ``SIGINT``.
+    """
+
+    def __init__(self, signum: int, detail: str = "stopped.") -> None:
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(f"{self.signal_name} received: {detail}")

@@ -18,6 +18,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from convlstm.errors import Interrupted
 from convlstm.settings import as_text, fields_of, flatten
 
 logger = logging.getLogger(__name__)
@@ -93,21 +94,26 @@ def log_file(path: Path | None, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 
 
-def fail_pending_run(message: str) -> None:
-    """End the run ``mlflow run`` created for us as FAILED when we stop before starting it.
+def fail_pending_run(message: str, status: str = "FAILED") -> None:
+    """End the run ``mlflow run`` created for us (FAILED, or KILLED on a signal) when we stop before
+    :func:`managed_run` ended it.
 
     Parameters
     ----------
     message : str
         The reason, stored in the run's ``error`` tag.
+    status : str
+        ``FAILED`` or ``KILLED``.
     """
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
     client = MlflowClient()
     try:
+        if client.get_run(run_id).info.status != "RUNNING":  # managed_run ended it already, with its reason
+            return
         client.set_tag(run_id, "error", message[:5000])
-        client.set_terminated(run_id, "FAILED")
+        client.set_terminated(run_id, status)
     except Exception:  # noqa: BLE001 - the store itself may be what failed; the error is shown anyway
         logger.debug("Could not mark run %s as FAILED.", run_id, exc_info=True)
 
@@ -135,7 +141,7 @@ def experiment_of_run(run_id: str) -> str | None:
 @contextmanager
 def managed_run(run_id: str | None, run_name: str | None, experiment_name: str | None, tags: dict[str, str],
                 log_path: Path | None = None, system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
-    """Start (or continue) a run; end it FINISHED, or FAILED (KILLED on Ctrl-C) with the error as a tag.
+    """Start (or continue) a run; end it FINISHED, or FAILED (KILLED on Ctrl-C or SIGTERM) with the error as a tag.
 
     Parameters
     ----------
@@ -176,7 +182,7 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
     except BaseException as exc:
         mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
         log_file(log_path)
-        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        mlflow.end_run("KILLED" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "FAILED")
         raise
     log_file(log_path)
     mlflow.end_run("FINISHED")

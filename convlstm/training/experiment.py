@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from convlstm.atomic import atomic_write_bytes
-from convlstm.checkpoint import BEST_NAME, library_versions, load_checkpoint
+from convlstm.atomic import atomic_write_bytes, check_writable
+from convlstm.checkpoint import BEST_NAME, checkpoint_space, library_versions, load_checkpoint
 from convlstm.config import ConvLSTMConfig, RegionConfig, TrainSettings
 from convlstm.data.dataset import ConvLSTMDataset
 from convlstm.data.normalizer import ConvLSTMNormalizer
@@ -289,11 +289,12 @@ def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None
                 data_info["input_width"], data_info["n_windows_train"], data_info["n_windows_val"],
                 data_info["n_windows_test"], device)
 
+    model = ConvLSTMUNet(config.input_channels, config.hidden_channels, config.output_channels, config.kernel_size)
+    check_writable(output_dir, checkpoint_space(model, config.num_epochs, config.checkpoint_frequency), "output_dir")
     prepared.normalizer.save(output_dir / NORMALIZER_NAME)
     metadata = checkpoint_metadata(settings, run_id)
     atomic_write_bytes(output_dir / CONFIG_NAME, json.dumps({**metadata, "data_info": data_info}, indent=2, default=str).encode())
 
-    model = ConvLSTMUNet(config.input_channels, config.hidden_channels, config.output_channels, config.kernel_size)
     trainer = Trainer(
         model, config, prepared.normalizer, prepared.train.downstream_columns, device, output_dir,
         metadata={**metadata, "normalizer": prepared.normalizer.to_dict(),

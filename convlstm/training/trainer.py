@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -23,12 +23,14 @@ from tqdm.auto import tqdm
 from convlstm.config import ConvLSTMConfig
 from convlstm.data.dataset import ConvLSTMDataset, WindowBatch
 from convlstm.data.normalizer import ConvLSTMNormalizer
-from convlstm.errors import DataError, TrainingDiverged
+from convlstm.errors import DataError, Interrupted, TrainingDiverged
 from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name, save_checkpoint
 from convlstm.device import amp_dtype
 from convlstm.evaluation.scores import ContinuousScores
 from convlstm.forecast import forward_downstream
+from convlstm.interrupt import SignalCatcher, catching_signals
 from convlstm.training.loss import WeightedPrecipitationLoss
+from convlstm.training.progress import PROGRESS_INTERVAL_S, ProgressLog
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,8 @@ class Trainer:
         DataLoader worker processes.
     pin_memory : bool
         Pinned host memory for the batches (used on CUDA only).
+    progress_interval_s : float
+        Seconds between progress lines within an epoch when no progress bar is shown (not a terminal).
 
     Attributes
     ----------
@@ -136,6 +140,7 @@ class Trainer:
         callbacks: Sequence[TrainingCallback] = (),
         num_workers: int = 0,
         pin_memory: bool = False,
+        progress_interval_s: float = PROGRESS_INTERVAL_S,
     ) -> None:
         self.model = model.to(device)
         self.config = config
@@ -147,6 +152,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.num_workers = num_workers
         self.pin_memory = pin_memory and device.type == "cuda"
+        self.progress_interval_s = progress_interval_s
         self.criterion = WeightedPrecipitationLoss(
             float(normalizer.normalize_precipitation(config.high_precip_threshold)), config.high_precip_weight
         )
@@ -162,6 +168,9 @@ class Trainer:
     # ---- public API -------------------------------------------------------------------------
     def fit(self, train_data: Dataset, val_data: ConvLSTMDataset) -> TrainingState:
         """Train until ``num_epochs`` or early stopping, from the current state (fresh or resumed).
+
+        SIGTERM or SIGINT stops it at the next safe point (after an optimizer step, or at the end of an
+        epoch) with ``last.pt`` written; a second signal stops at once.
 
         Parameters
         ----------
@@ -179,46 +188,55 @@ class Trainer:
         ------
         TrainingDiverged
             When the training or validation loss stops being finite; ``last.pt`` keeps the last good epoch.
+        Interrupted
+            On SIGTERM or SIGINT, once ``last.pt`` is written.
         """
         loader = self._loader(train_data, shuffle=True)
         if len(loader) == 0:
             raise DataError("The training split has no windows; use more data or a smaller --window-size.")
-        while self.state.epoch < self.config.num_epochs and not self.state.stopped_early:
-            epoch = self.state.epoch + 1
-            started = time.perf_counter()
-            train_loss, step_time = self._train_epoch(loader, epoch)
-            validation_started = time.perf_counter()
-            scores = self.evaluate(val_data)
-            validation_time = time.perf_counter() - validation_started
-            if len(val_data) and not math.isfinite(scores["loss"]):  # type: ignore[arg-type]
-                # The last optimizer step of the epoch can leave non-finite weights that no training batch
-                # saw; refuse them here, before they overwrite last.pt (the "last good checkpoint").
-                raise TrainingDiverged(
-                    f"The validation loss became {scores['loss']} at epoch {epoch} (training loss {train_loss:.4g}). "
-                    f"Training stopped; the last good checkpoint is {self.output_dir / LAST_NAME} (if an epoch completed). "
-                    "Lower --learning-rate or --gradient-clip-norm, or check the data for extreme values."
-                )
-            metrics = {
-                "train_loss": train_loss,
-                "val_loss": scores["loss"],
-                "val_rmse_mm": scores["rmse_mm"],
-                "val_mae_mm": scores["mae_mm"],
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "epoch_time_s": time.perf_counter() - started,
-                # where an epoch goes: the model's own steps, and validation (the rest is loading and upkeep)
-                "train_step_time_s": step_time,
-                "val_time_s": validation_time,
-            }
-            self.scheduler.step()
-            self._end_epoch(epoch, metrics)
-            logger.info(
-                "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_rmse %.3f mm  val_mae %.3f mm  (%.1f s)",
-                epoch, self.config.num_epochs, train_loss, metrics["val_loss"], metrics["val_rmse_mm"],
-                metrics["val_mae_mm"], metrics["epoch_time_s"],
-            )
-            for callback in self.callbacks:
-                callback.on_epoch_end(epoch, metrics)
+        with catching_signals(defer=True) as stop:
+            while self.state.epoch < self.config.num_epochs and not self.state.stopped_early:
+                self._fit_epoch(loader, val_data, stop)
         return self.state
+
+    def _fit_epoch(self, loader: DataLoader, val_data: ConvLSTMDataset, stop: SignalCatcher) -> None:
+        """Train, validate, checkpoint and report one epoch; stop after it if a signal came."""
+        epoch = self.state.epoch + 1
+        started = time.perf_counter()
+        train_loss, step_time = self._train_epoch(loader, epoch, stop)
+        validation_started = time.perf_counter()
+        scores = self.evaluate(val_data)
+        validation_time = time.perf_counter() - validation_started
+        if len(val_data) and not math.isfinite(scores["loss"]):  # type: ignore[arg-type]
+            # The last optimizer step of the epoch can leave non-finite weights that no training batch
+            # saw; refuse them here, before they overwrite last.pt (the "last good checkpoint").
+            raise TrainingDiverged(
+                f"The validation loss became {scores['loss']} at epoch {epoch} (training loss {train_loss:.4g}). "
+                f"Training stopped; the last good checkpoint is {self.output_dir / LAST_NAME} (if an epoch completed). "
+                "Lower --learning-rate or --gradient-clip-norm, or check the data for extreme values."
+            )
+        metrics = {
+            "train_loss": train_loss,
+            "val_loss": scores["loss"],
+            "val_rmse_mm": scores["rmse_mm"],
+            "val_mae_mm": scores["mae_mm"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - started,
+            # where an epoch goes: the model's own steps, and validation (the rest is loading and upkeep)
+            "train_step_time_s": step_time,
+            "val_time_s": validation_time,
+        }
+        self.scheduler.step()
+        self._end_epoch(epoch, metrics)
+        logger.info(
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_rmse %.3f mm  val_mae %.3f mm  (%.1f s)",
+            epoch, self.config.num_epochs, train_loss, metrics["val_loss"], metrics["val_rmse_mm"],
+            metrics["val_mae_mm"], metrics["epoch_time_s"],
+        )
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch, metrics)
+        if stop.received:
+            self._stop(stop.received, f"after epoch {epoch}/{self.config.num_epochs}", save=False)
 
     @torch.no_grad()
     def evaluate(self, data: ConvLSTMDataset) -> dict[str, float]:
@@ -315,14 +333,17 @@ class Trainer:
     def _forward(self, inputs: torch.Tensor | WindowBatch) -> torch.Tensor:
         return forward_downstream(self.model, inputs, self.downstream_columns, self.amp_dtype)
 
-    def _train_epoch(self, loader: DataLoader, epoch: int) -> tuple[float, float]:
+    def _train_epoch(self, loader: DataLoader, epoch: int, stop: SignalCatcher) -> tuple[float, float]:
         """One pass of optimizer steps over ``loader``: the mean loss, and the seconds spent in the steps
-        themselves (forward, backward, optimizer; not loading batches)."""
+        themselves (forward, backward, optimizer; not loading batches). A progress bar on a terminal,
+        else a progress line every ``progress_interval_s``; stops after the step during which a signal came."""
         self.model.train()
         accumulate = self.config.gradient_accumulation_steps
         total, count, step_time = 0.0, 0, 0.0
         self.optimizer.zero_grad(set_to_none=True)
-        progress = tqdm(loader, desc=f"epoch {epoch}/{self.config.num_epochs}", leave=False, dynamic_ncols=True, disable=None)
+        label = f"epoch {epoch}/{self.config.num_epochs}"
+        progress = tqdm(loader, desc=label, leave=False, dynamic_ncols=True, disable=None)
+        progress_log = ProgressLog(label, len(loader), self.progress_interval_s) if progress.disable else None
         for batch_index, (inputs, targets) in enumerate(progress):
             inputs, targets = self._to_device(inputs, targets)
             step_started = time.perf_counter()
@@ -342,13 +363,33 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.state.global_step += 1
+                if stop.received:
+                    self._stop(stop.received, f"in epoch {epoch}, batch {batch_index + 1}/{len(loader)}", save=True)
             # Each step ends in float(loss), which waits for the device, so on a GPU too the sum is right
             # to within the last step's backward.
             step_time += time.perf_counter() - step_started
             total += loss_value * len(targets)
             count += len(targets)
             progress.set_postfix(loss=f"{total / count:.4f}")
+            if progress_log is not None:
+                progress_log.update(batch_index + 1, count, total / count)
         return total / count, step_time
+
+    def _stop(self, signum: int, where: str, save: bool) -> NoReturn:
+        """Write ``last.pt`` (unless the epoch just wrote it) and raise :class:`Interrupted` saying how to go on.
+
+        Mid-epoch, ``last.pt`` keeps the weights after the step just taken with the state of the last
+        completed epoch: a resume starts that epoch over from those weights, so no step is lost.
+        """
+        path = self.output_dir / LAST_NAME
+        error = Interrupted(signum, f"training stopped {where}; {path} holds the progress (epoch {self.state.epoch} "
+                                    f"completed). Continue with: python -m entrypoints.train --resume {path}")
+        logger.warning("%s received %s: %s.", error.signal_name, where, f"writing {path}" if save else "stopping")
+        if save:
+            save_checkpoint(path, self.checkpoint_state())
+            for callback in self.callbacks:
+                callback.on_checkpoint(path)
+        raise error
 
     def _end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Update the state and write checkpoints: best (on improvement), periodic, and last."""

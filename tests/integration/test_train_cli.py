@@ -7,6 +7,8 @@ migrations, copying it milliseconds).
 
 from __future__ import annotations
 
+import builtins
+import errno
 import hashlib
 import os
 import re
@@ -17,16 +19,19 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from convlstm import atomic
 from convlstm.checkpoint import LAST_NAME, load_checkpoint
 from convlstm.config import TrainSettings
 from convlstm.data.demo import write_demo_dataset
 from convlstm.settings import build, fields_of
-from convlstm.training.experiment import new_run_settings
 from convlstm.commands.train import train
+from convlstm.tracking.runs import managed_run
+from convlstm.training.experiment import new_run_settings, settings_from_checkpoint
 from tests.integration.workspace import PAIR_ARGS, PAIR_EPOCHS, Workspace, invoke, subprocess_env, tracking_environment
 
 TINY_ARGS = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1", "--visualize", "false"]
@@ -300,7 +305,85 @@ def test_diverging_training_fails_the_run_with_one_line(tracked: Path, tiny_nc: 
     assert "training.log" in artifact_paths(MlflowClient(), run.info.run_id)
 
 
-# ---------------------------------------------------------------------------------------------- end to end (slow)
+def test_read_only_output_dir_is_refused_in_one_line_before_any_run(workdir: Path, tiny_nc: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """What a read-only folder does to the first file written there (simulated: root ignores chmod)."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "TemporaryFile", refuse)
+    assert invoke(train, ["--data", tiny_nc, "--output-dir", "out", *TINY_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("Error")]
+    assert f"Cannot write {workdir / 'out'}: not writable (permission denied)" in line and "--output-dir" in line
+    assert not (workdir / "mlflow.db").exists()  # refused before any run
+
+
+def test_disk_full_mid_run_fails_the_run_with_one_line_and_leaves_nothing_partial(tracked: Path, tiny_nc: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # every checkpoint's bytes go to /dev/full, which fails writes with ENOSPC as a full disk does
+    monkeypatch.setattr("convlstm.checkpoint.open", lambda path, mode: builtins.open("/dev/full", mode), raising=False)
+    assert invoke(train, ["--data", tiny_nc, "--output-dir", "out", *TINY_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("Error")]
+    assert f"Cannot write {tracked / 'out' / 'best_model.pt'}: No space left on device" in line
+    (run,) = all_runs(MlflowClient())
+    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["error"]
+    assert not [path.name for path in (tracked / "out").iterdir() if path.suffix in (".pt", ".tmp")]
+
+
+def test_sigterm_ends_the_run_of_any_command_killed(tracked: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """infer and compare run inside ``managed_run`` too: a signal during their run ends it KILLED."""
+    @click.command()
+    def report() -> None:
+        with managed_run(None, "report", "signals", {}):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert invoke(report, []) == 143
+    (run,) = all_runs(MlflowClient())
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "Interrupted: SIGTERM received: stopped."
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "SIGTERM received: stopped."
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_with_last_pt_and_ends_the_run_killed(tmp_path: Path, tiny_nc: Path,
+                                                                     empty_store: Path) -> None:
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "entrypoints.train", "--data", str(tiny_nc), "--output-dir", str(out),
+               *TINY_ARGS[:-4], "--num-epochs", "50", "--visualize", "false", "--early-stopping-patience", "0"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while process.poll() is None and time.monotonic() < deadline:  # until the first epoch is logged
+            if EPOCH_LINE.search((out / "training.log").read_text() if (out / "training.log").is_file() else ""):
+                process.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = out / LAST_NAME
+    assert stderr.strip().splitlines()[-1].startswith("SIGTERM received: training stopped")
+    assert f"--resume {last}" in stderr
+    checkpoint = load_checkpoint(last)
+    assert 1 <= checkpoint["training_state"]["epoch"] < 50
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(checkpoint["run_id"])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"].startswith("Interrupted: SIGTERM received: training stopped")
+    assert "training.log" in artifact_paths(client, run.info.run_id)
+    resumed, run_id = settings_from_checkpoint(last)  # what --resume starts from
+    assert run_id == run.info.run_id and resumed.resume == str(last) and resumed.model.num_epochs == 50
+
+
 
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) ")
