@@ -383,7 +383,7 @@ class Trainer:
         """
         path = self.output_dir / LAST_NAME
         error = Interrupted(signum, f"training stopped {where}; {path} holds the progress (epoch {self.state.epoch} "
-                                    f"completed). Continue with: python -m entrypoints.train --resume {path}")
+                                    f"completed). Continue with: convlstm-train --resume {path}")
         logger.warning("%s received %s: %s.", error.signal_name, where, f"writing {path}" if save else "stopping")
         if save:
             save_checkpoint(path, self.checkpoint_state())

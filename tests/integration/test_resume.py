@@ -15,7 +15,7 @@ from convlstm.checkpoint import LAST_NAME, load_checkpoint, save_checkpoint
 from convlstm.config import DEFAULT_REGISTERED_NAME
 from convlstm.training.experiment import run_training, settings_from_checkpoint
 from convlstm.training.trainer import TrainingCallback
-from entrypoints.train import train
+from convlstm.commands.train import train
 from tests.integration.test_train_cli import (  # noqa: F401 - fixtures
     EPOCH_METRICS,
     TINY_ARGS,
