@@ -19,6 +19,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from convlstm.settings import as_text, fields_of, flatten
+from convlstm.tracking.store import bounded_requests
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ def fail_pending_run(message: str) -> None:
         return
     client = MlflowClient()
     try:
-        client.set_tag(run_id, "error", message[:5000])
-        client.set_terminated(run_id, "FAILED")
+        with bounded_requests():  # the store may be what failed: give up in seconds, not minutes
+            client.set_tag(run_id, "error", message[:5000])
+            client.set_terminated(run_id, "FAILED")
     except Exception:  # noqa: BLE001 - the store itself may be what failed; the error is shown anyway
         logger.debug("Could not mark run %s as FAILED.", run_id, exc_info=True)
 

@@ -28,6 +28,7 @@ from convlstm.training.experiment import (
 from convlstm.training.trainer import TrainingCallback
 from convlstm.tracking.registry import describe_version
 from convlstm.tracking.runs import log_new_params, managed_run, settings_params, timestamped
+from convlstm.tracking.store import check_tracking_store
 from convlstm.tracking.uris import CHECKPOINT_ARTIFACTS, resolve_resume
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ def train_tracked(settings: TrainSettings) -> TrackedTraining:
     TrackedTraining
         The run id, the settings it ran with and the training outcome.
     """
+    check_tracking_store()
     run_id = None
     if settings.resume:
         checkpoint = resolve_resume(settings.resume)
