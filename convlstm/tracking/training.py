@@ -159,7 +159,6 @@ def train_tracked(settings: TrainSettings) -> TrackedTraining:
     TrackedTraining
         The run id, the settings it ran with and the training outcome.
     """
-    check_tracking_store()
     run_id = None
     if settings.resume:
         checkpoint = resolve_resume(settings.resume)
@@ -167,6 +166,7 @@ def train_tracked(settings: TrainSettings) -> TrackedTraining:
         settings = dataclasses.replace(resumed, log_level=settings.log_level)
     else:
         settings = new_run_settings(settings)
+    check_tracking_store()  # after the refusals (they leave nothing behind), before any work
     log_path = Path(str(settings.output_dir)) / "training.log"
     configure_logging(settings.log_level, log_path)
     data_path = Path(settings.data) if settings.data else demo_data_path()

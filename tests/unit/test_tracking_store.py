@@ -21,6 +21,7 @@ from convlstm.errors import TrackingError
 from convlstm.tracking import store
 from convlstm.tracking.runs import fail_pending_run
 from convlstm.tracking.store import check_tracking_store
+from convlstm.tracking.uris import resolve_resume
 from tests.integration.workspace import subprocess_env
 
 #: Hang guards, not speed targets: without the check these cases wait out MLflow's retries (about 4 minutes).
@@ -108,6 +109,14 @@ def test_failing_the_pending_run_gives_up_when_the_store_is_unreachable(monkeypa
     start = time.monotonic()
     fail_pending_run("the store check failed")
     assert time.monotonic() - start < HANG_GUARD_S
+
+
+def test_resuming_a_run_id_checks_the_store_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # the run id is not a local path either
+    with pytest.raises(TrackingError, match=f"cannot reach the MLflow tracking server at {uri} "):
+        resolve_resume("0123456789abcdef")
 
 
 def _start_tracked(uri: str, barrier: multiprocessing.synchronize.Barrier, name: str) -> None:
