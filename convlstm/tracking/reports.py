@@ -29,6 +29,7 @@ from convlstm.tracking.runs import (
     settings_params,
     timestamped,
 )
+from convlstm.tracking.store import check_tracking_store
 from convlstm.tracking.uris import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def infer_tracked(settings: InferSettings) -> InferenceOutcome:
     InferenceOutcome
         The predictions, the files written and the scores against the observations in the data.
     """
+    check_tracking_store()
     reference = str(settings.checkpoint or settings.model)
     forecast = _load_model(reference, settings.run)
     name = timestamped(f"infer-{forecast.experiment_type}")
@@ -163,6 +165,7 @@ def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
     tuple
         The comparison result and the path of its ``report.md``.
     """
+    check_tracking_store()
     models = {"baseline": settings.baseline, "upstream": settings.upstream}
     if not settings.uses_files and not settings.baseline:
         models = dict(latest_training_runs(settings.run.experiment_name))

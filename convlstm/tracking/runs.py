@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from convlstm.errors import Interrupted
 from convlstm.settings import as_text, fields_of, flatten
+from convlstm.tracking.store import bounded_requests
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +111,11 @@ def fail_pending_run(message: str, status: str = "FAILED") -> None:
         return
     client = MlflowClient()
     try:
-        if client.get_run(run_id).info.status != "RUNNING":  # managed_run ended it already, with its reason
-            return
-        client.set_tag(run_id, "error", message[:5000])
-        client.set_terminated(run_id, status)
+        with bounded_requests():  # the store may be what failed: give up in seconds, not minutes
+            if client.get_run(run_id).info.status != "RUNNING":  # managed_run ended it already, with its reason
+                return
+            client.set_tag(run_id, "error", message[:5000])
+            client.set_terminated(run_id, status)
     except Exception:  # noqa: BLE001 - the store itself may be what failed; the error is shown anyway
         logger.debug("Could not mark run %s as FAILED.", run_id, exc_info=True)
 

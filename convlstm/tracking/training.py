@@ -30,6 +30,7 @@ from convlstm.training.experiment import (
 from convlstm.training.trainer import TrainingCallback
 from convlstm.tracking.registry import describe_version
 from convlstm.tracking.runs import log_new_params, managed_run, settings_params, timestamped
+from convlstm.tracking.store import check_tracking_store
 from convlstm.tracking.uris import CHECKPOINT_ARTIFACTS, resolve_resume
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None) -> Tra
         settings = dataclasses.replace(resumed, log_level=settings.log_level)
     else:
         settings = new_run_settings(settings)
+    check_tracking_store()  # after the refusals (they leave nothing behind), before any work
     log_path = Path(str(settings.output_dir)) / "training.log"
     configure_logging(settings.log_level, log_path)
     data_path = Path(settings.data) if settings.data else demo_data_path()

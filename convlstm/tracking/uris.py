@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 from convlstm.errors import ModelError, TrackingError
+from convlstm.tracking.store import check_tracking_store
 from convlstm.training.experiment import NORMALIZER_NAME
 
 CHECKPOINT_ARTIFACTS = "checkpoints"
@@ -60,6 +61,7 @@ def resolve_resume(value: str) -> Path:
         if not (path / LAST_NAME).is_file():
             raise ModelError(f"--resume {value}: the directory has no {LAST_NAME}; pass a checkpoint file or a run id.")
         return path / LAST_NAME
+    check_tracking_store()  # an unreachable store fails in seconds, not after minutes of retries
     try:
         run = MlflowClient().get_run(value)
     except Exception as exc:  # noqa: BLE001 - MLflow raises several types for an unknown id
