@@ -22,7 +22,7 @@ from click_option_group import optgroup
 from convlstm.atomic import WRITE_FAILURES, check_writable
 from convlstm.errors import ConvLSTMError, Interrupted
 from convlstm.interrupt import catching_signals
-from convlstm.settings import Field, as_text, build, describe, fields_of, flag_of
+from convlstm.settings import UNSET, Field, as_text, build, describe, fields_of, flag_of
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -50,18 +50,18 @@ def configure_logging(level: str, log_file: Path | None = None) -> None:
 
 
 class _Optional(click.ParamType):
-    """A value that may be empty: ``mlflow run`` passes an unset optional parameter as ``''``, read as None."""
+    """A value that may be unset: ``none`` (what ``MLproject`` passes for an unset optional parameter) or ``''``."""
 
     def __init__(self, inner: click.ParamType) -> None:
         self.inner = inner
         self.name = inner.name
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        return None if value in ("", None) else self.inner.convert(value, param, ctx)
+        return None if value is None or str(value).lower() in ("", UNSET) else self.inner.convert(value, param, ctx)
 
 
 class _Numbers(click.ParamType):
-    """``"32 64"`` or ``"32,64"`` → ``[32, 64]``; ranges are checked by the settings class."""
+    """``"32,64"`` or ``"32 64"`` → ``[32, 64]``; ranges are checked by the settings class."""
 
     def __init__(self, item: type) -> None:
         self.item = item
@@ -73,7 +73,7 @@ class _Numbers(click.ParamType):
         try:
             return [self.item(token) for token in str(value).replace(",", " ").split()]
         except ValueError:
-            self.fail(f"expected numbers such as '32 64', got {value!r}.", param, ctx)
+            self.fail(f"expected numbers such as '32,64' or '32 64', got {value!r}.", param, ctx)
 
 
 def _click_type(field: Field) -> click.ParamType | tuple[type, type]:

@@ -190,7 +190,7 @@ class TrainSettings(Settings):
     pin_memory: bool = setting(True, "Pinned host memory for faster GPU copies (CUDA only).", group=_SYSTEM)
     resume: str | None = setting(None, "Continue a run: its MLflow run id, output directory or a checkpoint file.",
                                  group=_TRACKING)
-    experiment_name: str | None = _experiment_name("convlstm-upstream")
+    experiment_name: str | None = _experiment_name("$MLFLOW_EXPERIMENT_NAME, else MLflow's Default, as for `mlflow run`")
     registered_model_name: str = _registered_model_name(
         "Register the best model under this name in the MLflow model registry ('' to skip).")
     log_level: str = _log_level()

@@ -3,8 +3,9 @@
 MLflow reads ``MLproject`` as a static file, so it is generated from ``convlstm.config`` and a test
 fails when the committed file differs from what this module renders (a default, type or flag that
 drifted). MLflow validates no parameter types and has no boolean type: booleans and lists are
-strings (``"true"``, ``"16 32 64"``) and an unset optional parameter is ``""``, which the command
-line reads as "not given".
+strings (``"true"``, ``"16,32,64"``) and an unset optional parameter is ``"none"``, which the command
+line reads as "not given". No default needs shell quotes: MLflow 3's launcher logs every -P value as
+``shlex.quote`` writes it (``''``, ``'16 32 64'``), and MLflow refuses to correct a logged param.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def parameter(field: Field) -> tuple[str, str]:
     Returns
     -------
     tuple of str
-        ``("int", "12")``, ``("string", '"16 32 64"')``, ...
+        ``("int", "12")``, ``("string", '"16,32,64"')``, ...
     """
     if field.kind in (int, float) and not field.optional:
         return field.kind.__name__, repr(field.default)

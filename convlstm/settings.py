@@ -216,8 +216,16 @@ def flatten(settings: Any) -> dict[str, Any]:
     return out
 
 
+#: The text of an unset optional setting. Not ``''``: ``mlflow run`` logs each -P value shell-quoted
+#: (``shlex.quote``), so an empty value would show as ``''`` in the MLflow UI; ``none`` needs no quoting.
+UNSET = "none"
+
+
 def as_text(value: Any) -> str:
-    """A setting's value as the text a command line takes: ``true``, ``16 32 64``, ``''`` for None.
+    """A setting's value as the text a command line takes: ``true``, ``16,32,64``, ``none`` for None.
+
+    Every default's text is one shell word without quotes, because ``mlflow run`` logs the params it
+    passes shell-quoted: ``16 32 64`` would show as ``'16 32 64'`` (the command line reads both forms).
 
     Parameters
     ----------
@@ -230,11 +238,11 @@ def as_text(value: Any) -> str:
         The text (also what MLflow shows as the run's param).
     """
     if value is None:
-        return ""
+        return UNSET
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (list, tuple)):
-        return " ".join(f"{v:g}" if isinstance(v, numbers.Real) else str(v) for v in value)
+        return ",".join(f"{v:g}" if isinstance(v, numbers.Real) else str(v) for v in value)
     return str(value)
 
 

@@ -1,15 +1,16 @@
-"""What a comparison leaves behind: the flat metric keys (MLflow, ``scores.csv``), the verdict,
-``report.md`` and the five figures.
+"""What a comparison leaves behind: the flat score keys (``scores.csv``, the MLflow tables), the few
+headline numbers MLflow logs as metrics, the verdict, ``report.md`` and the five figures.
 
 The score table is one ``xr.Dataset`` (dims ``forecast``, ``threshold``, ``window``); the flat keys
 users see (``rmse_mm``, ``csi_1mm``, ``pod_0.1mm``, ``fss_5mm_w3``, ``rmse_skill_vs_persistence``) come
-from :func:`flat_metrics` only.
+from :func:`metric_key` only.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,9 @@ SCORES_NAME = "scores.csv"
 FIGURES = ("rmse_difference_map.png", "case_maps.png", "csi_bars.png", "performance_diagram.png", "error_by_time.png")
 EXPERIMENTS = ("baseline", "upstream")
 REFERENCES = ("persistence", "climatology")
+#: The scores of every forecast that MLflow gets as metrics (with the upstream − baseline RMSE difference);
+#: a few, so that a comparison beside the training runs does not crowd their charts. All are in the tables.
+HEADLINE_SCORES = ("rmse_mm", "mae_mm")
 _REPORT_COLUMNS = ("rmse_mm", "mae_mm", "bias_mm", "correlation", "rmse_latw_mm", "csi_1mm", "csi_5mm", "ets_5mm",
                    "fss_5mm_w3", "rmse_skill_vs_persistence", "rmse_skill_vs_climatology")
 
@@ -63,12 +67,76 @@ def flat_metrics(scores: xr.Dataset, forecast: str) -> dict[str, float]:
     dict of str to float
         Every score of that forecast, NaN where undefined.
     """
-    out = {}
-    for name, da in scores.sel(forecast=forecast).data_vars.items():
+    return {metric_key(name, **labels): value for name, labels, value in _cells(scores.sel(forecast=forecast))}
+
+
+def _cells(scores: xr.Dataset) -> Iterator[tuple[str, dict[str, float | int], float]]:
+    """Every value of the score table: its score name, its labels (threshold, window) and the value."""
+    for name, da in scores.data_vars.items():
         for index in np.ndindex(da.shape):
-            labels = {str(dim): da[dim].values[i].item() for dim, i in zip(da.dims, index)}
-            out[metric_key(str(name), **labels)] = float(da.values[index])
-    return out
+            labels = {str(dim): da[dim].values.tolist()[i] for dim, i in zip(da.dims, index)}
+            yield str(name), labels, float(da.values[index])
+
+
+def score_rows(scores: xr.Dataset) -> pd.DataFrame:
+    """The whole score table, one row per forecast and score: what MLflow keeps as a table artifact.
+
+    Parameters
+    ----------
+    scores : xarray.Dataset
+        The comparison's score table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``forecast``, ``metric`` (the flat key), ``score``, ``threshold_mm``, ``window``, ``value``
+        (NaN where undefined; no threshold or window where the score has none).
+    """
+    rows = []
+    for name, labels, value in _cells(scores):  # every score is per forecast
+        forecast = labels.pop("forecast")
+        rows.append({"forecast": forecast, "metric": metric_key(name, **labels), "score": name,
+                     "threshold_mm": labels.get("threshold"), "window": labels.get("window"), "value": value})
+    return pd.DataFrame(rows)
+
+
+def difference_rows(differences: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Upstream − baseline per score with its bootstrap interval, one row per score (a table artifact).
+
+    Parameters
+    ----------
+    differences : dict
+        ``ComparisonResult.differences``: ``estimate``, ``low``, ``high``, ``excludes_zero`` per score.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``metric``, ``difference``, ``ci_low``, ``ci_high``, ``excludes_zero``.
+    """
+    return pd.DataFrame([{"metric": key, "difference": d["estimate"], "ci_low": d["low"], "ci_high": d["high"],
+                          "excludes_zero": bool(d["excludes_zero"])} for key, d in differences.items()])
+
+
+def headline_metrics(result: ComparisonResult) -> dict[str, float]:
+    """The numbers that answer the question at a glance: RMSE and MAE of every forecast
+    (``baseline_rmse_mm``, ``persistence_mae_mm``, ...) and the upstream − baseline RMSE difference with
+    its 95 % interval (``delta_rmse_mm``, ``delta_rmse_mm_ci_low``, ``delta_rmse_mm_ci_high``).
+
+    Parameters
+    ----------
+    result : ComparisonResult
+        What the comparison found.
+
+    Returns
+    -------
+    dict of str to float
+        About ten values; NaN where undefined.
+    """
+    out = {f"{forecast}_{score}": float(result.scores[score].sel(forecast=forecast))
+           for forecast in map(str, result.scores["forecast"].values) for score in HEADLINE_SCORES}
+    diff = result.differences["rmse_mm"]
+    return {**out, "delta_rmse_mm": diff["estimate"], "delta_rmse_mm_ci_low": diff["low"],
+            "delta_rmse_mm_ci_high": diff["high"]}
 
 
 def _score_table(scores: xr.Dataset) -> pd.DataFrame:

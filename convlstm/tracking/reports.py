@@ -1,28 +1,28 @@
 """Inference and comparison runs in MLflow: each lands beside the training runs it used, tagged with
-their ids; a comparison has one child run per forecast with identical metric keys."""
+their ids; a comparison logs a few headline metrics and its full score tables as table artifacts."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID, MLFLOW_EXPERIMENT_NAME
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
 from convlstm.cli import configure_logging
 from convlstm.config import CompareSettings, InferSettings, RunSettings
 from convlstm.data.demo import demo_data_path
 from convlstm.errors import TrackingError
 from convlstm.evaluation.comparison import ComparisonResult, compare, inputs_from_files, inputs_from_models
-from convlstm.evaluation.report import flat_metrics
+from convlstm.evaluation.report import difference_rows, headline_metrics, score_rows
 from convlstm.forecast import ForecastModel, load_forecast_model
 from convlstm.inference import InferenceOutcome, run_inference
 from convlstm.tracking.registry import set_champion
 from convlstm.tracking.runs import (
-    DEFAULT_EXPERIMENT,
     experiment_of_run,
     log_new_params,
     managed_run,
@@ -33,6 +33,12 @@ from convlstm.tracking.store import check_tracking_store
 from convlstm.tracking.uris import resolve_model
 
 logger = logging.getLogger(__name__)
+
+#: The comparison run's metric keys start with this: the MLflow UI's chart view puts them in a section of their own.
+METRIC_PREFIX = "compare/"
+#: Table artifacts (``mlflow.log_table``; read back with ``mlflow.load_table``): every score of every forecast,
+#: one row per forecast and score; upstream − baseline per score with its 95 % interval.
+SCORES_TABLE, DIFFERENCES_TABLE = "scores_table.json", "differences_table.json"
 
 
 def _load_model(reference: str, run: RunSettings) -> ForecastModel:
@@ -78,7 +84,7 @@ def infer_tracked(settings: InferSettings) -> InferenceOutcome:
         outcome = run_inference(forecast, data_path, out, settings.split, settings.run.batch_size, settings.visualize,
                                 settings.max_maps, extra_metadata={"model_uri": reference},
                                 nan_policy=settings.run.nan_policy)  # type: ignore[arg-type]
-        log_new_params(run.info.run_id, {**settings_params(settings), "data": str(data_path), "model_uri": reference})
+        log_new_params(run.info.run_id, {**settings_params(settings), "data_path": str(data_path), "model_uri": reference})
         mlflow.log_metrics(outcome.scores)
         for path in outcome.files:
             mlflow.log_artifact(str(path), "maps" if path.suffix == ".png" else None)
@@ -92,7 +98,8 @@ def latest_training_runs(experiment_name: str | None) -> dict[str, str]:
     Parameters
     ----------
     experiment_name : str, optional
-        Default: ``mlflow run``'s experiment, else :data:`DEFAULT_EXPERIMENT`.
+        Default: the experiment a run would land in (``mlflow run``'s, else ``MLFLOW_EXPERIMENT_NAME``,
+        else MLflow's ``Default``), as training chooses it.
 
     Returns
     -------
@@ -100,13 +107,15 @@ def latest_training_runs(experiment_name: str | None) -> dict[str, str]:
         ``{"baseline": run id, "upstream": run id}``.
     """
     client = MlflowClient()
-    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    if experiment_name or not experiment_id:
-        experiment = client.get_experiment_by_name(experiment_name or DEFAULT_EXPERIMENT)
+    experiment_id = None if experiment_name else MLFLOW_EXPERIMENT_ID.get()
+    name = experiment_name or MLFLOW_EXPERIMENT_NAME.get()
+    if name and not experiment_id:
+        experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise TrackingError(f"No MLflow experiment named {experiment_name or DEFAULT_EXPERIMENT!r}; train first or "
-                                "name the runs (--baseline, --upstream).")
+            raise TrackingError(f"No MLflow experiment named {name!r}; train first or name the runs (--baseline, "
+                                "--upstream).")
         experiment_id = experiment.experiment_id
+    experiment_id = experiment_id or DEFAULT_EXPERIMENT_ID
     found = {}
     for kind in ("baseline", "upstream"):
         runs = client.search_runs([experiment_id], f"tags.run_type = 'training' and tags.experiment_type = '{kind}' "
@@ -120,10 +129,13 @@ def latest_training_runs(experiment_name: str | None) -> dict[str, str]:
 
 
 def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
-    """Differences with intervals and the main scores on the parent run; one child run per forecast.
+    """The comparison in MLflow: a few headline metrics, every score as a table, the report and figures.
 
-    Child runs (baseline, upstream, persistence, climatology) carry identical metric keys, so ticking
-    them in the MLflow UI's compare view lines every forecast up side by side.
+    The comparison run sits in the training runs' experiment, whose chart view draws one chart per
+    metric key of any run; so only :func:`~convlstm.evaluation.report.headline_metrics` are metrics,
+    under ``compare/`` (the UI gives a ``<prefix>/`` its own chart section, apart from the training
+    curves), and the per-threshold, per-window scores of all four forecasts are the tables
+    :data:`SCORES_TABLE` and :data:`DIFFERENCES_TABLE`.
 
     Parameters
     ----------
@@ -132,24 +144,13 @@ def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
     params : dict
         The comparison's settings.
     """
-    parent = mlflow.active_run().info.run_id
-    log_new_params(parent, params)  # the resolved run ids are tags
-    flat: dict[str, float] = {}
-    for key, diff in result.differences.items():
-        flat[f"delta_{key}"] = diff["estimate"]
-        flat[f"delta_{key}_ci_low"] = diff["low"]
-        flat[f"delta_{key}_ci_high"] = diff["high"]
-    for name in ("baseline", "upstream"):
-        flat.update({f"{name}_{k}": v for k, v in flat_metrics(result.scores, name).items()})
-    mlflow.log_metrics({k: float(v) for k, v in flat.items() if np.isfinite(v)})
+    log_new_params(mlflow.active_run().info.run_id, params)  # the resolved run ids are tags
+    mlflow.log_metrics({METRIC_PREFIX + key: value for key, value in headline_metrics(result).items() if np.isfinite(value)})
     mlflow.set_tag("verdict", result.verdict[:5000])
+    mlflow.log_table(score_rows(result.scores), SCORES_TABLE)
+    mlflow.log_table(difference_rows(result.differences), DIFFERENCES_TABLE)
     for path in result.files:
         mlflow.log_artifact(str(path))
-    for name in map(str, result.scores["forecast"].values):
-        with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent):
-            mlflow.set_tags({"run_type": "comparison_forecast", "forecast": name})
-            # Every key, undefined scores as NaN: dropping them would give the children different key sets.
-            mlflow.log_metrics(flat_metrics(result.scores, name))
 
 
 def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
@@ -183,7 +184,7 @@ def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
     with managed_run(None, name, _experiment(settings.run, run_ids["baseline"]), tags, log_path):
         result = compare(inputs, out, tuple(settings.thresholds), tuple(settings.fss_windows), settings.n_boot,
                          settings.block_length)
-        log_comparison(result, {**settings_params(settings), **models})
+        log_comparison(result, settings_params(settings))
         if not settings.uses_files and settings.set_aliases and all(run_ids.values()):
             set_champion(run_ids, {kind: float(result.scores["rmse_mm"].sel(forecast=kind)) for kind in run_ids},  # type: ignore[arg-type]
                          settings.registered_model_name)

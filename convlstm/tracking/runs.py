@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,6 @@ from convlstm.tracking.store import bounded_requests
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "convlstm-upstream"
 SYSTEM_METRICS_INTERVAL_S = 5.0
 
 
@@ -66,7 +66,8 @@ def log_new_params(run_id: str, params: dict[str, Any]) -> None:
     """Log the params the run does not have yet.
 
     Under ``mlflow run`` the launcher has already logged the -P values and MLflow refuses to change a
-    param; a resumed run has them all.
+    param; a resumed run has them all. A value the launcher logged shell-quoted is reported once, with
+    the spelling that avoids it.
 
     Parameters
     ----------
@@ -79,6 +80,20 @@ def log_new_params(run_id: str, params: dict[str, Any]) -> None:
     new = {key: value for key, value in params.items() if key not in existing}
     if new:
         mlflow.log_params(new)
+    quoted = [f"{key}={existing[key]}" for key in params if key in existing and _shell_quoted(existing[key])]
+    if quoted:
+        logger.warning("MLflow logged these params shell-quoted: %s (it quotes a -P value with spaces or an empty "
+                       "one, and refuses to correct a param); write lists with commas (-P hidden_channels=32,64) "
+                       "and 'none' for not given.", ", ".join(quoted))
+
+
+def _shell_quoted(text: str) -> bool:
+    """Whether ``text`` is one shell word in quotes (``'16 32 64'``, ``''``), as ``mlflow run`` logs such values."""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return False
+    return len(words) == 1 and words[0] != text
 
 
 def log_file(path: Path | None, artifact_path: str | None = None) -> None:
@@ -152,7 +167,9 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
     run_name : str, optional
         The new run's name.
     experiment_name : str, optional
-        Default :data:`DEFAULT_EXPERIMENT`; ignored under ``mlflow run``, which sets it.
+        Ignored under ``mlflow run``, which sets it. Default: the experiment ``mlflow run`` would choose
+        (``MLFLOW_EXPERIMENT_NAME`` or ``MLFLOW_EXPERIMENT_ID``, else MLflow's ``Default``), so a run lands
+        in the same experiment with and without ``mlflow run``.
     tags : dict of str to str
         Set on the run.
     log_path : pathlib.Path, optional
@@ -166,8 +183,8 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
         The active run.
     """
     env_run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id is None and env_run_id is None:
-        mlflow.set_experiment(experiment_name or DEFAULT_EXPERIMENT)
+    if experiment_name and run_id is None and env_run_id is None:
+        mlflow.set_experiment(experiment_name)
     if run_id and env_run_id and env_run_id != run_id:
         client = MlflowClient()
         client.set_tag(env_run_id, "resumed_run_id", run_id)

@@ -9,6 +9,7 @@ comparison runs and registry aliases land there).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from convlstm.forecast import ForecastModel
 from convlstm.inference import PREDICTIONS_NAME
 from convlstm.commands.compare import compare as compare_command
 from convlstm.commands.infer import infer
+from convlstm.tracking.reports import DIFFERENCES_TABLE, METRIC_PREFIX, SCORES_TABLE
 from tests.helpers import REPO, assert_png
 from tests.integration.workspace import Workspace, invoke, mlflow_run, tracking_environment
 
@@ -93,12 +95,35 @@ def metrics_table(scores: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame({name: flat_metrics(scores, name) for name in FORECASTS}).T
 
 
-def assert_same_metric_keys(children: list) -> None:
-    keys = {run.info.run_name: set(run.data.metrics) for run in children}
-    assert sorted(keys) == sorted(FORECASTS)
-    assert len({frozenset(k) for k in keys.values()}) == 1, {name: sorted(set.union(*keys.values()) - k)
-                                                             for name, k in keys.items()}
-    assert {*CONTINUOUS, "rmse_skill_vs_persistence", "rmse_skill_vs_climatology"} <= keys["baseline"]
+def assert_logged_comparison(ws: Workspace, run, reference: ComparisonResult) -> None:
+    """The comparison run holds only the headline metrics, in their own chart section, and every score of
+    every forecast in its tables, equal to the library's; it has no child runs crowding the experiment."""
+    headline = {f"{forecast}_{score}" for forecast in FORECASTS for score in ("rmse_mm", "mae_mm")}
+    assert set(run.data.metrics) == {f"{METRIC_PREFIX}{key}" for key in
+                                     (*headline, "delta_rmse_mm", "delta_rmse_mm_ci_low", "delta_rmse_mm_ci_high")}
+    metrics = {key.removeprefix(METRIC_PREFIX): value for key, value in run.data.metrics.items()}
+    for key, field in (("", "estimate"), ("_ci_low", "low"), ("_ci_high", "high")):
+        assert metrics[f"delta_rmse_mm{key}"] == pytest.approx(reference.differences["rmse_mm"][field], abs=1e-6)
+    for key in headline:
+        forecast, score = key.split("_", 1)
+        assert metrics[key] == pytest.approx(flat_metrics(reference.scores, forecast)[score], abs=1e-6), key
+
+    client = ws.client()
+    tables = {name: pd.read_json(Path(client.download_artifacts(run.info.run_id, name, str(ws.root / "tmp"))),
+                                 orient="split") for name in (SCORES_TABLE, DIFFERENCES_TABLE)}
+    scores = tables[SCORES_TABLE].pivot(index="forecast", columns="metric", values="value")
+    expected = metrics_table(reference.scores)
+    assert sorted(scores.index) == sorted(FORECASTS) and set(scores.columns) == set(expected.columns)
+    pd.testing.assert_frame_equal(scores.loc[list(FORECASTS), expected.columns], expected, check_names=False,
+                                  rtol=1e-6, atol=1e-6)
+    differences = tables[DIFFERENCES_TABLE].set_index("metric")
+    assert set(differences.index) == set(reference.differences)
+    for key, diff in reference.differences.items():
+        assert differences.loc[key, ["difference", "ci_low", "ci_high"]].tolist() == pytest.approx(
+            [diff["estimate"], diff["low"], diff["high"]], abs=1e-6, nan_ok=True), key
+    assert json.loads(run.data.tags["mlflow.loggedArtifacts"]) == [{"path": SCORES_TABLE, "type": "table"},
+                                                                    {"path": DIFFERENCES_TABLE, "type": "table"}]
+    assert ws.runs(f"tags.mlflow.parentRunId = '{run.info.run_id}'") == []
 
 
 # ---------------------------------------------------------------------------------------------- the library
@@ -268,7 +293,6 @@ def test_missing_predictions_file_is_refused(predictions: dict[str, Path], ws: W
 
 
 def test_compare_cli_with_files_logs_a_comparison_run(predictions: dict[str, Path], ws: Workspace,
-                                                      library: tuple[ComparisonResult, Path],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = ws.root / "files-compare"
     with pytest.MonkeyPatch.context() as mp, tracking_environment(ws.root, mp):
@@ -286,21 +310,13 @@ def test_compare_cli_with_files_logs_a_comparison_run(predictions: dict[str, Pat
     assert run.data.tags["baseline_run_id"] == run.data.tags["upstream_run_id"] == ""  # files: no training runs
     assert run.data.params["n_boot"] == str(N_BOOT)
     assert run.data.params["ground_truth"] == str(ws.tiny)
-    metrics = run.data.metrics
-    # the same forecasts and truth as the models give, the same seed: the same difference and interval
-    reference = library[0]
-    for key in ("", "_ci_low", "_ci_high"):
-        field = {"": "estimate", "_ci_low": "low", "_ci_high": "high"}[key]
-        assert metrics[f"delta_rmse_mm{key}"] == pytest.approx(reference.differences["rmse_mm"][field], abs=1e-6)
-    assert metrics["baseline_rmse_mm"] == pytest.approx(flat_metrics(reference.scores, "baseline")["rmse_mm"], abs=1e-6)
-    assert metrics["upstream_rmse_mm"] == pytest.approx(flat_metrics(reference.scores, "upstream")["rmse_mm"], abs=1e-6)
+    # the same forecasts and truth as the models give, the same seed: the same scores, difference and interval
+    # what the library gives for the same files (the references come from the truth file's own splits)
+    reference = compare(inputs_from_files(predictions["baseline"], predictions["upstream"], ws.tiny),
+                        ws.root / "library-files-compare", n_boot=N_BOOT)
+    assert_logged_comparison(ws, run, reference)
     artifacts = {item.path for item in ws.client().list_artifacts(run.info.run_id)}
     assert {REPORT_NAME, SCORES_NAME, "compare.log", *FIGURES} <= artifacts
-
-    children = ws.runs(f"tags.mlflow.parentRunId = '{run.info.run_id}'")
-    assert {child.info.status for child in children} == {"FINISHED"}
-    assert {child.data.tags["run_type"] for child in children} == {"comparison_forecast"}
-    assert_same_metric_keys(children)
 
 
 # ---------------------------------------------------------------------------------------------- end to end (slow)
@@ -334,24 +350,15 @@ def test_mlflow_run_compares_the_newest_finished_runs_and_sets_aliases(ws: Works
     assert run.data.tags["baseline_run_id"] == ws.run_ids["baseline"]
     assert run.data.tags["upstream_run_id"] == ws.run_ids["upstream"]
     assert run.data.params["n_boot"] == str(N_BOOT)
-    assert run.data.params["block_length"] == "''"  # the launcher logs every MLproject parameter, shell-quoted
-    metrics = run.data.metrics
-    for key in ("delta_rmse_mm", "delta_rmse_mm_ci_low", "delta_rmse_mm_ci_high", "baseline_rmse_mm", "upstream_rmse_mm"):
-        assert np.isfinite(metrics[key]), key
+    assert {key: value for key, value in run.data.params.items() if "'" in value} == {}  # as meant, not shell-quoted
+    assert run.data.params["block_length"] == "none"
+    assert_logged_comparison(ws, run, library[0])
+    metrics = {key.removeprefix(METRIC_PREFIX): value for key, value in run.data.metrics.items()}
     assert metrics["delta_rmse_mm_ci_low"] <= metrics["delta_rmse_mm_ci_high"]
     assert metrics["delta_rmse_mm"] == pytest.approx(metrics["upstream_rmse_mm"] - metrics["baseline_rmse_mm"], abs=1e-9)
-    assert metrics["baseline_rmse_mm"] == pytest.approx(flat_metrics(library[0].scores, "baseline")["rmse_mm"], abs=1e-6)
-    assert metrics["upstream_rmse_mm"] == pytest.approx(flat_metrics(library[0].scores, "upstream")["rmse_mm"], abs=1e-6)
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {REPORT_NAME, SCORES_NAME, *FIGURES} <= artifacts
-
-    children = [r for r in new if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
-    assert len(children) == 4 and len(new) == 5
-    assert {child.info.status for child in children} == {"FINISHED"}
-    assert_same_metric_keys(children)
-    for child in children:
-        assert child.data.metrics["rmse_mm"] == pytest.approx(
-            flat_metrics(library[0].scores, child.info.run_name)["rmse_mm"], abs=1e-6), child.info.run_name
+    assert len(new) == 1
     assert "RUNNING" not in {r.info.status for r in ws.runs()}
 
     versions = {kind: client.search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}' and run_id='{ws.run_ids[kind]}'")

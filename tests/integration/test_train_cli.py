@@ -32,7 +32,16 @@ from convlstm.settings import build, fields_of
 from convlstm.commands.train import train
 from convlstm.tracking.runs import managed_run
 from convlstm.training.experiment import new_run_settings, settings_from_checkpoint
-from tests.integration.workspace import PAIR_ARGS, PAIR_EPOCHS, Workspace, invoke, subprocess_env, tracking_environment
+from tests.integration.workspace import (
+    PAIR_ARGS,
+    PAIR_EPOCHS,
+    Workspace,
+    invoke,
+    mlflow_run_command,
+    run_module,
+    subprocess_env,
+    tracking_environment,
+)
 
 TINY_ARGS = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1", "--visualize", "false"]
 EPOCH_METRICS = ("train_loss", "val_loss", "val_rmse_mm", "val_mae_mm", "lr", "epoch_time_s", "train_step_time_s",
@@ -116,7 +125,8 @@ def test_run_finishes_with_every_setting_and_the_derived_shapes_as_params(pair: 
     assert run.data.tags["experiment_type"] == kind
     assert run.data.tags["include_upstream"] == str(kind == "upstream").lower()
     assert run.data.tags["stopped_early"] == "false"
-    params = {key: value.strip("'") for key, value in run.data.params.items()}  # `mlflow run` logs '4 8' shell-quoted
+    params = run.data.params
+    assert {key: value for key, value in params.items() if "'" in value} == {}  # as meant, not shell-quoted
     assert MLPROJECT_PARAMS <= params.keys(), f"not logged: {sorted(MLPROJECT_PARAMS - params.keys())}"
     assert DERIVED_PARAMS <= params.keys(), f"not logged: {sorted(DERIVED_PARAMS - params.keys())}"
     upstream = kind == "upstream"
@@ -125,7 +135,7 @@ def test_run_finishes_with_every_setting_and_the_derived_shapes_as_params(pair: 
     assert {key: params[key] for key in PAIR_ARGS} == PAIR_ARGS
     assert (params["window_size"], params["num_epochs"]) == ("6", str(PAIR_EPOCHS[kind]))
     assert (params["downstream_lon_min"], params["upstream_lon_max"]) == ("110.0", "110.0")
-    assert params["data"] == str(pair.tiny) and params["use_amp"] == "true"
+    assert params["data"] == str(pair.tiny) and params["use_amp"] == "true" and params["resume"] == "none"
     assert (params["input_channels"], params["input_height"], params["input_width"]) == ("56", "4", str(width))
     assert params["downstream_columns"] == ("8:12" if upstream else "0:4")
     assert params["data_digest"] == hashlib.sha256(pair.tiny.read_bytes()).hexdigest()[:16]
@@ -384,6 +394,29 @@ def test_sigterm_stops_training_with_last_pt_and_ends_the_run_killed(tmp_path: P
     assert run_id == run.info.run_id and resumed.resume == str(last) and resumed.model.num_epochs == 50
 
 
+@pytest.mark.slow
+def test_without_an_experiment_name_both_ways_land_in_one_experiment_with_params_as_meant(
+        tmp_path: Path, tiny_nc: Path, empty_store: Path) -> None:
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    params = {"data": tiny_nc, "hidden_channels": "4,8", "batch_size": 8, "num_epochs": 1, "visualize": "false",
+              "early_stopping_patience": 0}
+    direct = run_module(tmp_path, "entrypoints.train", "--output-dir", tmp_path / "direct",
+                        *[arg for key, value in params.items() for arg in (f"--{key.replace('_', '-')}", value)])
+    assert direct.returncode == 0, direct.stderr[-3000:]
+    launched = subprocess.run(mlflow_run_command("train", {**params, "output_dir": tmp_path / "launched"}, None),
+                              cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+
+    runs = all_runs(MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}
+    assert {run.info.experiment_id for run in runs} == {"0"}  # MLflow's Default, as `mlflow run` chooses
+    for run in runs:
+        assert {key: value for key, value in run.data.params.items() if "'" in value} == {}
+        assert (run.data.params["hidden_channels"], run.data.params["resume"]) == ("4,8", "none")
+    assert runs[0].data.params.keys() == runs[1].data.params.keys()
+
+
+# ---------------------------------------------------------------------------------------------- end to end (slow)
 
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) ")

@@ -31,7 +31,7 @@ from convlstm.config import DEFAULT_REGISTERED_NAME
 from tests.helpers import REPO
 
 #: The pair's training flags: tiny (4 × 12 cells at 5°, 146 steps), a few seconds an epoch.
-PAIR_ARGS = {"hidden_channels": "4 8", "batch_size": "8", "learning_rate": "0.002", "seed": "3",
+PAIR_ARGS = {"hidden_channels": "4,8", "batch_size": "8", "learning_rate": "0.002", "seed": "3",
              "checkpoint_frequency": "2", "early_stopping_patience": "0"}
 PAIR_EPOCHS = {"baseline": 2, "upstream": 3}
 
@@ -58,16 +58,17 @@ def run_module(directory: Path, module: str, *args: object, timeout: float = 300
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def mlflow_run_command(entry_point: str, params: dict[str, object], experiment: str = "t") -> list[str]:
-    """``mlflow run <repo> -e ENTRY_POINT --env-manager local --experiment-name EXPERIMENT -P k=v ...``."""
+def mlflow_run_command(entry_point: str, params: dict[str, object], experiment: str | None = "t") -> list[str]:
+    """``mlflow run <repo> -e ENTRY_POINT --env-manager local --experiment-name EXPERIMENT -P k=v ...``
+    (no ``--experiment-name`` for None)."""
     args = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
-            "--experiment-name", experiment]
+            *(["--experiment-name", experiment] if experiment else [])]
     for key, value in params.items():
         args += ["-P", f"{key}={value}"]
     return args
 
 
-def mlflow_run(directory: Path, entry_point: str, params: dict[str, object], experiment: str = "t",
+def mlflow_run(directory: Path, entry_point: str, params: dict[str, object], experiment: str | None = "t",
                timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """:func:`mlflow_run_command` run from ``directory`` against its tracking store."""
     return subprocess.run(mlflow_run_command(entry_point, params, experiment), cwd=directory,

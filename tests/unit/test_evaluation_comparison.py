@@ -84,6 +84,36 @@ def test_score_table_is_one_dataset_on_forecast_threshold_and_window(compared):
                   "fss": ("forecast", "threshold", "window")}
 
 
+def test_score_rows_hold_every_flat_metric_of_every_forecast_once(compared):
+    scores = compared[0].scores
+    rows = report.score_rows(scores)
+    assert list(rows.columns) == ["forecast", "metric", "score", "threshold_mm", "window", "value"]
+    assert not rows.duplicated(["forecast", "metric"]).any()
+    for name in FORECASTS:
+        mine = rows[rows["forecast"] == name].set_index("metric")["value"].to_dict()
+        assert mine == pytest.approx(flat_metrics(scores, name), rel=0, abs=0, nan_ok=True), name
+    fss = rows[(rows["metric"] == "fss_5mm_w3") & (rows["forecast"] == "upstream")].iloc[0]
+    assert (fss["score"], fss["threshold_mm"], fss["window"]) == ("fss", 5.0, 3)
+    rmse = rows[rows["metric"] == "rmse_mm"]
+    assert rmse["threshold_mm"].isna().all() and rmse["window"].isna().all()
+
+
+def test_headline_metrics_are_a_few_numbers_from_the_score_table(compared):
+    result = compared[0]
+    headline = report.headline_metrics(result)
+    assert len(headline) == 11
+    for name in FORECASTS:
+        for score in ("rmse_mm", "mae_mm"):
+            assert headline[f"{name}_{score}"] == flat_metrics(result.scores, name)[score]
+    diff = result.differences["rmse_mm"]
+    assert (headline["delta_rmse_mm"], headline["delta_rmse_mm_ci_low"], headline["delta_rmse_mm_ci_high"]) == (
+        diff["estimate"], diff["low"], diff["high"])
+    table = report.difference_rows(result.differences).set_index("metric")
+    assert set(table.index) == set(result.differences)
+    assert table.loc["rmse_mm", "difference"] == diff["estimate"]
+    assert table.loc["rmse_mm", "excludes_zero"] == diff["excludes_zero"]
+
+
 def test_flat_metrics_keep_todays_keys(compared):
     keys = set(flat_metrics(compared[0].scores, "upstream"))
     expected = {"rmse_mm", "mae_mm", "bias_mm", "correlation", "rmse_latw_mm",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -16,8 +17,9 @@ from hypothesis import strategies as st
 from convlstm.cli import run_cli, settings_command
 from convlstm.config import ConvLSTMConfig, MakeDataSettings, RegionConfig, TrainSettings
 from convlstm.errors import ConfigError
-from convlstm.mlproject import ENTRY_POINTS, render
+from convlstm.mlproject import ENTRY_POINTS, parameter, render
 from convlstm.settings import fields_of
+from convlstm.tracking.runs import settings_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,6 +55,30 @@ def test_no_flags_give_the_settings_class_defaults(name: str, args: list[str]) -
     assert seen["settings"] == expected
 
 
+@pytest.mark.parametrize("name,args", [("train", []), ("infer", ["--checkpoint", "x.pt"]), ("compare", []),
+                                       ("make_data", [])])
+def test_mlproject_defaults_need_no_shell_quotes_and_give_the_class_defaults(name: str, args: list[str]) -> None:
+    # `mlflow run` logs every parameter as shlex.quote writes it; a default such as "" or "16 32 64" would
+    # show as '' or '16 32 64' in the MLflow UI (and MLflow refuses to correct a param afterwards)
+    seen = {}
+    cls = ENTRY_POINTS[name]
+
+    @settings_command(cls)
+    def command(settings: object) -> None:
+        seen["settings"] = settings
+
+    passed = []
+    for field in fields_of(cls):
+        if field.spec.cli and field.spec.mlproject and field.flag not in args:
+            text = parameter(field)[1].strip('"')
+            assert shlex.quote(text) == text, (field.name, text)
+            passed += [field.flag, text]
+    result = CliRunner().invoke(command, [*args, *passed])
+    assert result.exit_code == 0, result.output
+    assert seen["settings"] == (cls(checkpoint="x.pt") if name == "infer" else cls())
+    assert all(shlex.quote(text) == text for text in settings_params(seen["settings"]).values())
+
+
 def test_mlproject_passes_every_parameter_as_its_flag() -> None:
     text = render()
     for name, cls in ENTRY_POINTS.items():
@@ -76,7 +102,7 @@ def test_flags_build_nested_settings() -> None:
     settings = seen["settings"]
     assert settings.model.hidden_channels == [8, 16] and settings.model.use_amp is False
     assert settings.include_upstream is True and settings.regions.downstream_lat_max == 39.0
-    assert settings.data is None  # mlflow run passes an unset optional parameter as ''
+    assert settings.data is None  # '' (as well as none, the MLproject default) means not given
 
 
 @pytest.mark.parametrize("args,message", [
