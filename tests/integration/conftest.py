@@ -1,16 +1,20 @@
-"""The integration tests' shared, read-only tiny baseline/upstream pair, trained once per session."""
+"""The integration tests' shared, read-only tiny baseline/upstream pair, trained once per session, and the tiny
+file and empty tracking stores that tests training their own runs start from."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
+from mlflow.tracking import MlflowClient
 
+from convlstm.data.demo import write_demo_dataset
 from convlstm.forecast import ForecastModel, load_forecast_model
-from tests.integration.workspace import PAIR_ENV, Workspace, start_pair, tracking_environment, wait_for_pair
+from tests.integration.workspace import PAIR_ENV, Workspace, all_runs, start_pair, tracking_environment, wait_for_pair
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +45,33 @@ def in_pair(pair: Workspace) -> Iterator[Workspace]:
     """This process pointed at the pair's tracking store and working directory (for in-process calls)."""
     with pytest.MonkeyPatch.context() as mp, tracking_environment(pair.root, mp):
         yield pair
+
+
+@pytest.fixture(scope="module")
+def tiny_nc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5° demo data: 4 × 12 cells (downstream 4 columns, upstream 8), 73 twelve-hourly steps."""
+    return write_demo_dataset(tmp_path_factory.mktemp("data") / "tiny.nc", years=0.1, resolution=5.0)
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised, empty SQLite tracking store, to copy."""
+    directory = tmp_path_factory.mktemp("template")
+    with pytest.MonkeyPatch.context() as mp, tracking_environment(directory, mp):
+        MlflowClient().search_experiments()
+    return directory / "mlflow.db"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh working directory and tracking location; no store exists yet."""
+    with tracking_environment(tmp_path, monkeypatch):
+        yield tmp_path
+
+
+@pytest.fixture
+def tracked(workdir: Path, empty_store: Path) -> Path:
+    """``workdir`` with its own (empty) tracking store."""
+    shutil.copyfile(empty_store, workdir / "mlflow.db")
+    assert all_runs(MlflowClient()) == []
+    return workdir

@@ -16,17 +16,7 @@ from convlstm.config import DEFAULT_REGISTERED_NAME
 from convlstm.training.experiment import run_training, settings_from_checkpoint
 from convlstm.training.trainer import TrainingCallback
 from convlstm.commands.train import train
-from tests.integration.test_train_cli import (  # noqa: F401 - fixtures
-    EPOCH_METRICS,
-    TINY_ARGS,
-    all_runs,
-    empty_store,
-    steps,
-    tiny_nc,
-    tracked,
-    workdir,
-)
-from tests.integration.workspace import invoke
+from tests.integration.workspace import EPOCH_METRICS, TINY_ARGS, all_runs, invoke, steps
 
 
 def train_run(tiny_nc: Path, *extra: str) -> str:

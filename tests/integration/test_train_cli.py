@@ -27,25 +27,25 @@ from mlflow.tracking import MlflowClient
 from convlstm import atomic
 from convlstm.checkpoint import LAST_NAME, load_checkpoint
 from convlstm.config import TrainSettings
-from convlstm.data.demo import write_demo_dataset
 from convlstm.settings import build, fields_of
 from convlstm.commands.train import train
 from convlstm.tracking.runs import managed_run
 from convlstm.training.experiment import new_run_settings, settings_from_checkpoint
 from tests.integration.workspace import (
+    EPOCH_METRICS,
     PAIR_ARGS,
     PAIR_EPOCHS,
+    TINY_ARGS,
     Workspace,
+    all_runs,
+    artifact_paths,
     invoke,
     mlflow_run_command,
     run_module,
+    steps,
     subprocess_env,
-    tracking_environment,
 )
 
-TINY_ARGS = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1", "--visualize", "false"]
-EPOCH_METRICS = ("train_loss", "val_loss", "val_rmse_mm", "val_mae_mm", "lr", "epoch_time_s", "train_step_time_s",
-                 "val_time_s")
 ARTIFACTS = {"checkpoints/best_model.pt", "checkpoints/last.pt", "checkpoints/checkpoint_epoch_2.pt", "normalizer.pkl",
              "config.json", "training.log", "loss_curve.png", "precipitation_maps.png"}
 #: Every MLproject parameter of the train entry point is a param of every training run, however started.
@@ -56,52 +56,6 @@ DERIVED_PARAMS = {"input_channels", "input_height", "input_width", "downstream_c
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="module")
-def tiny_nc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5° demo data: 4 × 12 cells (downstream 4 columns, upstream 8), 73 twelve-hourly steps."""
-    return write_demo_dataset(tmp_path_factory.mktemp("data") / "tiny.nc", years=0.1, resolution=5.0)
-
-
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initialised, empty SQLite tracking store, to copy."""
-    directory = tmp_path_factory.mktemp("template")
-    with pytest.MonkeyPatch.context() as mp, tracking_environment(directory, mp):
-        MlflowClient().search_experiments()
-    return directory / "mlflow.db"
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A fresh working directory and tracking location; no store exists yet."""
-    with tracking_environment(tmp_path, monkeypatch):
-        yield tmp_path
-
-
-@pytest.fixture
-def tracked(workdir: Path, empty_store: Path) -> Path:
-    """``workdir`` with its own (empty) tracking store."""
-    shutil.copyfile(empty_store, workdir / "mlflow.db")
-    assert all_runs(MlflowClient()) == []
-    return workdir
-
-
-def all_runs(client: MlflowClient) -> list:
-    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
-    return client.search_runs(experiments) if experiments else []
-
-
-def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
-    found: set[str] = set()
-    for item in client.list_artifacts(run_id, path):
-        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
-    return found
-
-
-def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
-    return sorted(metric.step for metric in client.get_metric_history(run_id, key))
 
 
 def settings_of(args: list[str]) -> TrainSettings:

@@ -218,5 +218,29 @@ class Workspace:
         return other
 
 
+# ---------------------------------------------------------------------------------------------- tiny runs
+
+#: A tiny model trained for one epoch: seconds per run on the tiny file (``tiny_nc``).
+TINY_ARGS = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1", "--visualize", "false"]
+EPOCH_METRICS = ("train_loss", "val_loss", "val_rmse_mm", "val_mae_mm", "lr", "epoch_time_s", "train_step_time_s",
+                 "val_time_s")
+
+
+def all_runs(client: MlflowClient) -> list:
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    return client.search_runs(experiments) if experiments else []
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(metric.step for metric in client.get_metric_history(run_id, key))
+
+
 if __name__ == "__main__":
     train_pair(Path(sys.argv[1]))
