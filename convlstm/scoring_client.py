@@ -96,7 +96,7 @@ def request_body(windows: np.ndarray, key: str = "inputs") -> bytes:
 
 
 def request_parquet(windows: np.ndarray) -> bytes:
-    """Windows ``[N, ...]`` as Parquet bytes, one row per flattened window; the server reshapes them by the signature.
+    """Windows ``[N, ...]`` as Parquet bytes, one row per flattened window; the served model reshapes them.
 
     Parameters
     ----------
@@ -162,6 +162,8 @@ class ScoringServer:
         The address it listens on.
     start_timeout_s : float
         Seconds to wait for ``/ping`` before :class:`ServerError`.
+    workers : int
+        Server processes (``--workers``), each with its own copy of the model.
 
     Attributes
     ----------
@@ -172,13 +174,14 @@ class ScoringServer:
     """
 
     def __init__(self, model_uri: str, log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, host: str = HOST, start_timeout_s: float = 90.0) -> None:
+                 cwd: Path | None = None, host: str = HOST, start_timeout_s: float = 90.0, workers: int = 1) -> None:
         self.model_uri = model_uri
         self.log_path = Path(log_path)
         self.env = env
         self.cwd = cwd
         self.host = host
         self.start_timeout_s = start_timeout_s
+        self.workers = workers
         self.port = free_port(host)
         self.process: subprocess.Popen | None = None
 
@@ -210,7 +213,7 @@ class ScoringServer:
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "models", "serve", "-m", self.model_uri, "--env-manager", "local",
-                 "-h", self.host, "-p", str(self.port)],
+                 "-h", self.host, "-p", str(self.port), "--workers", str(self.workers)],
                 cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_until_ready()
