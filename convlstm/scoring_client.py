@@ -38,6 +38,7 @@ from convlstm.errors import DataError
 HOST = "127.0.0.1"
 JSON_CONTENT_TYPE = "application/json"
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"  # what MLflow's scoring server reads as Parquet
+_WORKER_STARTED = "Application startup complete."  # what uvicorn logs once a worker has loaded the model
 # No proxy, whatever the environment says: the server is on this machine.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -227,17 +228,19 @@ class ScoringServer:
         self.stop()
 
     def _wait_until_ready(self) -> None:
+        """Until ``/ping`` answers and every worker has loaded the model (the first one answers ``/ping`` alone)."""
         assert self.process is not None
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 with _OPENER.open(f"{self.url}/ping", timeout=5) as response:
-                    if response.status == 200:
+                    started = self.log_path.read_text().count(_WORKER_STARTED)
+                    if response.status == 200 and started >= self.workers:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.5)
-        raise ServerError(f"`mlflow models serve -m {self.model_uri}` did not answer /ping within "
+        raise ServerError(f"`mlflow models serve -m {self.model_uri}` (--workers {self.workers}) was not ready within "
                           f"{self.start_timeout_s:g} s (exit code {self.process.poll()}); its log "
                           f"{self.log_path}:\n{self.log_path.read_text()[-5000:]}")
 
