@@ -16,7 +16,8 @@ from pathlib import Path
 
 from harness import machine
 
-SCRIPTS = ["bench_cli.py", "bench_model.py", "bench_data.py", "bench_epoch.py", "bench_serving.py"]
+SCRIPTS = ["bench_cli.py", "bench_model.py", "bench_data.py", "bench_epoch.py", "bench_serving.py",
+           "bench_serving_load.py"]
 
 
 def main() -> int:

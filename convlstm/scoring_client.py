@@ -38,6 +38,7 @@ from convlstm.errors import DataError
 HOST = "127.0.0.1"
 JSON_CONTENT_TYPE = "application/json"
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"  # what MLflow's scoring server reads as Parquet
+_WORKER_STARTED = "Application startup complete."  # what uvicorn logs once a worker has loaded the model
 # No proxy, whatever the environment says: the server is on this machine.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -96,7 +97,7 @@ def request_body(windows: np.ndarray, key: str = "inputs") -> bytes:
 
 
 def request_parquet(windows: np.ndarray) -> bytes:
-    """Windows ``[N, ...]`` as Parquet bytes, one row per flattened window; the server reshapes them by the signature.
+    """Windows ``[N, ...]`` as Parquet bytes, one row per flattened window; the served model reshapes them.
 
     Parameters
     ----------
@@ -162,6 +163,8 @@ class ScoringServer:
         The address it listens on.
     start_timeout_s : float
         Seconds to wait for ``/ping`` before :class:`ServerError`.
+    workers : int
+        Server processes (``--workers``), each with its own copy of the model.
 
     Attributes
     ----------
@@ -172,13 +175,14 @@ class ScoringServer:
     """
 
     def __init__(self, model_uri: str, log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, host: str = HOST, start_timeout_s: float = 90.0) -> None:
+                 cwd: Path | None = None, host: str = HOST, start_timeout_s: float = 90.0, workers: int = 1) -> None:
         self.model_uri = model_uri
         self.log_path = Path(log_path)
         self.env = env
         self.cwd = cwd
         self.host = host
         self.start_timeout_s = start_timeout_s
+        self.workers = workers
         self.port = free_port(host)
         self.process: subprocess.Popen | None = None
 
@@ -210,7 +214,7 @@ class ScoringServer:
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "models", "serve", "-m", self.model_uri, "--env-manager", "local",
-                 "-h", self.host, "-p", str(self.port)],
+                 "-h", self.host, "-p", str(self.port), "--workers", str(self.workers)],
                 cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_until_ready()
@@ -224,17 +228,19 @@ class ScoringServer:
         self.stop()
 
     def _wait_until_ready(self) -> None:
+        """Until ``/ping`` answers and every worker has loaded the model (the first one answers ``/ping`` alone)."""
         assert self.process is not None
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 with _OPENER.open(f"{self.url}/ping", timeout=5) as response:
-                    if response.status == 200:
+                    started = self.log_path.read_text().count(_WORKER_STARTED)
+                    if response.status == 200 and started >= self.workers:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.5)
-        raise ServerError(f"`mlflow models serve -m {self.model_uri}` did not answer /ping within "
+        raise ServerError(f"`mlflow models serve -m {self.model_uri}` (--workers {self.workers}) was not ready within "
                           f"{self.start_timeout_s:g} s (exit code {self.process.poll()}); its log "
                           f"{self.log_path}:\n{self.log_path.read_text()[-5000:]}")
 

@@ -26,8 +26,6 @@ from convlstm.scoring_client import PARQUET_CONTENT_TYPE, ScoringServer, request
 
 pytestmark = pytest.mark.slow
 
-EXPECTED_SHAPE = "(-1, 6, 56, 4, 12)"
-
 
 @pytest.fixture(scope="module")
 def trained(pair: Workspace) -> dict[str, object]:
@@ -95,41 +93,61 @@ def test_served_forecast_equals_the_model_in_process(server, trained, raw: xr.Da
 
 # ---------------------------------------------------------------------------------------------- bad requests
 
+#: Every refusal is one short line, whatever the request's size (MLflow's own schema enforcement and its
+#: server's ``Failed to predict data '<request>'`` put 16-33 KB of the request before the reason).
+BODY_LIMIT = 500
+
 
 def _bad_bodies(raw: xr.Dataset, forecast: ForecastModel) -> dict[str, tuple[bytes | dict, tuple[str, ...]]]:
     window = windows(raw, forecast, [0])
     nan, inf = window.tolist(), window.tolist()
     nan[0][2][3][1][1] = float("nan")
     inf[0][0][-1][0][0] = float("inf")
-    strings = window.tolist()
+    strings, nulls = window.tolist(), window.tolist()
     strings[0][0][0][0][0] = "warm"
-    shape = (EXPECTED_SHAPE, "does not match")
+    nulls[0][1][2][0][3] = None
+    expected = "Expected raw fields shaped [N, 6, 56, 4, 12]"
     return {
-        "rank": ({"inputs": window[0].tolist()}, (*shape, "(6, 56, 4, 12)")),
-        "time steps": ({"inputs": window[:, :5].tolist()}, (*shape, "(1, 5, 56, 4, 12)")),
+        "rank": ({"inputs": window[0].tolist()}, (expected, "got [6, 56, 4, 12]")),
+        "time steps": ({"inputs": window[:, :5].tolist()}, (expected, "got [1, 5, 56, 4, 12]")),
         "channels (levels subset)": ({"inputs": windows(raw.sel(level=[1000.0, 850.0, 500.0]), forecast, [0]).tolist()},
-                                     (*shape, "(1, 6, 16, 4, 12)")),
-        "grid size": ({"inputs": window[..., 1:, :].tolist()}, (*shape, "(1, 6, 56, 3, 12)")),
+                                     (expected, "56 channels", "got [1, 6, 16, 4, 12]")),
+        "grid size": ({"instances": window[..., 1:, :].tolist()}, (expected, "got [1, 6, 56, 3, 12]")),
         # Python's json writes NaN / Infinity, which the server's parser reads back as numbers
         "nan": (json.dumps({"inputs": nan}).encode(), ("NaN or infinite", "finite numbers")),
         "inf": (json.dumps({"inputs": inf}).encode(), ("NaN or infinite", "finite numbers")),
-        "strings": ({"inputs": strings}, ("could not convert string to float", "'warm'")),
+        "strings": ({"inputs": strings}, ("could not be read as numbers", "could not convert string to float", "'warm'")),
+        "nulls": ({"inputs": nulls}, ("1 NaN or infinite", "finite numbers")),  # numpy reads null as NaN
         "all strings": ({"instances": [["rain", "snow"]]}, ("could not convert string to float",)),
     }
 
 
-BAD = ["rank", "time steps", "channels (levels subset)", "grid size", "nan", "inf", "strings", "all strings"]
+BAD = ["rank", "time steps", "channels (levels subset)", "grid size", "nan", "inf", "strings", "nulls", "all strings"]
+
+
+def _short_refusal(status: int, answer: dict, expected: tuple[str, ...]) -> None:
+    assert status == 400, answer
+    body, message = json.dumps(answer), answer["message"]
+    assert len(body) < BODY_LIMIT, f"{len(body)} bytes: {body[:300]!r}"
+    for text in expected:
+        assert text in message, f"{text!r} not in {message!r}"
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_request_is_a_400_saying_what_was_expected(server, trained, raw: xr.Dataset, case: str) -> None:
+def test_bad_request_is_a_short_400_saying_what_was_expected(server, trained, raw: xr.Dataset, case: str) -> None:
     body, expected = _bad_bodies(raw, trained["forecast"])[case]  # type: ignore[arg-type]
-    status, answer = server.post(body)
-    assert status == 400, answer
-    message = answer["message"]
-    for text in expected:
-        assert text in message, f"{text!r} not in {message[-600:]!r}"
+    _short_refusal(*server.post(body), expected)
     assert server.process.poll() is None
+
+
+def test_missing_key_is_answered_by_mlflow_without_the_request(server, trained, raw: xr.Dataset) -> None:
+    """The server refuses a body without ``inputs`` / ``instances`` before the model sees it: MLflow's own
+    fixed text (about 1 KB) naming the keys it accepts, the same length however large the request."""
+    forecast: ForecastModel = trained["forecast"]  # type: ignore[assignment]
+    answers = [server.post({"windows": windows(raw, forecast, starts).tolist()}) for starts in ([0], [0, 10, 20])]
+    for status, answer in answers:
+        assert status == 400 and "'inputs'" in answer["message"] and "'instances'" in answer["message"]
+    assert len(json.dumps(answers[0][1])) == len(json.dumps(answers[1][1])) < 1200
 
 
 def test_server_keeps_serving_after_bad_requests(server, trained, raw: xr.Dataset) -> None:
@@ -141,17 +159,28 @@ def test_server_keeps_serving_after_bad_requests(server, trained, raw: xr.Datase
     assert status == 200, answer
     np.testing.assert_allclose(np.asarray(answer["predictions"]), forecast.predict_stacked(window), rtol=0, atol=1e-5)
     assert server.process.poll() is None
-    assert "Traceback" not in server.log_path.read_text()
+    log = server.log_path.read_text()
+    assert "Traceback" not in log
+    assert "type hints" not in log  # MLflow's warning about an unhinted ``predict``
 
 
-def test_bad_parquet_request_is_a_400_saying_what_was_expected(server, trained, raw: xr.Dataset) -> None:
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = BytesIO()
+    frame.to_parquet(buffer)
+    return buffer.getvalue()
+
+
+def test_bad_parquet_request_is_a_short_400_saying_what_was_expected(server, trained, raw: xr.Dataset) -> None:
     window = windows(raw, trained["forecast"], [0])  # type: ignore[arg-type]
-    status, answer = server.post(request_parquet(window[:, :5]), content_type=PARQUET_CONTENT_TYPE)
-    assert status == 400 and "expected shape" in answer["message"] and EXPECTED_SHAPE in answer["message"]
+    flat = list(window.reshape(1, -1))
     poisoned = window.copy()
     poisoned[0, 1, 2, 0, 0] = np.nan
-    buffer = BytesIO()
-    pd.DataFrame({"windows": list(poisoned.reshape(1, -1))}).to_parquet(buffer)
-    status, answer = server.post(buffer.getvalue(), content_type=PARQUET_CONTENT_TYPE)
-    assert status == 400 and "NaN or infinite" in answer["message"]
+    expected_rows = ("one flattened window [T, C, H, W] = [6, 56, 4, 12] (16128 numbers) a row",)
+    cases = {
+        "time steps": (request_parquet(window[:, :5]), (*expected_rows, "got rows of [13440] numbers")),
+        "two columns": (_parquet(pd.DataFrame({"a": flat, "b": flat})), (*expected_rows, "got 2 columns ['a', 'b']")),
+        "nan": (_parquet(pd.DataFrame({"windows": list(poisoned.reshape(1, -1))})), ("NaN or infinite",)),
+    }
+    for body, expected in cases.values():
+        _short_refusal(*server.post(body, content_type=PARQUET_CONTENT_TYPE), expected)
     assert server.process.poll() is None
