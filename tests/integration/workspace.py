@@ -82,6 +82,7 @@ def tracking_environment(directory: Path, mp: pytest.MonkeyPatch) -> Iterator[Pa
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{directory}/mlflow.db")
     mp.setenv("CONVLSTM_CACHE_DIR", str(directory / "cache"))
     mp.setattr(tracking_utils, "_tracking_uri", None)  # in case anything called mlflow.set_tracking_uri
+    mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)  # an earlier test's set_experiment, another store
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
         mp.delenv(name, raising=False)
     # managed_run sets this variable process-wide: make sure it is removed again afterwards
