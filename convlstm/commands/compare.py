@@ -3,8 +3,8 @@
 The ``convlstm-compare`` command (MLflow runs it as ``python -m entrypoints.compare``): the flags come from
 ``convlstm.config.CompareSettings``; the run is ``convlstm.tracking.reports.compare_tracked``: two trained
 models (run ids or model URIs; the test split of ``--data`` is forecast here) or two ``predictions.nc`` files
-and a ground-truth file, recorded as an MLflow comparison run with one child run per forecast, figures and
-``report.md``.
+and a ground-truth file, recorded as an MLflow comparison run: headline metrics under ``compare/``, the full
+score tables, figures and ``report.md``.
 """
 
 from __future__ import annotations

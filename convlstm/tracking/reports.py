@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: The comparison run's metric keys start with this: the MLflow UI's chart view puts them in a section of their own.
 METRIC_PREFIX = "compare/"
+#: The inference run's scores (``infer/rmse_mm``, ...): their own chart section, apart from the learning curves.
+INFER_METRIC_PREFIX = "infer/"
 #: Table artifacts (``mlflow.log_table``; read back with ``mlflow.load_table``): every score of every forecast,
 #: one row per forecast and score; upstream − baseline per score with its 95 % interval.
 SCORES_TABLE, DIFFERENCES_TABLE = "scores_table.json", "differences_table.json"
@@ -85,7 +87,7 @@ def infer_tracked(settings: InferSettings) -> InferenceOutcome:
                                 settings.max_maps, extra_metadata={"model_uri": reference},
                                 nan_policy=settings.run.nan_policy)  # type: ignore[arg-type]
         log_new_params(run.info.run_id, {**settings_params(settings), "data_path": str(data_path), "model_uri": reference})
-        mlflow.log_metrics(outcome.scores)
+        mlflow.log_metrics({INFER_METRIC_PREFIX + key: value for key, value in outcome.scores.items()})
         for path in outcome.files:
             mlflow.log_artifact(str(path), "maps" if path.suffix == ".png" else None)
     return outcome

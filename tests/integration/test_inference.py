@@ -29,6 +29,7 @@ from convlstm.forecast import ForecastModel, load_forecast_model, predict_window
 from convlstm.inference import METADATA_NAME, PREDICTIONS_NAME, generate_predictions, load_model, run_inference
 from convlstm.model import ConvLSTMUNet
 from convlstm.commands.infer import infer
+from convlstm.tracking.reports import INFER_METRIC_PREFIX
 from tests.integration.workspace import Workspace, invoke, tracking_environment
 
 WINDOW, TARGET_OFFSET = 6, 1
@@ -367,8 +368,8 @@ def test_infer_cli_records_finished_inference_runs(cli_outputs: dict[str, Path],
         assert run.data.tags["run_type"] == "inference"
         assert run.data.tags["training_run_id"] == copied.run_ids["upstream"]
         assert run.data.tags["experiment_type"] == "upstream"
-        assert run.data.metrics["rmse_mm"] == pytest.approx(metadata["scores"]["rmse_mm"])
-        assert run.data.metrics["n_forecasts"] == 16
+        assert run.data.metrics[INFER_METRIC_PREFIX + "rmse_mm"] == pytest.approx(metadata["scores"]["rmse_mm"])
+        assert run.data.metrics[INFER_METRIC_PREFIX + "n_forecasts"] == 16
         assert run.data.params["split"] == "test"
         artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
         assert {PREDICTIONS_NAME, METADATA_NAME, "inference.log"} <= artifacts, name
@@ -377,7 +378,8 @@ def test_infer_cli_records_finished_inference_runs(cli_outputs: dict[str, Path],
             assert 1 <= len(maps) <= 4 and all(item.path.endswith(".png") for item in maps)
     # the same test windows as the training run scored
     metrics = client.get_run(copied.run_ids["upstream"]).data.metrics
-    assert runs[str(copied.train_dirs["upstream"])].data.metrics["rmse_mm"] == pytest.approx(metrics["test_rmse_mm"], abs=1e-4)
+    upstream = runs[str(copied.train_dirs["upstream"])]
+    assert upstream.data.metrics[INFER_METRIC_PREFIX + "rmse_mm"] == pytest.approx(metrics["test_rmse_mm"], abs=1e-4)
 
 
 @pytest.mark.parametrize("args", [[], ["--checkpoint", "train", "--model", "abc"]], ids=["neither", "both"])
