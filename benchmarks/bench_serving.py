@@ -27,6 +27,8 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,19 @@ from convlstm.scoring_client import JSON_CONTENT_TYPE, PARQUET_CONTENT_TYPE, Sco
 
 SERVING_FACTOR = 2.0
 SERVING_SLACK_S = 0.050
+
+
+@contextmanager
+def registered_demo_model(experiment: str, prefix: str) -> Iterator[tuple[Path, dict[str, str], str, np.ndarray]]:
+    """A temporary store holding one registered model trained for one epoch on the demo (weights do not
+    matter for speed); yields its folder, the servers' environment, the model URI and a request window."""
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as tmp:
+        root = Path(tmp)
+        env = store_env(root)
+        os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+        run_train(root, experiment, 1, prefix)
+        uri = f"models:/{DEFAULT_REGISTERED_NAME}/1"
+        yield root, env, uri, request_window(uri)
 
 
 def request_window(uri: str) -> np.ndarray:
@@ -95,16 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     out: dict[str, object] = print_header(f"Serving benchmark ({args.experiment} model, one-window requests)")
 
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        root = Path(tmp)
-        env = store_env(root)
-        os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
-        run_train(root, args.experiment, 1, "bench-serving")  # weights do not matter for speed
-        uri = f"models:/{DEFAULT_REGISTERED_NAME}/1"
-
+    with registered_demo_model(args.experiment, "bench-serving") as (root, env, uri, window):
         import mlflow
 
-        window = request_window(uri)
         bodies = {"served, parquet": (request_parquet(window), PARQUET_CONTENT_TYPE),
                   "served, request_body json": (request_body(window), JSON_CONTENT_TYPE),
                   "served, plain json": (json.dumps({"inputs": window.tolist()}).encode(), JSON_CONTENT_TYPE)}

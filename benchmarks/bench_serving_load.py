@@ -20,16 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from bench_serving import request_window
-from harness import finish, fmt_table, percentile, print_header, run_train, store_env
+from bench_serving import registered_demo_model
+from harness import finish, fmt_table, percentile, print_header
 
-from convlstm.config import DEFAULT_REGISTERED_NAME
 from convlstm.scoring_client import JSON_CONTENT_TYPE, PARQUET_CONTENT_TYPE, ScoringServer, request_body, request_parquet
 
 WORKERS = (1, 2)
@@ -62,13 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, object] = print_header(f"Serving under load ({args.experiment} model, one-window requests)")
 
     rows: dict[tuple[str, int, int], tuple[float, list[float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-serving-load-") as tmp:
-        root = Path(tmp)
-        env = store_env(root)
-        os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
-        run_train(root, args.experiment, 1, "bench-serving-load")  # weights do not matter for speed
-        uri = f"models:/{DEFAULT_REGISTERED_NAME}/1"
-        window = request_window(uri)
+    with registered_demo_model(args.experiment, "bench-serving-load") as (root, env, uri, window):
         bodies = {"parquet": (request_parquet(window), PARQUET_CONTENT_TYPE),
                   "compact json": (request_body(window), JSON_CONTENT_TYPE)}
         for workers in WORKERS:
