@@ -22,12 +22,11 @@ from convlstm.errors import ConfigError, TrackingError
 from convlstm.training.experiment import (
     NORMALIZER_NAME,
     TrainingOutcome,
-    ended_after,
     new_run_settings,
     run_training,
     settings_from_checkpoint,
 )
-from convlstm.training.trainer import TrainingCallback
+from convlstm.training.trainer import TrainingCallback, TrainingState
 from convlstm.tracking.registry import describe_version
 from convlstm.tracking.runs import log_new_params, managed_run, settings_params, timestamped
 from convlstm.tracking.store import check_tracking_store
@@ -171,9 +170,11 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None) -> Tra
         configure_logging(settings.log_level)  # resolving may warn before the run's log file is known
         checkpoint = resolve_resume(settings.resume)
         resumed, run_id = settings_from_checkpoint(checkpoint, settings.output_dir, num_epochs)
+        trained = TrainingState(**load_checkpoint(checkpoint)["training_state"])
         extend = num_epochs is not None
         if run_id:
-            _check_resumable(settings.resume, run_id, checkpoint, extend)
+            ended = not extend and trained.ended(resumed.model.num_epochs)
+            _check_resumable(settings.resume, run_id, trained.epoch if ended else None)
         settings = dataclasses.replace(resumed, log_level=settings.log_level)
     else:
         settings = new_run_settings(settings)
@@ -187,24 +188,24 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None) -> Tra
                      log_path, system_metrics=True) as run:
         tracker = MlflowTracker(run.info.run_id, settings)
         if settings.resume:
-            tracker.backfill_history(load_checkpoint(settings.resume)["training_state"]["history"])
+            tracker.backfill_history(trained.history)
         outcome = run_training(settings, data_path, run_id=run.info.run_id, callbacks=[tracker],
                                on_data_ready=tracker.on_data_ready, extend=extend)
         tracker.log_outcome(outcome)
     return TrackedTraining(run.info.run_id, settings, outcome)
 
 
-def _check_resumable(resume: str, run_id: str, checkpoint: Path, extend: bool) -> None:
-    """Refuse a run this tracking store does not hold, and, unless more epochs were asked for (``extend``),
-    a run that ended training and FINISHED; a run that failed after its last epoch (e.g. while
-    registering its model) may be resumed to finish it."""
+def _check_resumable(resume: str, run_id: str, ended_after: int | None) -> None:
+    """Refuse a run this tracking store does not hold, and a run whose training ended (after
+    ``ended_after`` epochs; None while epochs remain or more were asked for) and that FINISHED; a run
+    that failed after its last epoch (e.g. while registering its model) may be resumed to finish it."""
     try:
         status = MlflowClient().get_run(run_id).info.status
     except Exception as exc:  # noqa: BLE001 - MLflow raises several types for an unknown id
         raise TrackingError(f"--resume {resume}: the checkpoint belongs to run {run_id}, which is not in the tracking "
                             f"store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI to the store it was "
                             "trained with.") from exc
-    done = None if extend else ended_after(checkpoint)
-    if status == "FINISHED" and done is not None:
-        raise ConfigError(f"--resume {resume}: run {run_id} already FINISHED after {done} epoch{'s' * (done != 1)}; "
-                          f"pass --num-epochs M (> {done}) to continue it.", "resume")
+    if status == "FINISHED" and ended_after is not None:
+        raise ConfigError(f"--resume {resume}: run {run_id} already FINISHED after {ended_after} "
+                          f"epoch{'s' * (ended_after != 1)}; pass --num-epochs M (> {ended_after}) to continue it.",
+                          "resume")

@@ -99,25 +99,6 @@ def settings_from_checkpoint(path: Path, output_dir: str | None = None,
     return settings, state.get("run_id")
 
 
-def ended_after(path: Path) -> int | None:
-    """The epochs a checkpoint's training completed if it ended (``num_epochs`` reached or stopped early).
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        A checkpoint written by training.
-
-    Returns
-    -------
-    int or None
-        None while epochs remain: resuming it trains them.
-    """
-    state = load_checkpoint(path)
-    progress = state["training_state"]
-    ended = progress["stopped_early"] or progress["epoch"] >= state["config"]["num_epochs"]
-    return int(progress["epoch"]) if ended else None
-
-
 def new_run_settings(settings: TrainSettings) -> TrainSettings:
     """``settings`` with absolute paths (a checkpoint must find them from any directory) and the default
     output directory ``outputs/<baseline|upstream>-<time>``; an output directory holding files is refused.

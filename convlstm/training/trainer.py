@@ -91,6 +91,22 @@ class TrainingState:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def ended(self, num_epochs: int) -> bool:
+        """Whether training has nothing left to do: ``num_epochs`` reached, or stopped early (the loop's
+        condition, and what a resume without more epochs is refused for).
+
+        Parameters
+        ----------
+        num_epochs : int
+            The epochs the run trains in all.
+
+        Returns
+        -------
+        bool
+            True once the run's training ended.
+        """
+        return self.epoch >= num_epochs or self.stopped_early
+
 
 class Trainer:
     """Trains a model on windows whose targets are the downstream columns of the model's output.
@@ -195,7 +211,7 @@ class Trainer:
         if len(loader) == 0:
             raise DataError("The training split has no windows; use more data or a smaller --window-size.")
         with catching_signals(defer=True) as stop:
-            while self.state.epoch < self.config.num_epochs and not self.state.stopped_early:
+            while not self.state.ended(self.config.num_epochs):
                 self._fit_epoch(loader, val_data, stop)
         return self.state
 
