@@ -32,8 +32,24 @@ DEMO_LEVELS = [1000.0, 925.0, 850.0, 700.0, 600.0, 500.0, 400.0, 300.0, 250.0, 2
 _DATA, _MODEL, _TRAINING = "Data", "Model", "Training"
 _REGIONS = "Regions (degrees; upstream lies west of downstream, same latitudes)"
 _SYSTEM, _TRACKING = "System", "Checkpoints and tracking"
+#: What a ``data`` setting takes, for the help texts.
+DATA_FORMS = ("a netCDF or GRIB file, a glob ('era5/*.nc'), a folder, a comma-separated list, a Zarr store (path or "
+              "URL), or a store written by prepare")
 _POSITIVE = {"low": 0.0, "low_open": True}
 _RATIO = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
+
+
+def _time_step() -> int:
+    return setting(12, "The model's time step in hours: finer data is aggregated to it (fields sampled at the step, "
+                       "precipitation summed over it).", low=1, high=24 * 31, group=_DATA)
+
+
+def _train_ratio() -> float:
+    return setting(0.7, "Fraction of time steps for training.", group=_DATA, **_RATIO)
+
+
+def _val_ratio() -> float:
+    return setting(0.15, "Fraction for validation; the rest is the test split.", group=_DATA, **_RATIO)
 
 
 @dataclass
@@ -52,10 +68,11 @@ class ConvLSTMConfig(Settings):
     weight_decay: float = setting(1e-2, "AdamW weight decay.", low=0.0, group=_TRAINING)
     batch_size: int = setting(4, "Windows per batch.", low=1, group=_TRAINING)
     num_epochs: int = setting(12, "Maximum number of epochs.", low=1, group=_TRAINING)
+    time_step: int = _time_step()
     window_size: int = setting(6, "Input time steps per window (6 = 3 days of 12-hourly data).", low=1, group=_DATA)
     target_offset: int = setting(1, "Steps ahead of the last input to predict.", low=1, group=_DATA)
-    train_ratio: float = setting(0.7, "Fraction of time steps for training.", group=_DATA, **_RATIO)
-    val_ratio: float = setting(0.15, "Fraction for validation; the rest is the test split.", group=_DATA, **_RATIO)
+    train_ratio: float = _train_ratio()
+    val_ratio: float = _val_ratio()
     high_precip_threshold: float = setting(10.0, "Rain (mm per step) from which errors weigh more in the loss.",
                                            low=0.0, group=_TRAINING)
     high_precip_weight: float = setting(3.0, "Loss weight of cells at or above the threshold.", group=_TRAINING, **_POSITIVE)
@@ -144,6 +161,10 @@ def _data(help_text: str) -> str | None:
     return setting(None, help_text + " Default: the built-in demo atmosphere.", group=_DATA)
 
 
+def _member() -> int | None:
+    return setting(None, "Ensemble member (GRIB 'number') to read from input that holds several.", low=0, group=_DATA)
+
+
 def _nan_policy() -> str:
     return setting("raise", "Missing values in the regions the model reads (elsewhere they are ignored): refuse them, "
                             "leave out the windows that read them, or interpolate them in time.",
@@ -174,10 +195,11 @@ class TrainSettings(Settings):
     Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
     """
 
-    data: str | None = _data("netCDF reanalysis file (standard, descriptive or ERA5 names).")
+    data: str | None = _data(f"Reanalysis data: {DATA_FORMS}.")
     output_dir: str | None = setting(None, "Where checkpoints, normalizer, log and figures go. "
                                            "Default: outputs/<baseline|upstream>-<time>.", group=_DATA)
     nan_policy: str = _nan_policy()
+    member: int | None = _member()
     include_upstream: bool = setting(False, "Join the upstream region west of the downstream one (the upstream "
                                             "experiment).", group=_REGIONS)
     regions: RegionConfig = field(default_factory=RegionConfig)
@@ -214,6 +236,7 @@ class RunSettings(Settings):
 
     batch_size: int = setting(8, "Windows per forward pass.", low=1, group=_SYSTEM)
     nan_policy: str = _nan_policy()
+    member: int | None = _member()
     device: str = _device()
     experiment_name: str | None = _experiment_name("the experiment of the (baseline) model's training run")
     log_level: str = _log_level()
@@ -229,7 +252,7 @@ class InferSettings(Settings):
     checkpoint: str | None = setting(None, "A checkpoint file (best_model.pt) or a training output directory.")
     model: str | None = setting(None, "Instead of --checkpoint: a training run id, runs:/<run id>, "
                                       "models:/<name>/<version> or models:/<name>@<alias>.")
-    data: str | None = _data("netCDF file to forecast from (any naming open_dataset accepts).")
+    data: str | None = _data(f"Data to forecast from: {DATA_FORMS}.")
     split: str = setting("test", "Forecast every window of the file, or only one split of it, cut as in training.",
                          choices=SPLITS, group=_DATA)
     output_dir: str | None = setting(None, "Default: outputs/infer-<baseline|upstream>-<time>.", group=_DATA)
@@ -255,7 +278,7 @@ class CompareSettings(Settings):
     baseline: str | None = setting(None, "Baseline model: training run id, runs:/ or models:/ URI, or checkpoint. With "
                                          "no models and no files: the newest finished baseline and upstream runs.")
     upstream: str | None = setting(None, "Upstream model, likewise.")
-    data: str | None = _data("With models: the netCDF whose test split is scored.")
+    data: str | None = _data(f"With models: the data whose test split is scored ({DATA_FORMS}).")
     baseline_predictions: str | None = setting(None, "Instead of models: the baseline's predictions.nc.",
                                                aliases=("--predictions-exp1",))
     upstream_predictions: str | None = setting(None, "The upstream model's predictions.nc.",
@@ -291,6 +314,32 @@ class CompareSettings(Settings):
     def uses_files(self) -> bool:
         """Whether predictions files are compared (rather than two models forecasting the data)."""
         return bool(self.baseline_predictions or self.upstream_predictions or self.ground_truth)
+
+
+@dataclass
+class PrepareSettings(Settings):
+    """The ``prepare`` entry point: raw reanalysis data in → a chunked Zarr store that training reads in bounded memory.
+
+    Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
+    """
+
+    data: str | None = _data(f"Raw input: {DATA_FORMS}.")
+    output: str = setting("data/prepared.zarr", "The Zarr store to write; an existing one is refused, never replaced.",
+                          group=_DATA)
+    member: int | None = _member()
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    time_step: int = _time_step()
+    train_ratio: float = _train_ratio()
+    val_ratio: float = _val_ratio()
+    time_chunk: int = setting(8, "Time steps per Zarr chunk: a window reads one or two chunks of each variable.",
+                              low=1, group=_SYSTEM)
+    experiment_name: str | None = _experiment_name("$MLFLOW_EXPERIMENT_NAME, else MLflow's Default, as for `mlflow run`")
+    log_level: str = _log_level()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_split_ratios(self.train_ratio, self.val_ratio)
+        _existing_file(self.data, "data")
 
 
 @dataclass
