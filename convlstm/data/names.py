@@ -31,15 +31,27 @@ DIM_ALIASES: dict[str, tuple[str, ...]] = {
 }
 #: Names of geopotential (m2 s-2, divided by g to give a height) when the units do not say so.
 GEOPOTENTIAL_NAMES: tuple[str, ...] = ("z", "geopotential")
-#: Every name a variable the library reads may have (as its name or its CF standard_name).
-KNOWN_NAMES: frozenset[str] = frozenset(
-    name for table in (VARIABLE_ALIASES, HUMIDITY_ALIASES) for aliases in table.values() for name in aliases
-)
+
+
+def find_variable(ds: xr.Dataset, aliases: tuple[str, ...]) -> str | None:
+    """The first variable named like one of the aliases, or else carrying one as its CF standard_name."""
+    for alias in aliases:
+        if alias in ds.data_vars:
+            return alias
+    for var in ds.data_vars:
+        if ds[var].attrs.get("standard_name") in aliases:
+            return str(var)
+    return None
 
 
 def known_variables(ds: xr.Dataset) -> list[str]:
-    """The variables of ``ds`` the library can read, so that a store of hundreds of fields is cut to those first."""
-    return [str(var) for var in ds.data_vars if var in KNOWN_NAMES or ds[var].attrs.get("standard_name") in KNOWN_NAMES]
+    """The variables of ``ds`` the library would read, so that a store of hundreds of fields is cut to those first.
+
+    One per variable and humidity kind, chosen as the schema chooses, so that a second field sharing a
+    standard_name (2 m temperature beside temperature) is not carried along.
+    """
+    groups = (*VARIABLE_ALIASES.values(), *HUMIDITY_ALIASES.values())
+    return list(dict.fromkeys(var for aliases in groups if (var := find_variable(ds, aliases)) is not None))
 
 
 def library_chunks(chunks: object) -> object:

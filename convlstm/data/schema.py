@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from convlstm.data.names import DIM_ALIASES, GEOPOTENTIAL_NAMES, HUMIDITY_ALIASES, VARIABLE_ALIASES
+from convlstm.data.names import DIM_ALIASES, GEOPOTENTIAL_NAMES, HUMIDITY_ALIASES, VARIABLE_ALIASES, find_variable
 from convlstm.data.sources import Source, open_source, to_library_dims
 from convlstm.data.thermo import dew_point_from_relative_humidity, dew_point_from_specific_humidity
 from convlstm.errors import ConfigError, DataError
@@ -145,17 +145,6 @@ def _rename_dims(ds: xr.Dataset, name: str) -> xr.Dataset:
     return ds
 
 
-def _find(ds: xr.Dataset, aliases: tuple[str, ...]) -> str | None:
-    """The first variable named like one of the aliases, or carrying one as its CF standard_name."""
-    for alias in aliases:
-        if alias in ds.data_vars:
-            return alias
-    for var in ds.data_vars:
-        if ds[var].attrs.get("standard_name") in aliases:
-            return str(var)
-    return None
-
-
 def _units(da: xr.DataArray) -> str:
     return str(da.attrs.get("units", "")).strip().replace("**", "").replace("^", "")
 
@@ -180,7 +169,7 @@ def _to_height(da: xr.DataArray, var: str) -> xr.DataArray:
 
 
 def _standard_variables(ds: xr.Dataset, name: str, several: bool = False) -> xr.Dataset:
-    found = {var: _find(ds, aliases) for var, aliases in VARIABLE_ALIASES.items()}
+    found = {var: find_variable(ds, aliases) for var, aliases in VARIABLE_ALIASES.items()}
     fields: dict[str, xr.DataArray] = {}
     if found["TEM"]:
         fields["TEM"] = _to_kelvin(ds[found["TEM"]])
@@ -199,7 +188,7 @@ def _standard_variables(ds: xr.Dataset, name: str, several: bool = False) -> xr.
         fields[PRECIPITATION] = _to_mm(ds[found[PRECIPITATION]], found[PRECIPITATION])
 
     missing = [var for var in VARIABLES if var not in fields]
-    humidity = _find(ds, HUMIDITY_ALIASES["relative"]) or _find(ds, HUMIDITY_ALIASES["specific"])
+    humidity = find_variable(ds, HUMIDITY_ALIASES["relative"]) or find_variable(ds, HUMIDITY_ALIASES["specific"])
     derivable = "DPT" in missing and "TEM" in missing and humidity is not None
     if derivable:  # not missing itself: it follows from the humidity once the temperature is there
         missing.remove("DPT")
@@ -222,12 +211,12 @@ def _standard_variables(ds: xr.Dataset, name: str, several: bool = False) -> xr.
 
 
 def _derive_dew_point(ds: xr.Dataset, temperature: xr.DataArray) -> xr.DataArray | None:
-    relative = _find(ds, HUMIDITY_ALIASES["relative"])
+    relative = find_variable(ds, HUMIDITY_ALIASES["relative"])
     if relative:
         logger.info("Deriving dew point from temperature and relative humidity '%s'.", relative)
         rh = ds[relative] * (100.0 if _units(ds[relative]) in ("1", "fraction", "0-1") else 1.0)
         return dew_point_from_relative_humidity(temperature, rh)
-    specific = _find(ds, HUMIDITY_ALIASES["specific"])
+    specific = find_variable(ds, HUMIDITY_ALIASES["specific"])
     if specific:
         logger.info("Deriving dew point from pressure and specific humidity '%s'.", specific)
         q = ds[specific] / (1000.0 if _units(ds[specific]) in ("g kg-1", "g/kg") else 1.0)

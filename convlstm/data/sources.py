@@ -54,6 +54,8 @@ class _Part:
     dataset: xr.Dataset
     name: str
     calendar: str
+    #: Per variable, the step of its int16 packing (0 if unpacked): files packed apart differ by up to it.
+    packing: dict[str, float]
 
 
 def is_zarr_source(source: str | os.PathLike[str]) -> bool:
@@ -152,9 +154,10 @@ def _open_item(item: str, chunks: object, member: int | None) -> list[_Part]:
     parts = []
     for ds in datasets:
         calendar = str(_time_coordinate(ds).encoding.get("calendar", "standard")) if _has_time(ds) else "standard"
+        packing = {str(var): float(ds[var].encoding.get("scale_factor", 0.0)) for var in ds.data_vars}
         ds = _normalize(ds, item, member)
         if ds.data_vars:
-            parts.append(_Part(ds, item, "standard" if calendar in _GREGORIAN else calendar))
+            parts.append(_Part(ds, item, "standard" if calendar in _GREGORIAN else calendar, packing))
         else:
             logger.info("%s holds none of the variables the library reads; skipped.", item)
     return parts
@@ -285,10 +288,10 @@ def _combine_expver(ds: xr.Dataset) -> xr.Dataset:
 def _merge(parts: list[_Part], name: str) -> xr.Dataset:
     """Concatenate each variable's pieces along time and merge the variables on the times they share."""
     parts = _check_alignment(parts)
-    pieces: dict[str, list[tuple[str, xr.DataArray]]] = {}
+    pieces: dict[str, list[_Piece]] = {}
     for part in parts:
-        for var in part.dataset.data_vars:
-            pieces.setdefault(str(var), []).append((part.name, part.dataset[var]))
+        for var in map(str, part.dataset.data_vars):
+            pieces.setdefault(var, []).append(_Piece(part.name, part.dataset[var], part.packing[var]))
     variables = {var: _concat_in_time(var, found) for var, found in pieces.items()}
     return _common_times(variables, name).assign_attrs(parts[0].dataset.attrs)
 
@@ -311,7 +314,7 @@ def _check_alignment(parts: list[_Part]) -> list[_Part]:
         if with_levels is not None and "level" in ds.dims:
             ds = _align_axis(ds, with_levels.dataset, "level", f"{with_levels.name} and {part.name} have different pressure levels",
                              "Request the same levels for every file")
-        aligned.append(_Part(ds, part.name, part.calendar))
+        aligned.append(_Part(ds, part.name, part.calendar, part.packing))
     return aligned
 
 
@@ -335,27 +338,42 @@ def _axis_summary(values: np.ndarray) -> str:
     return f"{values[0]:g} … {values[-1]:g} ({len(values)} values, step {values[1] - values[0]:g})"
 
 
-def _concat_in_time(var: str, found: list[tuple[str, xr.DataArray]]) -> xr.DataArray:
-    """One variable's pieces in order of first time; times two pieces share must hold the same values (kept once)."""
-    kept: list[tuple[str, xr.DataArray]] = []
-    for name, da in sorted((item for item in found if item[1].sizes["time"]), key=lambda item: item[1]["time"].values[0]):
-        for earlier_name, earlier in kept:
-            if da.sizes["time"] == 0 or earlier["time"].values[-1] < da["time"].values[0]:  # cheap test first
+@dataclass
+class _Piece:
+    """One variable from one input: where it came from and how finely it was packed."""
+
+    name: str
+    data: xr.DataArray
+    packing: float
+
+
+def _concat_in_time(var: str, found: list[_Piece]) -> xr.DataArray:
+    """One variable's pieces in order of first time; times two pieces share must hold the same values (kept once).
+
+    "The same" allows the packing step of either file: the CDS packs each file with its own scale, so one
+    field downloaded twice decodes to slightly different numbers.
+    """
+    kept: list[_Piece] = []
+    for piece in sorted((p for p in found if p.data.sizes["time"]), key=lambda p: p.data["time"].values[0]):
+        da = piece.data
+        for earlier in kept:
+            if da.sizes["time"] == 0 or earlier.data["time"].values[-1] < da["time"].values[0]:  # cheap test first
                 continue
-            common = np.intersect1d(earlier["time"].values, da["time"].values)
+            common = np.intersect1d(earlier.data["time"].values, da["time"].values)
             if len(common) == 0:
                 continue
             # Only the shared times are read, to compare them.
-            if not np.array_equal(earlier.sel(time=common).values, da.sel(time=common).values, equal_nan=True):
-                raise DataError(f"{earlier_name} and {name} both hold {var} at {len(common)} time(s) from {_time(common[0])} "
+            before, now = earlier.data.sel(time=common).values, da.sel(time=common).values
+            if not np.allclose(before, now, rtol=0, atol=max(earlier.packing, piece.packing), equal_nan=True):
+                raise DataError(f"{earlier.name} and {piece.name} both hold {var} at {len(common)} time(s) from {_time(common[0])} "
                                 "with different values. Remove one of the files, or the overlapping times from one.")
-            logger.info("%s repeats %d time(s) of %s from %s with the same values; kept once.", name, len(common), var, earlier_name)
+            logger.info("%s repeats %d time(s) of %s from %s with the same values; kept once.", piece.name, len(common), var, earlier.name)
             da = da.isel(time=~np.isin(da["time"].values, common))
         if da.sizes["time"]:
-            kept.append((name, da))
+            kept.append(_Piece(piece.name, da, piece.packing))
     if len(kept) <= 1:
-        return kept[0][1] if kept else found[0][1]  # an empty time axis is for the schema to refuse
-    merged = xr.concat([da for _, da in kept], dim="time", coords="minimal", compat="override", join="exact")
+        return kept[0].data if kept else found[0].data  # an empty time axis is for the schema to refuse
+    merged = xr.concat([p.data for p in kept], dim="time", coords="minimal", compat="override", join="exact")
     return merged if merged.indexes["time"].is_monotonic_increasing else merged.sortby("time")
 
 
