@@ -1,4 +1,4 @@
-"""Open a reanalysis file in any common naming and return it in the one layout the library uses.
+"""Open reanalysis input in any common naming and return it in the one layout the library uses.
 
 Every later step (split, normalizer, regions, stacking) relies on this layout, so all the mapping of
 names, units and orientation lives here, in one table, and bad input is refused here with a message
@@ -9,6 +9,9 @@ that names the file and the fix:
 - latitude ascending, longitude ascending (in the file's own convention, 0..360 or -180..180),
   pressure levels descending from the surface, time strictly increasing;
 - lazily opened (dask-backed) data stays lazy: only reductions for validation are computed.
+
+Finding and merging the input (several files, GRIB, Zarr stores) is :mod:`convlstm.data.sources`;
+the names accepted are in :mod:`convlstm.data.names`.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ LAYOUT_ATTR, LAYOUT_VERSION = "convlstm_layout", 1
 
 
 def describe_source(data: xr.Dataset) -> str:
-    """The file a dataset came from, for error messages (or a neutral name for in-memory data).
+    """The input a dataset came from, for error messages (or a neutral name for in-memory data).
 
     Parameters
     ----------
@@ -69,7 +72,8 @@ def describe_source(data: xr.Dataset) -> str:
     Returns
     -------
     str
-        The path ``open_dataset`` recorded, or ``"the dataset"``.
+        What ``open_dataset`` recorded: a file's or store's path, or for several files e.g.
+        ``12 files matching era5/*.nc (era5/a.nc … era5/l.nc)``; else ``"the dataset"``.
     """
     return str(data.attrs.get(SOURCE_ATTR, "the dataset"))
 

@@ -207,7 +207,7 @@ def _has_time(ds: xr.Dataset) -> bool:
 def _normalize(ds: xr.Dataset, name: str, member: int | None) -> xr.Dataset:
     """Resolve what differs between products (forecast steps, ensemble members, ERA5T expver) and rename the axes."""
     ds = _select_member(ds, name, member)
-    if "step" in ds.dims:
+    if "step" in ds.dims and "valid_time" in ds.coords:
         ds = _valid_time_axis(ds)
     if "expver" in ds.dims:
         ds = _combine_expver(ds)

@@ -293,12 +293,12 @@ def field(base: float, level: int = 1000, hour: int = 0, number: int = 0) -> np.
     return base + 0.01 * (1000 - level) + 0.1 * hour + number + 0.01 * np.arange(LAT.size * LON.size).reshape(LAT.size, LON.size)
 
 
-def pressure_level_messages(members: tuple[int | None, ...] = (None,)) -> list[bytes]:
+def pressure_level_messages(members: tuple[int | None, ...] = (None,), hours: pd.DatetimeIndex = HOURS) -> list[bytes]:
     """gh (gpm), t, u, v, q on isobaricInhPa, hourly; one set per ensemble member."""
     bases = {"gh": 100.0, "t": 280.0, "u": 5.0, "v": -2.0, "q": 0.004}
     return [grib_message(name, when, field(base if name != "gh" else base * (1 + (1000 - level) / 50), level, i, number or 0)
                          if name != "q" else np.full((LAT.size, LON.size), base), level=level, number=number)
-            for number in members for i, when in enumerate(HOURS) for level in LEVELS for name, base in bases.items()]
+            for number in members for i, when in enumerate(hours) for level in LEVELS for name, base in bases.items()]
 
 
 def precipitation_messages() -> list[bytes]:
@@ -338,7 +338,7 @@ def test_a_grib_file_mixing_level_types_is_read_whole(tmp_path):
 
 
 def test_a_grib_ensemble_needs_a_member(tmp_path):
-    levels = write_grib(tmp_path / "ens.grib2", pressure_level_messages(members=(0, 1)))
+    levels = write_grib(tmp_path / "ens.grib2", pressure_level_messages(members=(0, 1), hours=HOURS[:2]))
     rain = write_grib(tmp_path / "tp.grib2", precipitation_messages())
     with pytest.raises(DataError, match=r"ens\.grib2 holds 2 ensemble members \(number 0, 1\)\. Choose one with member= \(command line: --member\)"):
         open_dataset([levels, rain])
