@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import xarray as xr
 
 from convlstm.config import ConvLSTMConfig, RegionConfig
 from convlstm.data.prepare import PreparedData, prepare_data
-from convlstm.data.schema import CF_ATTRS, LEVEL_VARIABLES, PRECIPITATION
+from convlstm.data.schema import CF_ATTRS, DIMS, LEVEL_VARIABLES, PRECIPITATION, VARIABLES
 from convlstm.model import ConvLSTMUNet
 from convlstm.training.trainer import Trainer, TrainingCallback
 
@@ -21,12 +22,41 @@ TINY = {"hidden_channels": [4, 8], "batch_size": 8}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def _era5_sample() -> Path:
+    """The real ERA5 sample (shared/data/era5-sample): $CONVLSTM_ERA5_SAMPLE, beside the checkout, or /work/shared."""
+    candidates = [os.environ.get("CONVLSTM_ERA5_SAMPLE"), REPO.parent / "shared" / "data" / "era5-sample", "/work/shared/data/era5-sample"]
+    found = [Path(c) for c in candidates if c and Path(c).is_dir()]
+    return found[0] if found else Path(candidates[-1])
+
+
+#: Ten real ERA5 files in the older CDS netCDF layout (see its README.md); tests skip when it is absent.
+ERA5_SAMPLE = _era5_sample()
+
+
 def assert_png(path: Path) -> None:
     """A real, non-trivial PNG, written atomically (no temporary file left beside it)."""
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE)
     assert len(data) > 5_000
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def assert_library_layout(ds: xr.Dataset) -> None:
+    """The layout open_dataset promises: names, dimensions, float32, CF units, axis orientation."""
+    assert set(ds.data_vars) == set(VARIABLES)
+    for var in LEVEL_VARIABLES:
+        assert ds[var].dims == DIMS
+    assert ds[PRECIPITATION].dims == ("time", "lat", "lon")
+    for var in VARIABLES:
+        assert ds[var].dtype == np.float32, var
+        assert ds[var].attrs["units"] == CF_ATTRS[var]["units"], var
+        assert ds[var].attrs["standard_name"] == CF_ATTRS[var]["standard_name"], var
+    assert np.all(np.diff(ds["lat"].values) > 0), "latitude must be ascending"
+    assert np.all(np.diff(ds["lon"].values) > 0), "longitude must be ascending"
+    assert np.all(np.diff(ds["level"].values) < 0), "levels must be descending (surface first)"
+    assert np.all(np.diff(ds["time"].values) > np.timedelta64(0)), "time must increase"
+    assert ds["level"].attrs["units"] == "hPa"
+    assert ds["lat"].attrs["units"] == "degrees_north" and ds["lon"].attrs["units"] == "degrees_east"
 
 
 def make_dataset(

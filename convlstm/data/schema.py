@@ -1,4 +1,4 @@
-"""Open a reanalysis file in any common naming and return it in the one layout the library uses.
+"""Open reanalysis input in any common naming and return it in the one layout the library uses.
 
 Every later step (split, normalizer, regions, stacking) relies on this layout, so all the mapping of
 names, units and orientation lives here, in one table, and bad input is refused here with a message
@@ -9,18 +9,21 @@ that names the file and the fix:
 - latitude ascending, longitude ascending (in the file's own convention, 0..360 or -180..180),
   pressure levels descending from the surface, time strictly increasing;
 - lazily opened (dask-backed) data stays lazy: only reductions for validation are computed.
+
+Finding and merging the input (several files, GRIB, Zarr stores) is :mod:`convlstm.data.sources`;
+the names accepted are in :mod:`convlstm.data.names`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import xarray as xr
 
+from convlstm.data.names import DIM_ALIASES, GEOPOTENTIAL_NAMES, HUMIDITY_ALIASES, VARIABLE_ALIASES, find_variable
+from convlstm.data.sources import Source, open_source, to_library_dims
 from convlstm.data.thermo import dew_point_from_relative_humidity, dew_point_from_specific_humidity
 from convlstm.errors import ConfigError, DataError
 
@@ -30,27 +33,6 @@ LEVEL_VARIABLES: tuple[str, ...] = ("DPT", "GPH", "TEM", "U", "V")
 PRECIPITATION = "precipitation"
 VARIABLES: tuple[str, ...] = (*LEVEL_VARIABLES, PRECIPITATION)
 DIMS: tuple[str, ...] = ("time", "level", "lat", "lon")
-
-#: Accepted names for each variable, in order of preference: standard, descriptive, ERA5/CF.
-VARIABLE_ALIASES: dict[str, tuple[str, ...]] = {
-    "DPT": ("DPT", "dew_point", "dewpoint", "dew_point_temperature"),
-    "GPH": ("GPH", "geopotential_height", "gh", "hgt", "z"),
-    "TEM": ("TEM", "temperature", "air_temperature", "t", "ta"),
-    "U": ("U", "u_wind", "eastward_wind", "u", "ua"),
-    "V": ("V", "v_wind", "northward_wind", "v", "va"),
-    PRECIPITATION: ("precipitation", "tp", "total_precipitation", "precip", "lwe_thickness_of_precipitation_amount"),
-}
-#: Humidity variables from which the dew point is derived when the file has none (ERA5 style).
-HUMIDITY_ALIASES: dict[str, tuple[str, ...]] = {
-    "relative": ("r", "relative_humidity", "hur"),
-    "specific": ("q", "specific_humidity", "hus"),
-}
-DIM_ALIASES: dict[str, tuple[str, ...]] = {
-    "time": ("time", "valid_time"),
-    "level": ("level", "pressure_level", "isobaricInhPa", "plev", "lev"),
-    "lat": ("lat", "latitude"),
-    "lon": ("lon", "longitude"),
-}
 
 STANDARD_GRAVITY = 9.80665  # m s-2: geopotential (m2 s-2) / g = geopotential height (m)
 _KELVIN = 273.15
@@ -80,7 +62,7 @@ LAYOUT_ATTR, LAYOUT_VERSION = "convlstm_layout", 1
 
 
 def describe_source(data: xr.Dataset) -> str:
-    """The file a dataset came from, for error messages (or a neutral name for in-memory data).
+    """The input a dataset came from, for error messages (or a neutral name for in-memory data).
 
     Parameters
     ----------
@@ -90,31 +72,40 @@ def describe_source(data: xr.Dataset) -> str:
     Returns
     -------
     str
-        The path ``open_dataset`` recorded, or ``"the dataset"``.
+        What ``open_dataset`` recorded: a file's or store's path, or for several files e.g.
+        ``12 files matching era5/*.nc (era5/a.nc … era5/l.nc)``; else ``"the dataset"``.
     """
     return str(data.attrs.get(SOURCE_ATTR, "the dataset"))
 
 
 def open_dataset(
-    source: str | os.PathLike[str] | xr.Dataset,
+    source: Source | xr.Dataset,
     *,
     chunks: dict[str, int] | Literal["auto"] | None = None,
     nan_policy: NanPolicy = "raise",
+    member: int | None = None,
 ) -> xr.Dataset:
-    """Open and validate a reanalysis file (or dataset) and return it in the library's layout.
+    """Open and validate reanalysis input (or a dataset) and return it in the library's layout.
 
     Parameters
     ----------
-    source : path-like or xarray.Dataset
-        A netCDF file, or a dataset already open, in standard, descriptive or ERA5/CF naming.
+    source : path-like, str, list of them, or xarray.Dataset
+        In standard, descriptive, ERA5/CF or ARCO-ERA5 naming: a netCDF or GRIB file; several of them
+        (a list, a comma-separated string, a glob pattern or a directory), merged on time by
+        :func:`convlstm.data.sources.open_source`; a Zarr store (path or fsspec URL); or a dataset
+        already open.
     chunks : dict or "auto", optional
         Passed to xarray to open lazily with dask (e.g. ``{"time": 100}``, library dimension names);
-        the result then stays lazy until it is stacked.
+        the result then stays lazy until it is stacked. Several inputs and Zarr stores are always
+        opened lazily (their own chunks when ``None``).
     nan_policy : {"raise", "drop", "fill"}
         ``"fill"`` interpolates missing values linearly in time and fills the ends with the nearest
         value. ``"raise"`` and ``"drop"`` leave them in place: only those inside the regions a model
         reads matter, so ``ConvLSTMDataset`` refuses them, or drops the windows that touch them, when it
         cuts the regions out (``"drop"`` there).
+    member : int, optional
+        The ensemble member (``number``) to read from input holding several; such input is refused
+        without it.
 
     Returns
     -------
@@ -127,9 +118,13 @@ def open_dataset(
         raise ConfigError(f"nan_policy must be 'raise', 'drop' or 'fill', got {nan_policy!r}.", "nan_policy")
     if isinstance(source, xr.Dataset) and source.attrs.get(LAYOUT_ATTR) == LAYOUT_VERSION:
         return source
-    ds, name = _open(source, chunks)
+    if isinstance(source, xr.Dataset):
+        ds, name, count = source, describe_source(source), 1
+    else:
+        opened = open_source(source, chunks=chunks, member=member)
+        ds, name, count = opened.dataset, opened.name, opened.count
     ds = _rename_dims(ds, name)
-    ds = _standard_variables(ds, name)
+    ds = _standard_variables(ds, name, several=count > 1)
     ds = _orient(ds, name)
     if nan_policy == "fill":
         ds = _fill_missing_values(ds)
@@ -137,65 +132,21 @@ def open_dataset(
     return ds
 
 
-def _open(source: str | os.PathLike[str] | xr.Dataset, chunks: object) -> tuple[xr.Dataset, str]:
-    if isinstance(source, xr.Dataset):
-        return source, describe_source(source)
-    path = Path(source)
-    if not path.exists():
-        raise DataError(f"Data file {path} does not exist. Pass the path of a netCDF file (or omit it to use the demo data).")
-    try:
-        ds = xr.open_dataset(path, chunks=_file_chunks(path, chunks))
-    except Exception as exc:  # noqa: BLE001 - any backend failure means "not a readable netCDF"
-        raise DataError(f"Cannot open {path} as a netCDF dataset ({type(exc).__name__}: {exc}). Check that it is a netCDF-4/HDF5 or netCDF-3 file.") from exc
-    return ds, str(path)
-
-
-def _file_chunks(path: Path, chunks: object) -> object:
-    """Let ``chunks`` use the library's dimension names (time, level, lat, lon) whatever the file calls them."""
-    if not isinstance(chunks, dict):
-        return chunks
-    with xr.open_dataset(path) as probe:
-        dims = set(map(str, probe.dims))
-    mapped: dict[str, object] = {}
-    for key, size in chunks.items():
-        names = [alias for alias in DIM_ALIASES.get(key, (key,)) if alias in dims]
-        mapped[names[0] if names else key] = size
-    return mapped
-
-
 def _rename_dims(ds: xr.Dataset, name: str) -> xr.Dataset:
-    renames: dict[str, str] = {}
     for dim, aliases in DIM_ALIASES.items():
-        found = [alias for alias in aliases if alias in ds.dims or alias in ds.coords]
-        if not found:
+        if not any(alias in ds.dims or alias in ds.coords for alias in aliases):
             raise DataError(
                 f"{name} has no '{dim}' dimension (accepted names: {', '.join(aliases)}); "
                 f"its dimensions are {sorted(map(str, ds.dims))}. Rename the dimension to one of the accepted names."
             )
-        if found[0] != dim:
-            renames[found[0]] = dim
-    ds = ds.rename(renames)
-    # ERA5 files carry bookkeeping coordinates (number, expver) and singleton dimensions: drop them.
-    extra_dims = [d for d in ds.dims if d not in DIMS]
-    for dim in extra_dims:
-        if ds.sizes[dim] != 1:
+    ds = to_library_dims(ds)
+    for dim in ds.dims:
+        if dim not in DIMS:
             raise DataError(
                 f"{name} has an extra dimension '{dim}' of size {ds.sizes[dim]}; expected only {', '.join(DIMS)}. "
                 f"Select one member first, e.g. ds.isel({dim}=0)."
             )
-    ds = ds.squeeze(extra_dims, drop=True) if extra_dims else ds
-    return ds.drop_vars([c for c in ds.coords if c not in DIMS])
-
-
-def _find(ds: xr.Dataset, aliases: tuple[str, ...]) -> str | None:
-    """The first variable named like one of the aliases, or carrying one as its CF standard_name."""
-    for alias in aliases:
-        if alias in ds.data_vars:
-            return alias
-    for var in ds.data_vars:
-        if ds[var].attrs.get("standard_name") in aliases:
-            return str(var)
-    return None
+    return ds
 
 
 def _units(da: xr.DataArray) -> str:
@@ -216,13 +167,13 @@ def _to_mm(da: xr.DataArray, var: str) -> xr.DataArray:
 
 def _to_height(da: xr.DataArray, var: str) -> xr.DataArray:
     units = _units(da).replace(" ", "")
-    if units in ("m2s-2", "m2/s2", "m2.s-2") or (var == "z" and not units):
+    if units in ("m2s-2", "m2/s2", "m2.s-2") or (var in GEOPOTENTIAL_NAMES and not units):
         return da / STANDARD_GRAVITY
     return da
 
 
-def _standard_variables(ds: xr.Dataset, name: str) -> xr.Dataset:
-    found = {var: _find(ds, aliases) for var, aliases in VARIABLE_ALIASES.items()}
+def _standard_variables(ds: xr.Dataset, name: str, several: bool = False) -> xr.Dataset:
+    found = {var: find_variable(ds, aliases) for var, aliases in VARIABLE_ALIASES.items()}
     fields: dict[str, xr.DataArray] = {}
     if found["TEM"]:
         fields["TEM"] = _to_kelvin(ds[found["TEM"]])
@@ -241,15 +192,21 @@ def _standard_variables(ds: xr.Dataset, name: str) -> xr.Dataset:
         fields[PRECIPITATION] = _to_mm(ds[found[PRECIPITATION]], found[PRECIPITATION])
 
     missing = [var for var in VARIABLES if var not in fields]
+    humidity = find_variable(ds, HUMIDITY_ALIASES["relative"]) or find_variable(ds, HUMIDITY_ALIASES["specific"])
+    derivable = "DPT" in missing and "TEM" in missing and humidity is not None
+    if derivable:  # not missing itself: it follows from the humidity once the temperature is there
+        missing.remove("DPT")
     if missing:
         accepted = "; ".join(
             f"{var}: {', '.join(VARIABLE_ALIASES[var])}"
             + (" (or TEM with relative humidity r / specific humidity q)" if var == "DPT" else "")
             for var in missing
         )
+        subject, verb, has = (f"the {name}", "lack", "They have") if several else (name, "is missing", "It has")
+        derived = f" DPT will be derived from {humidity} once TEM (t) is added." if derivable else ""
         raise DataError(
-            f"{name} is missing variable(s) {', '.join(missing)}. It has: {', '.join(map(str, ds.data_vars)) or 'no variables'}. "
-            f"Accepted names — {accepted}. Rename the variables or add them to the file."
+            f"{subject} {verb} variable(s) {', '.join(missing)}. {has}: {', '.join(map(str, ds.data_vars)) or 'no variables'}. "
+            f"Accepted names — {accepted}.{derived} Rename the variables or add them{' as another file' if several else ' to the file'}."
         )
     out = {}
     for var in VARIABLES:
@@ -258,12 +215,12 @@ def _standard_variables(ds: xr.Dataset, name: str) -> xr.Dataset:
 
 
 def _derive_dew_point(ds: xr.Dataset, temperature: xr.DataArray) -> xr.DataArray | None:
-    relative = _find(ds, HUMIDITY_ALIASES["relative"])
+    relative = find_variable(ds, HUMIDITY_ALIASES["relative"])
     if relative:
         logger.info("Deriving dew point from temperature and relative humidity '%s'.", relative)
         rh = ds[relative] * (100.0 if _units(ds[relative]) in ("1", "fraction", "0-1") else 1.0)
         return dew_point_from_relative_humidity(temperature, rh)
-    specific = _find(ds, HUMIDITY_ALIASES["specific"])
+    specific = find_variable(ds, HUMIDITY_ALIASES["specific"])
     if specific:
         logger.info("Deriving dew point from pressure and specific humidity '%s'.", specific)
         q = ds[specific] / (1000.0 if _units(ds[specific]) in ("g kg-1", "g/kg") else 1.0)

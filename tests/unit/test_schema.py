@@ -8,34 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from tests.helpers import make_dataset
+from tests.helpers import assert_library_layout, make_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convlstm.data.normalizer import ConvLSTMNormalizer
-from convlstm.data.schema import CF_ATTRS, DIMS, LEVEL_VARIABLES, PRECIPITATION, VARIABLES, open_dataset
+from convlstm.data.schema import DIMS, PRECIPITATION, VARIABLES, open_dataset
 from convlstm.data.stacking import stack_channels
 from convlstm.data.thermo import saturation_vapour_pressure
 from convlstm.errors import ConfigError, DataError
 
 G = 9.80665
-
-
-def assert_library_layout(ds: xr.Dataset) -> None:
-    assert set(ds.data_vars) == set(VARIABLES)
-    for var in LEVEL_VARIABLES:
-        assert ds[var].dims == DIMS
-    assert ds[PRECIPITATION].dims == ("time", "lat", "lon")
-    for var in VARIABLES:
-        assert ds[var].dtype == np.float32, var
-        assert ds[var].attrs["units"] == CF_ATTRS[var]["units"], var
-        assert ds[var].attrs["standard_name"] == CF_ATTRS[var]["standard_name"], var
-    assert np.all(np.diff(ds["lat"].values) > 0), "latitude must be ascending"
-    assert np.all(np.diff(ds["lon"].values) > 0), "longitude must be ascending"
-    assert np.all(np.diff(ds["level"].values) < 0), "levels must be descending (surface first)"
-    assert np.all(np.diff(ds["time"].values) > np.timedelta64(0)), "time must increase"
-    assert ds["level"].attrs["units"] == "hPa"
-    assert ds["lat"].attrs["units"] == "degrees_north" and ds["lon"].attrs["units"] == "degrees_east"
 
 
 def assert_same_fields(out: xr.Dataset, ref: xr.Dataset, dpt_atol: float = 1e-4) -> None:
