@@ -157,6 +157,22 @@ def _existing_file(value: str | None, name: str) -> None:
         raise ConfigError(f"{flag_of(name)} {value}: the file does not exist.", name)
 
 
+def _existing_source(value: str | None, name: str) -> None:
+    """Refuse data that names a missing file (or a glob matching nothing) before any run starts."""
+    if not value:
+        return
+    from convlstm.data.sources import input_paths, is_zarr_source  # xarray: only when data is given, not for --help
+    from convlstm.errors import DataError
+
+    try:
+        paths = input_paths(value)
+    except DataError as exc:
+        raise ConfigError(f"{flag_of(name)} {value}: {exc}", name) from None
+    missing = [path for path in paths if not is_zarr_source(path) and not Path(path).exists()]
+    if missing:
+        raise ConfigError(f"{flag_of(name)} {value}: {', '.join(missing)} does not exist.", name)
+
+
 def _data(help_text: str) -> str | None:
     return setting(None, help_text + " Default: the built-in demo atmosphere.", group=_DATA)
 
@@ -219,7 +235,7 @@ class TrainSettings(Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _existing_file(self.data, "data")
+        _existing_source(self.data, "data")
         if self.include_upstream:
             self.regions.check_upstream()
 
@@ -265,7 +281,7 @@ class InferSettings(Settings):
         if bool(self.checkpoint) == bool(self.model):
             raise ConfigError("Give exactly one of --checkpoint (a file or directory) and --model (a run id or "
                               "models:/ URI).", "checkpoint")
-        _existing_file(self.data, "data")
+        _existing_source(self.data, "data")
 
 
 @dataclass
@@ -307,7 +323,8 @@ class CompareSettings(Settings):
         elif bool(self.baseline) != bool(self.upstream):
             raise ConfigError("Give both --baseline and --upstream, or neither (then the newest finished runs are "
                               "compared).", "baseline")
-        for name in ("data", *files):
+        _existing_source(self.data, "data")
+        for name in files:
             _existing_file(getattr(self, name), name)
 
     @property
@@ -339,7 +356,7 @@ class PrepareSettings(Settings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_split_ratios(self.train_ratio, self.val_ratio)
-        _existing_file(self.data, "data")
+        _existing_source(self.data, "data")
 
 
 @dataclass

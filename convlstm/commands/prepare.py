@@ -32,8 +32,9 @@ def prepare(settings: PrepareSettings) -> None:
     from convlstm.tracking.prepare import prepare_tracked
 
     outcome = prepare_tracked(settings)
-    click.echo(f"Wrote {outcome.path} ({outcome.n_times} time steps, {outcome.size_bytes / 1e9:.2f} GB) in run "
-               f"{outcome.run_id}; train on it with --data {outcome.path}")
+    store = outcome.store
+    click.echo(f"Wrote {store.path} ({store.n_times} time steps, {store.size_bytes / 1e9:.2f} GB) in run "
+               f"{outcome.run_id}; train on it with --data {store.path}")
 
 
 def main() -> None:

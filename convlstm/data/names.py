@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import xarray as xr
 
+PRECIPITATION = "precipitation"
+#: Where the library records the input a dataset came from (see :func:`describe_source`).
+SOURCE_ATTR = "convlstm_source"
+
 #: Accepted names for each variable, in order of preference: standard, descriptive, ERA5/CF, ARCO-ERA5.
 VARIABLE_ALIASES: dict[str, tuple[str, ...]] = {
     "DPT": ("DPT", "dew_point", "dewpoint", "dew_point_temperature"),
@@ -16,7 +20,7 @@ VARIABLE_ALIASES: dict[str, tuple[str, ...]] = {
     "TEM": ("TEM", "temperature", "air_temperature", "t", "ta"),
     "U": ("U", "u_wind", "eastward_wind", "u", "ua", "u_component_of_wind"),
     "V": ("V", "v_wind", "northward_wind", "v", "va", "v_component_of_wind"),
-    "precipitation": ("precipitation", "tp", "total_precipitation", "precip", "lwe_thickness_of_precipitation_amount"),
+    PRECIPITATION: ("precipitation", "tp", "total_precipitation", "precip", "lwe_thickness_of_precipitation_amount"),
 }
 #: Humidity variables from which the dew point is derived when the file has none (ERA5 style).
 HUMIDITY_ALIASES: dict[str, tuple[str, ...]] = {
@@ -62,3 +66,20 @@ def library_chunks(chunks: object) -> object:
     if not isinstance(chunks, dict):
         return chunks
     return {alias: size for key, size in chunks.items() for alias in DIM_ALIASES.get(key, (key,))}
+
+
+def describe_source(data: xr.Dataset) -> str:
+    """The input a dataset came from, for error messages (or a neutral name for in-memory data).
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        A dataset, opened by :func:`open_dataset` or not.
+
+    Returns
+    -------
+    str
+        What ``open_dataset`` recorded: a file's or store's path, or for several files e.g.
+        ``12 files matching era5/*.nc (era5/a.nc … era5/l.nc)``; else ``"the dataset"``.
+    """
+    return str(data.attrs.get(SOURCE_ATTR, "the dataset"))

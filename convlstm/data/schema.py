@@ -22,15 +22,24 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from convlstm.data.names import DIM_ALIASES, GEOPOTENTIAL_NAMES, HUMIDITY_ALIASES, VARIABLE_ALIASES, find_variable
+from convlstm.data.names import (
+    DIM_ALIASES,
+    GEOPOTENTIAL_NAMES,
+    HUMIDITY_ALIASES,
+    PRECIPITATION,
+    SOURCE_ATTR,
+    VARIABLE_ALIASES,
+    describe_source,
+    find_variable,
+)
 from convlstm.data.sources import Source, open_source, to_library_dims
+from convlstm.data.timestep import aggregate_time
 from convlstm.data.thermo import dew_point_from_relative_humidity, dew_point_from_specific_humidity
 from convlstm.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 LEVEL_VARIABLES: tuple[str, ...] = ("DPT", "GPH", "TEM", "U", "V")
-PRECIPITATION = "precipitation"
 VARIABLES: tuple[str, ...] = (*LEVEL_VARIABLES, PRECIPITATION)
 DIMS: tuple[str, ...] = ("time", "level", "lat", "lon")
 
@@ -56,26 +65,8 @@ CF_ATTRS: dict[str, dict[str, str]] = {
 }
 
 NanPolicy = Literal["raise", "drop", "fill"]
-SOURCE_ATTR = "convlstm_source"
 #: Marks a dataset ``open_dataset`` returned, so that opening it again costs nothing.
 LAYOUT_ATTR, LAYOUT_VERSION = "convlstm_layout", 1
-
-
-def describe_source(data: xr.Dataset) -> str:
-    """The input a dataset came from, for error messages (or a neutral name for in-memory data).
-
-    Parameters
-    ----------
-    data : xarray.Dataset
-        A dataset, opened by :func:`open_dataset` or not.
-
-    Returns
-    -------
-    str
-        What ``open_dataset`` recorded: a file's or store's path, or for several files e.g.
-        ``12 files matching era5/*.nc (era5/a.nc … era5/l.nc)``; else ``"the dataset"``.
-    """
-    return str(data.attrs.get(SOURCE_ATTR, "the dataset"))
 
 
 def open_dataset(
@@ -84,6 +75,7 @@ def open_dataset(
     chunks: dict[str, int] | Literal["auto"] | None = None,
     nan_policy: NanPolicy = "raise",
     member: int | None = None,
+    time_step: int | None = None,
 ) -> xr.Dataset:
     """Open and validate reanalysis input (or a dataset) and return it in the library's layout.
 
@@ -106,6 +98,10 @@ def open_dataset(
     member : int, optional
         The ensemble member (``number``) to read from input holding several; such input is refused
         without it.
+    time_step : int, optional
+        The model's step in hours: data at a finer spacing is brought to it by
+        :func:`~convlstm.data.timestep.aggregate_time` (fields sampled, precipitation summed); None keeps
+        the data's own spacing.
 
     Returns
     -------
@@ -126,6 +122,9 @@ def open_dataset(
     ds = _rename_dims(ds, name)
     ds = _standard_variables(ds, name, several=count > 1)
     ds = _orient(ds, name)
+    ds.attrs[SOURCE_ATTR] = name
+    if time_step is not None:
+        ds = aggregate_time(ds, time_step)
     if nan_policy == "fill":
         ds = _fill_missing_values(ds)
     ds.attrs.update({SOURCE_ATTR: name, LAYOUT_ATTR: LAYOUT_VERSION})

@@ -102,6 +102,22 @@ def open_source(source: Source, *, chunks: object = None, member: int | None = N
 # ----------------------------------------------------------------------------------------- inputs
 
 
+def input_paths(source: Source) -> list[str]:
+    """Every input ``source`` names (files, Zarr stores), expanded as :func:`open_source` reads them.
+
+    Parameters
+    ----------
+    source : path-like, str or sequence of them
+        As for :func:`open_source`.
+
+    Returns
+    -------
+    list of str
+        Paths or URLs, in reading order: what a prepared store records as its provenance.
+    """
+    return _expand(source)[0]
+
+
 def _expand(source: Source) -> tuple[list[str], str]:
     """The inputs ``source`` names, and a description of them for messages."""
     if isinstance(source, (str, os.PathLike)):

@@ -16,7 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from convlstm.checks import require_positive_int
-from convlstm.data.schema import PRECIPITATION, describe_source
+from convlstm.data.names import PRECIPITATION, describe_source
 from convlstm.errors import ConfigError, DataError
 from convlstm.settings import flag_of
 
