@@ -40,6 +40,7 @@ COMPLETE_ATTR = "convlstm_complete"
 STORE_ATTR = "convlstm_store"
 #: Time steps per chunk: a window reads one or two chunks; measured in the issue-12 report.
 DEFAULT_TIME_CHUNK = 8
+_BLOCK_STEPS = 64  # time steps written per block (rounded to whole chunks)
 _VARIANTS = {False: "baseline", True: "upstream"}
 _MISSING = {False: "missing_downstream", True: "missing_joined"}
 _SPLITS = ("train", "val", "test")
@@ -158,7 +159,7 @@ def write_store(data: xr.Dataset, output: str | os.PathLike[str], regions: Regio
     try:
         with explained_write_errors(output, "output"):
             partial.parent.mkdir(parents=True, exist_ok=True)
-            crop.to_zarr(partial, mode="w-", zarr_format=3, consolidated=False)
+            _stream(crop, partial, time_chunk)
             stored = _open_layout(partial, dask=True)
             attrs, flags = _summaries(stored, regions, train_ratio, val_ratio)
             # (appending variables rewrites the root attributes with these)
@@ -175,6 +176,17 @@ def write_store(data: xr.Dataset, output: str | os.PathLike[str], regions: Regio
     logger.info("Prepared %s: %d time steps of %s, %d × %d cells.", output, crop.sizes["time"], describe_source(data),
                 crop.sizes["lat"], crop.sizes["lon"])
     return output
+
+
+def _stream(crop: xr.Dataset, path: Path, time_chunk: int) -> None:
+    """Write ``crop`` a block of whole chunks at a time, so that at most one block is held in memory (one
+    ``to_zarr`` of the whole lazy crop let dask read ahead, and memory grew with the data's length)."""
+    crop.to_zarr(path, mode="w-", zarr_format=3, consolidated=False, compute=False)  # metadata and coordinates
+    block = time_chunk * max(1, _BLOCK_STEPS // time_chunk)
+    fields = crop.drop_vars([name for name in crop.coords if name != "time"])
+    for start in range(0, crop.sizes["time"], block):
+        part = slice(start, min(start + block, crop.sizes["time"]))
+        fields.isel(time=part).to_zarr(path, region={"time": part}, zarr_format=3, consolidated=False)
 
 
 def _zarr_ready(crop: xr.Dataset, time_chunk: int) -> xr.Dataset:
