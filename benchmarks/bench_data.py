@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             began = time.perf_counter()
             prepared = prepare(path)
             ready.append(time.perf_counter() - began)
-        grid = prepared.train.inputs.shape
+        grid = prepared.train.input_shape
         windows_s = loader_rate(prepared, batch_size, passes=3 if coarse else 1)
         train_s = training_rate(prepared, CONFIG.hidden_channels, batch_size, repeats=5 if coarse else 2)
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

@@ -24,7 +24,7 @@ import convlstm
 from convlstm.checkpoint import BEST_NAME, load_checkpoint
 from convlstm.checks import require_finite
 from convlstm.config import ConvLSTMConfig, RegionConfig
-from convlstm.data.dataset import ConvLSTMDataset, WindowBatch
+from convlstm.data.dataset import ConvLSTMDataset, WindowBatch, WindowDataset
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import crop_regions
 from convlstm.data.schema import CF_ATTRS, PRECIPITATION, NanPolicy, describe_source, open_dataset
@@ -68,7 +68,7 @@ def forward_downstream(
 @torch.no_grad()
 def predict_windows(
     model: torch.nn.Module,
-    dataset: ConvLSTMDataset,
+    dataset: WindowDataset,
     downstream_columns: slice,
     device: torch.device,
     batch_size: int = 8,
@@ -80,7 +80,7 @@ def predict_windows(
     ----------
     model : torch.nn.Module
         The network, already on ``device`` (set to eval mode here).
-    dataset : ConvLSTMDataset
+    dataset : WindowDataset
         The windows.
     downstream_columns : slice
         The target region's columns of the model's output.

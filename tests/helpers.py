@@ -101,6 +101,6 @@ def make_trainer(prepared: PreparedData, output_dir: Path, callbacks: list[Train
                  **config: object) -> Trainer:
     cfg = ConvLSTMConfig(**{**TINY, "num_epochs": 2, **config})  # type: ignore[arg-type]
     torch.manual_seed(cfg.seed)
-    model = ConvLSTMUNet(prepared.train.inputs.shape[1], cfg.hidden_channels, 1, cfg.kernel_size)
+    model = ConvLSTMUNet(prepared.train.input_shape[1], cfg.hidden_channels, 1, cfg.kernel_size)
     return Trainer(model, cfg, prepared.normalizer, prepared.train.downstream_columns, torch.device("cpu"), output_dir,
                    metadata={"normalizer": prepared.normalizer.to_dict()}, callbacks=callbacks or [])

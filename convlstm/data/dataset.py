@@ -1,7 +1,8 @@
-"""Sliding windows over one contiguous stacked array: what the model trains and predicts on.
+"""Sliding windows over the region crop: what the model trains and predicts on.
 
-The region crop and the channel stack are built once at construction; an item is a pair of numpy
-views wrapped as tensors (O(1), no xarray, no copy). A window never spans a gap in the time axis.
+In memory (``ConvLSTMDataset``) the crop and the channel stack are built once at construction; an item
+is a pair of numpy views wrapped as tensors (O(1), no xarray, no copy). A window never spans a gap in
+the time axis.
 Missing values count only inside the cut-out, where the model reads: they are found in the same
 pass that stacks it, and refused, or (``drop_missing``) the windows that read them are left out.
 """
@@ -9,7 +10,7 @@ pass that stacks it, and refused, or (``drop_missing``) the windows that read th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from torch.utils.data import Dataset
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, describe_source, format_time
-from convlstm.data.stacking import missing_steps, stack_channels
+from convlstm.data.stacking import missing_steps, n_channels, stack_channels
 from convlstm.checks import require_positive_int
 from convlstm.errors import DataError
 
@@ -98,8 +99,13 @@ class WindowBatch(NamedTuple):
         return WindowBatch(self.frames.to(device, non_blocking=non_blocking), self.starts.to(device), self.window_size)
 
 
-class ConvLSTMDataset(Dataset):
+class WindowDataset(Dataset):
     """Windows ``[T, C, H, W]`` of normalized input and ``[H_down, W_down]`` targets (normalized precipitation).
+
+    The window logic (starts on regular stretches of time, windows reading missing values refused or
+    left out, targets, batches of shared frames) lives here once; a subclass only says how frames are
+    fetched: :class:`ConvLSTMDataset` from one array in memory, ``StoreWindowDataset`` from a prepared
+    Zarr store, on demand.
 
     With ``include_upstream`` the upstream region is joined west of the downstream one along
     longitude; the target is always the downstream precipitation ``target_offset`` steps after the
@@ -109,8 +115,7 @@ class ConvLSTMDataset(Dataset):
     ----------
     data : xarray.Dataset
         The library's layout (``open_dataset``): normalized already, or in physical units when
-        ``normalizer`` is given; then the crop is stacked first and normalized in place, so no
-        normalized copy of the whole grid is made.
+        ``normalizer`` is given.
     window_size : int
         Input time steps per window.
     region_config : RegionConfig
@@ -127,10 +132,8 @@ class ConvLSTMDataset(Dataset):
 
     Attributes
     ----------
-    inputs : numpy.ndarray
-        ``[n_times, C, H, W]`` float32, normalized: every time step of the crop, stacked once.
     starts : numpy.ndarray
-        Index into ``times`` (and ``inputs``) of each window's first input.
+        Index into ``times`` of each window's first input.
     lat, lon, levels, times : numpy.ndarray
         Coordinates of the crop (degrees, hPa, datetime64).
     downstream_columns : slice
@@ -167,16 +170,11 @@ class ConvLSTMDataset(Dataset):
         self.times = crop.data["time"].values
         if normalizer is not None:
             normalizer.check_levels(crop.data)
-        self.inputs = stack_channels(crop.data, allow_missing=True)
-        missing = missing_steps(self.inputs)
+        missing = self._load(crop.data, normalizer)
         self.n_missing_steps = int(missing.sum())
         if self.n_missing_steps and not drop_missing:
-            raise DataError(self._missing_message(describe_source(data), missing))
-        if normalizer is not None:
-            normalizer.normalize_stacked(self.inputs, in_place=True)
-        # No kept window reads these frames, but a batch's shared stretch of frames may span them: a NaN there
-        # would still reach the weight gradients of the input convolution (0 × NaN).
-        self.inputs[missing] = 0.0
+            raise DataError(self._missing_message(describe_source(data), crop.data, missing))
+        self._missing = missing
         self.starts = window_starts(self.times, self.window_size, self.target_offset)
         if len(self.starts) == 0:
             raise DataError(f"{describe_source(data)} has no gap-free stretch of {span} time steps, so no window can "
@@ -189,6 +187,24 @@ class ConvLSTMDataset(Dataset):
                                 f"{self.n_missing_steps} time steps with missing values in the "
                                 f"{self._regions_text()}. Interpolate them in time with --nan-policy fill.")
 
+    # ---- how frames are fetched: what a subclass provides ---------------------------------------
+    def _load(self, crop: xr.Dataset, normalizer: ConvLSTMNormalizer | None) -> np.ndarray:
+        """Get ready to serve frames of ``crop``; return which of its time steps hold a missing value."""
+        raise NotImplementedError
+
+    def _missing_per_channel(self, crop: xr.Dataset, missing: np.ndarray) -> np.ndarray:
+        """Missing values per stacked channel ``[C]`` (for the refusal's message)."""
+        raise NotImplementedError
+
+    def _frames(self, low: int, high: int) -> np.ndarray:
+        """Time steps ``low:high`` of the crop, stacked and normalized ``[N, C, H, W]`` (missing steps zero)."""
+        raise NotImplementedError
+
+    def _precipitation(self, index: int | np.ndarray) -> np.ndarray:
+        """Normalized precipitation over the whole input grid at ``index`` (``[H, W]``, or ``[B, H, W]``)."""
+        raise NotImplementedError
+
+    # ---- the window logic, shared -------------------------------------------------------------
     def describe_kept(self) -> str:
         """What was left out for missing values, for the log: ``120 of 150 windows (12 time step(s) ...)``.
 
@@ -209,9 +225,9 @@ class ConvLSTMDataset(Dataset):
     def _regions_text(self) -> str:
         return "upstream and downstream regions" if self.include_upstream else "downstream region"
 
-    def _missing_message(self, source: str, missing: np.ndarray) -> str:
+    def _missing_message(self, source: str, crop: xr.Dataset, missing: np.ndarray) -> str:
         """How many values of each variable are missing in the crop, in how many steps, from when, and the fix."""
-        per_channel = (~np.isfinite(self.inputs[missing])).sum(axis=(0, 2, 3))  # only the steps that have some
+        per_channel = self._missing_per_channel(crop, missing)
         n_levels = len(self.levels)
         counts = {var: int(per_channel[k * n_levels:(k + 1) * n_levels].sum()) for k, var in enumerate(LEVEL_VARIABLES)}
         counts[PRECIPITATION] = int(per_channel[-1])
@@ -239,7 +255,18 @@ class ConvLSTMDataset(Dataset):
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
         """``(T, C, H, W)`` of one input window."""
-        return (self.window_size, *self.inputs.shape[1:])
+        return (self.window_size, n_channels(len(self.levels)), len(self.lat), len(self.lon))
+
+    def observed_precipitation(self) -> np.ndarray:
+        """The normalized precipitation at each window's target time over the whole input grid ``[N, H, W]``
+        (the targets are its ``downstream_columns``): what the figures set beside the forecasts.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, one map per window, in order.
+        """
+        return np.ascontiguousarray(self._precipitation(self.target_indices))
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -247,8 +274,8 @@ class ConvLSTMDataset(Dataset):
     def window_batches(self, batch_size: int) -> Iterator[tuple[WindowBatch, torch.Tensor]]:
         """Every window in order, ``batch_size`` at a time, with its targets ``[B, H_down, W_down]``.
 
-        The windows of a batch arrive as the stretch of frames they span (a view, no copy), so
-        overlapping windows are neither copied nor, by ``forward_windows``, projected twice.
+        The windows of a batch arrive as the stretch of frames they span (read once; in memory a view),
+        so overlapping windows are neither copied nor, by ``forward_windows``, projected twice.
 
         Parameters
         ----------
@@ -263,12 +290,47 @@ class ConvLSTMDataset(Dataset):
         for first in range(0, len(self), batch_size):
             starts = self.starts[first:first + batch_size]
             low, high = int(starts[0]), int(starts[-1]) + self.window_size
-            targets = self.inputs[self.target_indices[first:first + batch_size], -1, :, self.downstream_columns]
-            batch = WindowBatch(torch.from_numpy(self.inputs[low:high]), torch.from_numpy(starts - low), self.window_size)
-            yield batch, torch.from_numpy(targets)
+            targets = self._precipitation(self.target_indices[first:first + batch_size])[..., self.downstream_columns]
+            batch = WindowBatch(torch.from_numpy(self._frames(low, high)), torch.from_numpy(starts - low), self.window_size)
+            yield batch, torch.from_numpy(np.ascontiguousarray(targets))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = int(self.starts[index])
-        window = self.inputs[start:start + self.window_size]
-        target = self.inputs[start + self.window_size + self.target_offset - 1, -1, :, self.downstream_columns]
+        window = self._frames(start, start + self.window_size)
+        target = self._precipitation(start + self.window_size + self.target_offset - 1)[:, self.downstream_columns]
         return torch.from_numpy(window), torch.from_numpy(target)
+
+
+class ConvLSTMDataset(WindowDataset):
+    """Windows over the region crop stacked in memory once: an item is a pair of numpy views (O(1), no copy).
+
+    The physical crop is stacked first and normalized in place, so no normalized copy of the whole
+    grid is made. Parameters as :class:`WindowDataset`.
+
+    Attributes
+    ----------
+    inputs : numpy.ndarray
+        ``[n_times, C, H, W]`` float32, normalized: every time step of the crop, stacked once.
+    """
+
+    def _load(self, crop: xr.Dataset, normalizer: ConvLSTMNormalizer | None) -> np.ndarray:
+        self.inputs = stack_channels(crop, allow_missing=True)
+        missing = missing_steps(self.inputs)
+        if normalizer is not None:
+            normalizer.normalize_stacked(self.inputs, in_place=True)  # missing values stay NaN: counted, then zeroed
+        return missing
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # No kept window reads these frames, but a batch's shared stretch of frames may span them: a NaN there
+        # would still reach the weight gradients of the input convolution (0 × NaN).
+        self.inputs[self._missing] = 0.0
+
+    def _missing_per_channel(self, crop: xr.Dataset, missing: np.ndarray) -> np.ndarray:
+        return (~np.isfinite(self.inputs[missing])).sum(axis=(0, 2, 3))  # only the steps that have some
+
+    def _frames(self, low: int, high: int) -> np.ndarray:
+        return self.inputs[low:high]
+
+    def _precipitation(self, index: int | np.ndarray) -> np.ndarray:
+        return self.inputs[index, -1]

@@ -61,6 +61,31 @@ def crop_regions(data: xr.Dataset, regions: RegionConfig, include_upstream: bool
     return RegionCrop(joined, slice(start, start + downstream.sizes["lon"]))
 
 
+def crop_union(data: xr.Dataset, regions: RegionConfig) -> xr.Dataset:
+    """The smallest lat/lon box holding both regions: what a prepared store keeps, so that either experiment
+    (and its normalizer) can be cut from it with :func:`crop_regions`.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        Data in the library's layout; lazy data stays lazy.
+    regions : RegionConfig
+        The region bounds; the upstream region lies west of the downstream one.
+
+    Returns
+    -------
+    xarray.Dataset
+        From ``upstream_lon_min`` east to ``downstream_lon_max`` (longitudes in the upstream region's
+        convention, increasing eastward), over the latitudes of both regions.
+    """
+    check_regions(data, regions, include_upstream=True)  # each region's own message first
+    lat_min = min(regions.downstream_lat_min, regions.upstream_lat_min)
+    lat_max = max(regions.downstream_lat_max, regions.upstream_lat_max)
+    span = (regions.downstream_lon_max - regions.upstream_lon_min) % 360.0
+    return _crop(data, "combined upstream and downstream", lat_min, lat_max, regions.upstream_lon_min,
+                 regions.upstream_lon_min + span, include_east=True)
+
+
 def downstream_precipitation(data: xr.Dataset, regions: RegionConfig, times: np.ndarray) -> xr.DataArray:
     """Observed precipitation (mm) on the downstream grid at ``times``: the truth forecasts are set beside.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, describe_source
+from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, VARIABLES, describe_source
 from convlstm.errors import ConfigError, DataError
 
 
@@ -100,3 +100,22 @@ def missing_steps(stacked: np.ndarray) -> np.ndarray:
         bool ``[T]``.
     """
     return ~np.isfinite(stacked).reshape(len(stacked), -1).all(axis=1)
+
+
+def missing_steps_lazily(data: xr.Dataset) -> np.ndarray:
+    """Which time steps hold a NaN or infinite value in any variable, without stacking the data: lazily
+    opened data is reduced chunk by chunk (bounded memory), so a store of any length can be checked.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        Data in the library's layout (usually a region cut-out).
+
+    Returns
+    -------
+    numpy.ndarray
+        bool ``[T]``, as :func:`missing_steps` gives for the stacked data.
+    """
+    flags = xr.Dataset({var: (~np.isfinite(data[var])).any([dim for dim in data[var].dims if dim != "time"])
+                        for var in VARIABLES}).compute()  # one pass over the chunks the variables share
+    return np.logical_or.reduce([flags[var].values for var in VARIABLES])

@@ -22,7 +22,7 @@ import torch
 from convlstm.atomic import atomic_write_bytes, check_writable
 from convlstm.checkpoint import BEST_NAME, checkpoint_space, library_versions, load_checkpoint
 from convlstm.config import ConvLSTMConfig, RegionConfig, TrainSettings
-from convlstm.data.dataset import ConvLSTMDataset
+from convlstm.data.dataset import WindowDataset
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.prepare import PreparedData, prepare_data
 from convlstm.data.regions import crop_regions
@@ -185,28 +185,30 @@ def describe_data(path: Path, prepared: PreparedData) -> dict[str, Any]:
     train = prepared.train
     times = prepared.data["time"].values
     columns = train.downstream_columns
+    _, channels, height, width = train.input_shape
     return {
         "data_path": str(path),
-        "data_digest": file_digest(path),
+        # a prepared store (a folder): its root metadata, which holds its provenance, split and statistics
+        "data_digest": file_digest(path / "zarr.json" if path.is_dir() else path),
         "data_time_start": str(np.datetime_as_string(times[0], unit="h")),
         "data_time_end": str(np.datetime_as_string(times[-1], unit="h")),
         "n_levels": len(train.levels),
         "levels": " ".join(f"{level:g}" for level in train.levels),
-        "input_channels": train.inputs.shape[1],
-        "input_height": train.inputs.shape[2],
-        "input_width": train.inputs.shape[3],
+        "input_channels": channels,
+        "input_height": height,
+        "input_width": width,
         "downstream_columns": f"{columns.start}:{columns.stop}",
         **{f"n_windows_{name}": len(ds) if ds is not None else 0 for name, ds in prepared.datasets.items()},
         **{f"version_{name}": version for name, version in library_versions().items()},
     }
 
 
-def input_grid(dataset: ConvLSTMDataset) -> dict[str, Any]:
+def input_grid(dataset: WindowDataset) -> dict[str, Any]:
     """The grid the model was trained on: what inference and the pyfunc model check requests against.
 
     Parameters
     ----------
-    dataset : ConvLSTMDataset
+    dataset : WindowDataset
         The training windows.
 
     Returns
@@ -261,7 +263,10 @@ def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None
         config.train_ratio, config.val_ratio, normalizer=resumed_normalizer, nan_policy=settings.nan_policy,  # type: ignore[arg-type]
     )
     data_info = describe_data(data_path, prepared)
-    settings = dataclasses.replace(settings, model=dataclasses.replace(config, input_channels=int(data_info["input_channels"])))
+    # the split used: a prepared store keeps its own, and inference must cut the same
+    settings = dataclasses.replace(settings, model=dataclasses.replace(
+        config, input_channels=int(data_info["input_channels"]), train_ratio=prepared.train_ratio,
+        val_ratio=prepared.val_ratio))
     config = settings.model
     if on_data_ready is not None:
         on_data_ready(data_info)
@@ -330,7 +335,7 @@ def _figures(output_dir: Path, state: TrainingState, prepared: PreparedData, mod
     predicted = predict_windows(model, val, val.downstream_columns, trainer.device, settings.model.batch_size, trainer.amp_dtype)
     predicted_mm = prepared.normalizer.denormalize_tensor(predicted, val.lat, val.downstream_lon, val.target_times)["precipitation"]
     observed = prepared.normalizer.denormalize_tensor(
-        torch.from_numpy(val.inputs[val.target_indices, -1]), val.lat, val.lon, val.target_times)["precipitation"]
+        torch.from_numpy(val.observed_precipitation()), val.lat, val.lon, val.target_times)["precipitation"]
     maps = plot_precipitation_maps(observed, predicted_mm, settings.regions.downstream_box,
                                    title=f"{settings.experiment_type}: validation, best epoch {state.best_epoch}")
     return [save_figure(plot_loss_curve(state.history), output_dir / LOSS_CURVE_NAME),
