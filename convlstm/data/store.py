@@ -112,6 +112,18 @@ class StoreInfo:
         return self.missing[_MISSING[include_upstream]]
 
 
+def check_new_store(output: Path) -> None:
+    """Refuse to write a store where something already is: nothing the user has is replaced.
+
+    Parameters
+    ----------
+    output : pathlib.Path
+        Where the store would go.
+    """
+    if output.exists():
+        raise StorageError(f"{output} already exists; choose another --output or delete it.", "output")
+
+
 def partial_path(output: Path) -> Path:
     """Where a store is written before it is complete: ``.<name>.partial`` beside ``output``."""
     return output.with_name(f".{output.name}.partial")
@@ -147,8 +159,7 @@ def write_store(data: xr.Dataset, output: str | os.PathLike[str], regions: Regio
     """
     require_positive_int("time_chunk", time_chunk)
     output = Path(output)
-    if output.exists():
-        raise StorageError(f"{output} already exists; choose another --output or delete it.", "output")
+    check_new_store(output)
     partial = partial_path(output)
     if partial.exists():
         logger.warning("Removing %s, left by an interrupted prepare, and starting over.", partial)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from convlstm.config import ConvLSTMConfig
@@ -40,6 +40,24 @@ EVAL_BATCH_FACTOR = 4  # evaluation batches hold this many times the training ba
 #: worker processes (when ``num_workers`` is 0) and the batches each keeps ready.
 STORE_NUM_WORKERS = 1
 STORE_PREFETCH_FACTOR = 4
+
+
+class _EpochOrder(Sampler[int]):
+    """Window indices, drawn anew from ``generator`` each time an epoch starts (in order without one)."""
+
+    def __init__(self, n: int, generator: torch.Generator | None) -> None:
+        self.n, self.generator = n, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        # A generator: the order is drawn when the first index is taken, so an iterator the DataLoader makes
+        # and drops (it makes two when it starts worker processes) draws nothing.
+        if self.generator is None:
+            yield from range(self.n)
+        else:
+            yield from torch.randperm(self.n, generator=self.generator).tolist()
 
 
 class TrainingCallback:
@@ -214,9 +232,10 @@ class Trainer:
         """
         if len(train_data) == 0:  # type: ignore[arg-type]
             raise DataError("The training split has no windows; use more data or a smaller --window-size.")
+        loader = self._loader(train_data, shuffle=True)
         with catching_signals(defer=True) as stop:
             while not self.state.ended(self.config.num_epochs):
-                self._fit_epoch(self._loader(train_data, shuffle=True), val_data, stop)
+                self._fit_epoch(loader, val_data, stop)
         return self.state
 
     def _fit_epoch(self, loader: DataLoader, val_data: WindowDataset, stop: SignalCatcher) -> None:
@@ -340,14 +359,15 @@ class Trainer:
 
     # ---- internals --------------------------------------------------------------------------
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        """One epoch's batches of ``data``, in an order drawn here from the seeded generator (the same with
-        worker processes or without, and after a resume). Windows read on demand from a store are read ahead
-        by worker processes, so that reading overlaps the steps (in memory, the main process is fastest)."""
+        """Batches of ``data``, each epoch in an order drawn in this process from the seeded generator (the
+        same with worker processes or without, and after a resume). Windows read on demand from a store are
+        read ahead by worker processes that live as long as the loader, so that reading overlaps the steps and
+        their caches last from epoch to epoch (in memory, the main process is fastest)."""
         on_demand = getattr(data, "reads_on_demand", False)
         workers = self.num_workers or (STORE_NUM_WORKERS if on_demand else 0)
-        order = torch.randperm(len(data), generator=self.generator).tolist() if shuffle else None  # type: ignore[arg-type]
         return DataLoader(
-            data, batch_size=self.config.batch_size, sampler=order, num_workers=workers, pin_memory=self.pin_memory,
+            data, batch_size=self.config.batch_size, sampler=_EpochOrder(len(data), self.generator if shuffle else None),  # type: ignore[arg-type]
+            num_workers=workers, pin_memory=self.pin_memory, persistent_workers=bool(workers),
             prefetch_factor=STORE_PREFETCH_FACTOR if on_demand and workers else None,
         )
 
@@ -368,7 +388,9 @@ class Trainer:
         total, count, step_time = 0.0, 0, 0.0
         self.optimizer.zero_grad(set_to_none=True)
         label = f"epoch {epoch}/{self.config.num_epochs}"
-        progress = tqdm(loader, desc=label, leave=False, dynamic_ncols=True, disable=None)
+        # One iterator, made here: tqdm.auto would call iter(loader) twice, and a loader with worker processes
+        # starts reading (and draws the epoch's order) on each call.
+        progress = tqdm(iter(loader), total=len(loader), desc=label, leave=False, dynamic_ncols=True, disable=None)
         progress_log = ProgressLog(label, len(loader), self.progress_interval_s) if progress.disable else None
         for batch_index, (inputs, targets) in enumerate(progress):
             inputs, targets = self._to_device(inputs, targets)
