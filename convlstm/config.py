@@ -170,7 +170,8 @@ def _existing_source(value: str | None, name: str) -> None:
         raise ConfigError(f"{flag_of(name)} {value}: {exc}", name) from None
     missing = [path for path in paths if not is_zarr_source(path) and not Path(path).exists()]
     if missing:
-        raise ConfigError(f"{flag_of(name)} {value}: {', '.join(missing)} does not exist.", name)
+        what = "the file does not exist" if missing == [value] else f"{', '.join(missing)} not found"
+        raise ConfigError(f"{flag_of(name)} {value}: {what}.", name)
 
 
 def _data(help_text: str) -> str | None:

@@ -124,6 +124,7 @@ def run_inference(
     max_maps: int = 12,
     extra_metadata: dict[str, Any] | None = None,
     nan_policy: NanPolicy = "raise",
+    member: int | None = None,
 ) -> InferenceOutcome:
     """Forecast every window of ``data`` (or one split) and write predictions.nc, metadata.json and maps.
 
@@ -148,6 +149,8 @@ def run_inference(
     nan_policy : {"raise", "drop", "fill"}
         Missing values in the model's regions: refuse them, forecast only the windows that read none, or
         interpolate them in time.
+    member : int, optional
+        The ensemble member, for raw input holding several. Raw input is brought to the model's time step.
 
     Returns
     -------
@@ -160,7 +163,7 @@ def run_inference(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    opened = open_dataset(data, nan_policy=nan_policy)
+    opened = open_dataset(data, nan_policy=nan_policy, member=member, time_step=forecast.config.time_step)
     selected = select_split(opened, split, forecast.config)
     try:
         predictions = forecast.predict_dataset(selected, batch_size, nan_policy)

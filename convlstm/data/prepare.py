@@ -19,7 +19,7 @@ from convlstm.config import RegionConfig
 from convlstm.data.regions import check_regions, crop_regions
 from convlstm.data.schema import NanPolicy, open_dataset
 from convlstm.data.split import create_train_val_test_split, describe_split
-from convlstm.data.store import is_prepared_store, open_store, read_store_info
+from convlstm.data.store import check_store_step, is_prepared_store, open_store, read_store_info
 from convlstm.data.store_windows import StoreWindowDataset
 from convlstm.errors import DataError
 
@@ -78,6 +78,8 @@ def prepare_data(
     val_ratio: float = 0.15,
     normalizer: ConvLSTMNormalizer | None = None,
     nan_policy: NanPolicy = "raise",
+    time_step: int | None = None,
+    member: int | None = None,
 ) -> PreparedData:
     """Prepare every split; fit a new normalizer on the training split unless one is given (resume).
 
@@ -100,6 +102,10 @@ def prepare_data(
     nan_policy : {"raise", "drop", "fill"}
         What to do with missing values inside the regions: refuse them, leave out the windows that read
         them (``ConvLSTMDataset``'s ``drop_missing``), or interpolate them in time (``open_dataset``).
+    time_step : int, optional
+        The model's step in hours: raw data is aggregated to it; a store must have been prepared at it.
+    member : int, optional
+        The ensemble member, for raw input holding several.
 
     Returns
     -------
@@ -108,8 +114,8 @@ def prepare_data(
     """
     if is_prepared_store(source):
         return _prepare_from_store(source, regions, include_upstream, window_size, target_offset, train_ratio,  # type: ignore[arg-type]
-                                   val_ratio, normalizer, nan_policy)
-    data = open_dataset(source, nan_policy=nan_policy)
+                                   val_ratio, normalizer, nan_policy, time_step)
+    data = open_dataset(source, nan_policy=nan_policy, time_step=time_step, member=member)
     check_regions(data, regions, include_upstream)
     train, val, test = create_train_val_test_split(data, train_ratio=train_ratio, val_ratio=val_ratio)
     splits = {"train": train, "val": val, "test": test}
@@ -123,9 +129,10 @@ def prepare_data(
 
 def _prepare_from_store(source: str | os.PathLike[str], regions: RegionConfig, include_upstream: bool, window_size: int,
                         target_offset: int, train_ratio: float, val_ratio: float,
-                        normalizer: ConvLSTMNormalizer | None, nan_policy: NanPolicy) -> PreparedData:
+                        normalizer: ConvLSTMNormalizer | None, nan_policy: NanPolicy, time_step: int | None) -> PreparedData:
     """``prepare_data`` for a prepared store: its split and statistics, windows read on demand."""
     info = read_store_info(source)
+    check_store_step(info, time_step)
     data = open_store(source)
     if (train_ratio, val_ratio) != (info.train_ratio, info.val_ratio):
         logger.warning("%s was prepared with train/val ratios %g/%g; using those instead of %g/%g (rerun prepare to "
@@ -140,8 +147,8 @@ def _prepare_from_store(source: str | os.PathLike[str], regions: RegionConfig, i
     missing = info.missing_steps(include_upstream) if same_regions else None
     if nan_policy == "fill" and missing is not None and missing.any():
         raise DataError(f"{source} has missing values in the {'joined' if include_upstream else 'downstream'} crop, and "
-                        "a prepared store cannot be filled when training: prepare it again from input filled with "
-                        "--nan-policy fill, or train with --nan-policy drop.")
+                        "a prepared store cannot be filled when training: train with --nan-policy drop, or fill the "
+                        "gaps in the raw input and prepare it again.")
     fitted = normalizer
     datasets = _windows(data, splits, window_size, target_offset, nan_policy, lambda split: StoreWindowDataset(
         split, window_size, regions, target_offset, include_upstream, fitted, nan_policy == "drop", missing))

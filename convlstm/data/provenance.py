@@ -87,3 +87,24 @@ def combined_digest(inputs: list[dict[str, Any]]) -> str:
     if len(inputs) == 1 and inputs[0]["sha256"]:
         return str(inputs[0]["sha256"])
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def source_digest(source: Source) -> str:
+    """A short digest of what ``source`` names: a run's ``data_digest``.
+
+    Parameters
+    ----------
+    source : path-like, str or sequence of them
+        Raw input, or a prepared store.
+
+    Returns
+    -------
+    str
+        16 hex digits: a prepared store's root metadata (which holds its inputs' digests, its split and
+        statistics), else the inputs' :func:`combined_digest`.
+    """
+    from convlstm.data.store import is_prepared_store
+
+    if is_prepared_store(source):
+        return file_digest(Path(os.fspath(source)) / "zarr.json")  # type: ignore[arg-type]
+    return combined_digest(describe_inputs(source, progress=False))

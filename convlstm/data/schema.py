@@ -114,6 +114,11 @@ def open_dataset(
         raise ConfigError(f"nan_policy must be 'raise', 'drop' or 'fill', got {nan_policy!r}.", "nan_policy")
     if isinstance(source, xr.Dataset) and source.attrs.get(LAYOUT_ATTR) == LAYOUT_VERSION:
         return source
+    from convlstm.data.store import is_prepared_store, open_store  # the store module builds on this one
+
+    if is_prepared_store(source):
+        stored = open_store(source)  # type: ignore[arg-type]
+        return aggregate_time(stored, time_step) if time_step is not None else stored
     if isinstance(source, xr.Dataset):
         ds, name, count = source, describe_source(source), 1
     else:

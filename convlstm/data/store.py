@@ -28,7 +28,7 @@ from convlstm.data.regions import crop_regions, crop_union
 from convlstm.data.schema import LAYOUT_ATTR, LAYOUT_VERSION, SOURCE_ATTR, describe_source, open_dataset
 from convlstm.data.split import create_train_val_test_split
 from convlstm.data.stacking import missing_steps_lazily
-from convlstm.errors import DataError, StorageError
+from convlstm.errors import ConfigError, DataError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,22 @@ class StoreInfo:
             bool ``[T]`` over the whole store.
         """
         return self.missing[_MISSING[include_upstream]]
+
+
+def check_store_step(info: StoreInfo, time_step: int | None) -> None:
+    """Refuse a store prepared at another time step than the model's (its windows would span other times).
+
+    Parameters
+    ----------
+    info : StoreInfo
+        The store.
+    time_step : int, optional
+        The model's step in hours; None accepts any.
+    """
+    if time_step is not None and info.time_step_hours is not None and float(info.time_step_hours) != float(time_step):
+        raise ConfigError(f"{info.path} was prepared at a {info.time_step_hours:g}-h time step, but --time-step is "
+                          f"{time_step} h. Use --time-step {info.time_step_hours:g}, or prepare the raw input again with "
+                          f"--time-step {time_step}.", "time_step")
 
 
 def check_new_store(output: Path) -> None:

@@ -88,15 +88,16 @@ def _precip(da: xr.DataArray | xr.Dataset) -> xr.DataArray:
 
 
 def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: str | os.PathLike[str],
-                       batch_size: int = 8, nan_policy: NanPolicy = "raise") -> ComparisonInputs:
+                       batch_size: int = 8, nan_policy: NanPolicy = "raise", member: int | None = None) -> ComparisonInputs:
     """Forecast the test split of ``data`` with both models and build the references, all on the same times.
 
     Parameters
     ----------
     baseline, upstream : ForecastModel
         The two experiments, trained with the same split ratios.
-    data : path
-        The netCDF file whose test split is forecast (as cut in training).
+    data : str or path
+        The data whose test split is forecast (as cut in training): raw input, brought to the models' time
+        step, or a prepared store.
     batch_size : int
         Windows per forward pass.
     nan_policy : {"raise", "drop", "fill"}
@@ -108,12 +109,15 @@ def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: s
     ComparisonInputs
         The four forecasts and the observed downstream precipitation.
     """
-    opened = open_dataset(data, nan_policy=nan_policy)
     for name, model in zip(EXPERIMENTS, (baseline, upstream)):
         if model.experiment_type != name:
             logger.warning("The %s model was trained as %s; using it as %s anyway.", name, model.experiment_type, name)
     if (baseline.config.train_ratio, baseline.config.val_ratio) != (upstream.config.train_ratio, upstream.config.val_ratio):
         raise DataError("The two models were trained with different split ratios, so their test splits differ.")
+    if baseline.config.time_step != upstream.config.time_step:
+        raise DataError(f"The two models forecast different time steps ({baseline.config.time_step} h and "
+                        f"{upstream.config.time_step} h), so their forecasts cannot be scored side by side.")
+    opened = open_dataset(data, nan_policy=nan_policy, member=member, time_step=baseline.config.time_step)
     forecasts = {name: _precip(model.predict_dataset(select_split(opened, "test", model.config), batch_size, nan_policy))
                  for name, model in zip(EXPERIMENTS, (baseline, upstream))}
     if nan_policy == "drop":  # the upstream model reads more cells, so it may have left out more windows

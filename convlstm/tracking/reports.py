@@ -79,14 +79,14 @@ def infer_tracked(settings: InferSettings) -> InferenceOutcome:
     forecast = _load_model(reference, settings.run)
     name = timestamped(f"infer-{forecast.experiment_type}")
     out, log_path = _start(settings.output_dir, name, "inference.log", settings.run)
-    data_path = Path(settings.data) if settings.data else demo_data_path()
+    data = settings.data or str(demo_data_path())
     tags = {"run_type": "inference", "experiment_type": forecast.experiment_type, "model_uri": reference,
             "training_run_id": forecast.run_id or ""}
     with managed_run(None, name, _experiment(settings.run, forecast.run_id), tags, log_path) as run:
-        outcome = run_inference(forecast, data_path, out, settings.split, settings.run.batch_size, settings.visualize,
+        outcome = run_inference(forecast, data, out, settings.split, settings.run.batch_size, settings.visualize,
                                 settings.max_maps, extra_metadata={"model_uri": reference},
-                                nan_policy=settings.run.nan_policy)  # type: ignore[arg-type]
-        log_new_params(run.info.run_id, {**settings_params(settings), "data_path": str(data_path), "model_uri": reference})
+                                nan_policy=settings.run.nan_policy, member=settings.run.member)  # type: ignore[arg-type]
+        log_new_params(run.info.run_id, {**settings_params(settings), "data_path": data, "model_uri": reference})
         mlflow.log_metrics({INFER_METRIC_PREFIX + key: value for key, value in outcome.scores.items()})
         for path in outcome.files:
             mlflow.log_artifact(str(path), "maps" if path.suffix == ".png" else None)
@@ -181,7 +181,7 @@ def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
         loaded = {kind: _load_model(str(reference), settings.run) for kind, reference in models.items()}
         run_ids = {kind: model.run_id for kind, model in loaded.items()}
         inputs = inputs_from_models(loaded["baseline"], loaded["upstream"], settings.data or demo_data_path(),
-                                    settings.run.batch_size, settings.run.nan_policy)  # type: ignore[arg-type]
+                                    settings.run.batch_size, settings.run.nan_policy, settings.run.member)  # type: ignore[arg-type]
     tags = {"run_type": "comparison", **{f"{kind}_run_id": rid or "" for kind, rid in run_ids.items()}}
     with managed_run(None, name, _experiment(settings.run, run_ids["baseline"]), tags, log_path):
         result = compare(inputs, out, tuple(settings.thresholds), tuple(settings.fss_windows), settings.n_boot,

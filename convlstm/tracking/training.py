@@ -181,7 +181,7 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None) -> Tra
     check_tracking_store()  # after the refusals (they leave nothing behind), before any work
     log_path = Path(str(settings.output_dir)) / "training.log"
     configure_logging(settings.log_level, log_path)
-    data_path = Path(settings.data) if settings.data else demo_data_path()
+    data = settings.data or str(demo_data_path())
     tags = {"experiment_type": settings.experiment_type, "include_upstream": str(settings.include_upstream).lower(),
             "run_type": "training", **({"num_epochs_extended_to": str(num_epochs)} if extend else {})}
     with managed_run(run_id, None if run_id else timestamped(settings.experiment_type), settings.experiment_name, tags,
@@ -189,7 +189,7 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None) -> Tra
         tracker = MlflowTracker(run.info.run_id, settings)
         if settings.resume:
             tracker.backfill_history(trained.history)
-        outcome = run_training(settings, data_path, run_id=run.info.run_id, callbacks=[tracker],
+        outcome = run_training(settings, data, run_id=run.info.run_id, callbacks=[tracker],
                                on_data_ready=tracker.on_data_ready, extend=extend)
         tracker.log_outcome(outcome)
     return TrackedTraining(run.info.run_id, settings, outcome)

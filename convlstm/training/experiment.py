@@ -7,7 +7,6 @@ MLflow is not imported here: the tracker is one of the trainer's callbacks.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -25,6 +24,7 @@ from convlstm.config import ConvLSTMConfig, RegionConfig, TrainSettings
 from convlstm.data.dataset import WindowDataset
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.prepare import PreparedData, prepare_data
+from convlstm.data.provenance import source_digest
 from convlstm.data.regions import crop_regions
 from convlstm.data.stacking import stack_channels
 from convlstm.device import select_device
@@ -146,33 +146,13 @@ class TrainingOutcome:
     input_example: np.ndarray  # one raw window [1, T, C, H, W] in physical units, for the served model
 
 
-def file_digest(path: Path) -> str:
-    """Short SHA-256 of a file: identifies the exact data a run trained on.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        The file, read in 4 MiB blocks.
-
-    Returns
-    -------
-    str
-        The first 16 hex digits.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def describe_data(path: Path, prepared: PreparedData) -> dict[str, Any]:
+def describe_data(source: str, prepared: PreparedData) -> dict[str, Any]:
     """Provenance and derived shapes, logged as params: where the data came from and what the model sees.
 
     Parameters
     ----------
-    path : pathlib.Path
-        The data file.
+    source : str
+        The data: raw input (files, glob, folder, list, Zarr) or a prepared store.
     prepared : PreparedData
         The data prepared from it.
 
@@ -187,9 +167,8 @@ def describe_data(path: Path, prepared: PreparedData) -> dict[str, Any]:
     columns = train.downstream_columns
     _, channels, height, width = train.input_shape
     return {
-        "data_path": str(path),
-        # a prepared store (a folder): its root metadata, which holds its provenance, split and statistics
-        "data_digest": file_digest(path / "zarr.json" if path.is_dir() else path),
+        "data_path": source,
+        "data_digest": source_digest(source),
         "data_time_start": str(np.datetime_as_string(times[0], unit="h")),
         "data_time_end": str(np.datetime_as_string(times[-1], unit="h")),
         "n_levels": len(train.levels),
@@ -222,7 +201,7 @@ def input_grid(dataset: WindowDataset) -> dict[str, Any]:
             "downstream_columns": [columns.start, columns.stop]}
 
 
-def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None = None,
+def run_training(settings: TrainSettings, data: str, *, run_id: str | None = None,
                  callbacks: Sequence[TrainingCallback] = (),
                  on_data_ready: Callable[[dict[str, Any]], None] | None = None,
                  extend: bool = False) -> TrainingOutcome:
@@ -233,8 +212,9 @@ def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None
     settings : TrainSettings
         With an absolute ``output_dir`` (see :func:`new_run_settings`); ``settings.resume``, a checkpoint
         file, continues from it.
-    data_path : pathlib.Path
-        The data file (``settings.data``, or the demo atmosphere's file when that is None).
+    data : str
+        The data (``settings.data``, or the demo atmosphere's file when that is None): raw input in any form
+        ``open_dataset`` takes, or a prepared store.
     run_id : str, optional
         The MLflow run, recorded in checkpoints so a resume continues it.
     callbacks : sequence of TrainingCallback
@@ -259,10 +239,11 @@ def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None
     resume_from = Path(settings.resume) if settings.resume else None
     resumed_normalizer = ConvLSTMNormalizer.from_dict(load_checkpoint(resume_from)["normalizer"]) if resume_from else None
     prepared = prepare_data(
-        data_path, settings.regions, settings.include_upstream, config.window_size, config.target_offset,
+        data, settings.regions, settings.include_upstream, config.window_size, config.target_offset,
         config.train_ratio, config.val_ratio, normalizer=resumed_normalizer, nan_policy=settings.nan_policy,  # type: ignore[arg-type]
+        time_step=config.time_step, member=settings.member,
     )
-    data_info = describe_data(data_path, prepared)
+    data_info = describe_data(data, prepared)
     # the split used: a prepared store keeps its own, and inference must cut the same
     settings = dataclasses.replace(settings, model=dataclasses.replace(
         config, input_channels=int(data_info["input_channels"]), train_ratio=prepared.train_ratio,
@@ -271,7 +252,7 @@ def run_training(settings: TrainSettings, data_path: Path, *, run_id: str | None
     if on_data_ready is not None:
         on_data_ready(data_info)
     logger.info("%s experiment on %s: input %s×%s×%s, windows train/val/test = %s/%s/%s, device %s",
-                settings.experiment_type, data_path, data_info["input_channels"], data_info["input_height"],
+                settings.experiment_type, data, data_info["input_channels"], data_info["input_height"],
                 data_info["input_width"], data_info["n_windows_train"], data_info["n_windows_val"],
                 data_info["n_windows_test"], device)
 
