@@ -17,7 +17,7 @@ from convlstm.config import RegionConfig
 from convlstm.data.provenance import combined_digest, describe_inputs
 from convlstm.data.schema import open_dataset
 from convlstm.data.sources import Source
-from convlstm.data.store import check_new_store, write_store
+from convlstm.data.store import DEFAULT_TIME_CHUNK, check_new_store, write_store
 
 #: Time steps per dask chunk while reading raw input: a day of hourly data; the crop is what gets read.
 READ_CHUNK = 24
@@ -50,8 +50,9 @@ class PreparedStore:
         return sum(item["size_bytes"] or 0 for item in self.provenance["inputs"])
 
 
-def prepare_store(source: Source, output: str | os.PathLike[str], regions: RegionConfig, *, time_step: int,
-                  train_ratio: float, val_ratio: float, member: int | None = None, time_chunk: int = 8) -> PreparedStore:
+def prepare_store(source: Source, output: str | os.PathLike[str], regions: RegionConfig, *, time_step: int = 12,
+                  train_ratio: float = 0.7, val_ratio: float = 0.15, member: int | None = None,
+                  time_chunk: int = DEFAULT_TIME_CHUNK) -> PreparedStore:
     """Open ``source`` lazily, aggregate it to ``time_step`` hours and write the regions to a store at ``output``.
 
     Parameters

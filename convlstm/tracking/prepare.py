@@ -16,6 +16,7 @@ from convlstm.cli import configure_logging
 from convlstm.config import PrepareSettings
 from convlstm.data.demo import demo_data_path
 from convlstm.data.prepare_store import PreparedStore, prepare_store
+from convlstm.data.provenance import source_digest
 from convlstm.data.store import check_new_store
 from convlstm.tracking.runs import log_new_params, managed_run, settings_params, timestamped
 from convlstm.tracking.store import check_tracking_store
@@ -66,5 +67,5 @@ def prepare_tracked(settings: PrepareSettings) -> PrepareOutcome:
             mlflow.log_input(MetaDataset(LocalArtifactDatasetSource(item["path"]), name=Path(item["path"]).name,
                                          digest=item["sha256"] or ""), context="raw input")
         mlflow.log_input(MetaDataset(LocalArtifactDatasetSource(str(store.path.resolve())), name=store.path.name,
-                                     digest=store.provenance["digest"]), context="prepared store")
+                                     digest=source_digest(store.path)), context="prepared store")
     return PrepareOutcome(run.info.run_id, store)

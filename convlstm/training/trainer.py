@@ -35,11 +35,13 @@ from convlstm.training.progress import PROGRESS_INTERVAL_S, ProgressLog
 logger = logging.getLogger(__name__)
 
 EVAL_BATCH_FACTOR = 4  # evaluation batches hold this many times the training batch size
-#: Read-ahead for windows read on demand from a prepared store (``reads_on_demand``); on 2 CPU cores 1 worker
-#: (14.7 samples/s) edged out 2 (14.3), the default 1° demo, one epoch, default model:
-#: worker processes (when ``num_workers`` is 0) and the batches each keeps ready.
+#: Read-ahead for windows read on demand from a prepared store (``reads_on_demand``): worker processes (when
+#: ``num_workers`` is 0) and the batches each keeps ready; on 2 CPU cores 1 worker did as well as 2. They are
+#: started with ``spawn``, not ``fork``: by then the trainer has zarr's I/O threads and MLflow's monitor running,
+#: and a forked copy of a threaded process can hang (one test run did, waiting on its worker forever).
 STORE_NUM_WORKERS = 1
 STORE_PREFETCH_FACTOR = 4
+STORE_WORKER_START = "spawn"
 
 
 class _EpochOrder(Sampler[int]):
@@ -369,6 +371,7 @@ class Trainer:
             data, batch_size=self.config.batch_size, sampler=_EpochOrder(len(data), self.generator if shuffle else None),  # type: ignore[arg-type]
             num_workers=workers, pin_memory=self.pin_memory, persistent_workers=bool(workers),
             prefetch_factor=STORE_PREFETCH_FACTOR if on_demand and workers else None,
+            multiprocessing_context=STORE_WORKER_START if on_demand and workers else None,
         )
 
     def _to_device(self, inputs: torch.Tensor | WindowBatch, targets: torch.Tensor

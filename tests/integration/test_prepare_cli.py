@@ -36,7 +36,7 @@ def test_mlflow_run_prepare_then_train_and_infer_from_the_store(tracked: Path, t
     assert {"provenance.json", "prepare.log"} <= artifact_paths(client, run.info.run_id)
     inputs = {_context(item): item.dataset for item in run.inputs.dataset_inputs}
     assert inputs["raw input"].name == "tiny.nc" and inputs["raw input"].digest == _sha16(tiny_nc)
-    assert inputs["prepared store"].name == "prepared.zarr"
+    assert inputs["prepared store"].name == "prepared.zarr" and inputs["prepared store"].digest == _sha16(store / "zarr.json")
     provenance = json.loads((store / "zarr.json").read_text())["attributes"]["provenance"]
     assert provenance["inputs"] == [{"path": str(tiny_nc), "size_bytes": tiny_nc.stat().st_size, "sha256": _sha16(tiny_nc)}]
 
