@@ -19,6 +19,7 @@ import pytest
 import xarray as xr
 
 from convlstm.config import DEFAULT_REGISTERED_NAME, DEFAULT_THRESHOLDS_MM
+from convlstm.data.prepare_store import prepare_store
 from convlstm.data.schema import PRECIPITATION, open_dataset
 from convlstm.errors import DataError
 from convlstm.evaluation.comparison import ComparisonInputs, ComparisonResult, compare, inputs_from_files, inputs_from_models
@@ -127,6 +128,15 @@ def assert_logged_comparison(ws: Workspace, run, reference: ComparisonResult) ->
 
 
 # ---------------------------------------------------------------------------------------------- the library
+
+
+def test_a_prepared_store_gives_the_same_comparison_inputs(pair_models: dict[str, ForecastModel],
+                                                           model_inputs: ComparisonInputs, ws: Workspace) -> None:
+    store = prepare_store(ws.tiny, ws.root / "tiny.zarr", pair_models["baseline"].regions).path
+    from_store = inputs_from_models(pair_models["baseline"], pair_models["upstream"], str(store))
+    xr.testing.assert_allclose(from_store.truth, model_inputs.truth)
+    for name in FORECASTS:
+        xr.testing.assert_allclose(from_store.forecasts[name], model_inputs.forecasts[name], atol=1e-5, rtol=1e-5)
 
 
 def test_inputs_from_models_aligns_four_forecasts_with_the_truth(model_inputs: ComparisonInputs, ws: Workspace) -> None:
