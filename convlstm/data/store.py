@@ -221,6 +221,9 @@ def _zarr_ready(crop: xr.Dataset, time_chunk: int) -> xr.Dataset:
     out = crop.chunk({"time": time_chunk, "level": -1, "lat": -1, "lon": -1})
     for variable in out.variables.values():
         variable.encoding = {}  # netCDF chunking and compression settings mean nothing to Zarr
+    for variable in out.data_vars.values():
+        # Uncompressed: zstd saved 10 % on the demo's float32 fields and cost half the read time of a window.
+        variable.encoding = {"compressors": None}
     out.attrs = {VERSION_ATTR: STORE_VERSION}  # first: a partial store is recognised as one, and refused
     return out
 
