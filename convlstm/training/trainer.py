@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -36,12 +37,21 @@ logger = logging.getLogger(__name__)
 
 EVAL_BATCH_FACTOR = 4  # evaluation batches hold this many times the training batch size
 #: Read-ahead for windows read on demand from a prepared store (``reads_on_demand``): worker processes (when
-#: ``num_workers`` is 0) and the batches each keeps ready; on 2 CPU cores 1 worker did as well as 2. They are
-#: started with ``spawn``, not ``fork``: by then the trainer has zarr's I/O threads and MLflow's monitor running,
-#: and a forked copy of a threaded process can hang (one test run did, waiting on its worker forever).
+#: ``num_workers`` is 0) and the batches each keeps ready; on 2 CPU cores 1 worker did as well as 2.
 STORE_NUM_WORKERS = 1
 STORE_PREFETCH_FACTOR = 4
-STORE_WORKER_START = "spawn"
+
+
+def _numpy_batch(windows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
+    """A read-ahead worker's batch as numpy arrays, which reach the trainer pickled through the worker's pipe.
+
+    Tensors would be handed over as shared memory, whose file descriptors torch passes through a Unix
+    socket made under ``$TMPDIR`` (its ``file_system`` strategy too, through ``torch_shm_manager``): where
+    that path is longer than the 107 characters a socket name may have, the hand-over fails inside a
+    background thread and training waits forever for the batch (it did under pytest's deep temporary
+    folders). The copy through the pipe costs far less than reading the windows.
+    """
+    return np.stack([window.numpy() for window, _ in windows]), np.stack([target.numpy() for _, target in windows])
 
 
 class _EpochOrder(Sampler[int]):
@@ -371,11 +381,13 @@ class Trainer:
             data, batch_size=self.config.batch_size, sampler=_EpochOrder(len(data), self.generator if shuffle else None),  # type: ignore[arg-type]
             num_workers=workers, pin_memory=self.pin_memory, persistent_workers=bool(workers),
             prefetch_factor=STORE_PREFETCH_FACTOR if on_demand and workers else None,
-            multiprocessing_context=STORE_WORKER_START if on_demand and workers else None,
+            collate_fn=_numpy_batch if on_demand and workers else None,
         )
 
-    def _to_device(self, inputs: torch.Tensor | WindowBatch, targets: torch.Tensor
+    def _to_device(self, inputs: torch.Tensor | WindowBatch | np.ndarray, targets: torch.Tensor | np.ndarray
                    ) -> tuple[torch.Tensor | WindowBatch, torch.Tensor]:
+        if isinstance(inputs, np.ndarray):  # from a read-ahead worker (see _numpy_batch)
+            inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
         non_blocking = self.pin_memory
         return inputs.to(self.device, non_blocking=non_blocking), targets.to(self.device, non_blocking=non_blocking)
 

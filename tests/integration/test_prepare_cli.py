@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.era5_sample import era5_folder, requires_sample
-from tests.integration.workspace import TINY_ARGS, all_runs, artifact_paths, mlflow_run, run_module
+from tests.integration.workspace import TINY_ARGS, all_runs, artifact_paths, mlflow_run, run_module, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +43,13 @@ def test_mlflow_run_prepare_then_train_and_infer_from_the_store(tracked: Path, t
     assert provenance["inputs"] == [{"path": str(tiny_nc), "size_bytes": tiny_nc.stat().st_size, "sha256": _sha16(tiny_nc)}]
 
     out = tracked / "trained"
-    result = run_module(tracked, "entrypoints.train", "--data", store, "--include-upstream", "true",
-                        "--output-dir", out, *TINY_ARGS)
+    # A temporary folder too deep for a Unix socket's name: read-ahead workers must not hand batches over
+    # through one (with torch's shared-memory tensors, training waited forever here).
+    deep = tracked / ("d" * 110)
+    deep.mkdir()
+    result = subprocess.run([sys.executable, "-m", "entrypoints.train", "--data", str(store), "--include-upstream",
+                             "true", "--output-dir", str(out), *map(str, TINY_ARGS)], cwd=tracked, capture_output=True,
+                            text=True, timeout=300, env={**subprocess_env(tracked), "TMPDIR": str(deep)}, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     (trained,) = [r for r in all_runs(client) if r.data.tags.get("run_type") == "training"]
     assert trained.info.status == "FINISHED"
