@@ -21,14 +21,11 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from harness import Target, finish, fmt_table, print_header, set_threads, time_interleaved
+from harness import Target, finish, fmt_table, loader_rate, print_header, set_threads, training_rate
 
 from convlstm.config import ConvLSTMConfig, RegionConfig
 from convlstm.data.demo import demo_data_path
 from convlstm.data.prepare import PreparedData, prepare_data
-from convlstm.model import ConvLSTMUNet
 
 CONFIG = ConvLSTMConfig()  # the train command's defaults
 READY_TARGET_S = 10.0  # two years at 1°
@@ -39,28 +36,6 @@ def prepare(path: Path) -> PreparedData:
     return prepare_data(path, RegionConfig(), include_upstream=True, window_size=CONFIG.window_size,
                         target_offset=CONFIG.target_offset, train_ratio=CONFIG.train_ratio,
                         val_ratio=CONFIG.val_ratio)
-
-
-def loader_rate(prepared: PreparedData, batch_size: int, passes: int) -> float:
-    """Windows per second of a shuffled, collated pass over the training windows (median of passes)."""
-    loader = torch.utils.data.DataLoader(prepared.train, batch_size=batch_size, shuffle=True)
-    times = time_interleaved({"pass": lambda: sum(1 for _ in loader)}, repeats=passes)["pass"]
-    return len(prepared.train) / statistics.median(times)
-
-
-def training_rate(prepared: PreparedData, hidden: list[int], batch_size: int, repeats: int) -> float:
-    """Training samples per second of the model on this grid (forward + loss + backward + AdamW)."""
-    x, y = next(iter(torch.utils.data.DataLoader(prepared.train, batch_size=batch_size)))
-    model = ConvLSTMUNet(x.shape[2], hidden)
-    opt = torch.optim.AdamW(model.parameters())
-    columns = prepared.train.downstream_columns
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.mse_loss(model(x)[:, 0, :, columns], y).backward()
-        opt.step()
-
-    return batch_size / statistics.median(time_interleaved({"step": step}, repeats=repeats)["step"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             prepared = prepare(path)
             ready.append(time.perf_counter() - began)
         grid = prepared.train.input_shape
-        windows_s = loader_rate(prepared, batch_size, passes=3 if coarse else 1)
-        train_s = training_rate(prepared, CONFIG.hidden_channels, batch_size, repeats=5 if coarse else 2)
+        windows_s = loader_rate(prepared.train, batch_size, passes=3 if coarse else 1)
+        train_s = training_rate(prepared.train, CONFIG.hidden_channels, batch_size, repeats=5 if coarse else 2)
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
         result = {"resolution": resolution, "ready_s": statistics.median(ready), "ready_all_s": ready,
                   "grid": list(grid[1:]), "n_windows": {k: len(v) for k, v in prepared.datasets.items() if v},

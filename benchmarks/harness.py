@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -172,3 +173,35 @@ def run_train(root: Path, experiment: str, epochs: int, experiment_name: str) ->
 def set_threads(threads: int | None) -> None:
     """``torch.set_num_threads`` (default: the CPUs this process may use)."""
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
+def loader_pass_times(dataset: torch.utils.data.Dataset, batch_size: int, passes: int, **options: object) -> list[float]:
+    """Seconds of each of ``passes`` shuffled, collated passes over ``dataset`` by one ``DataLoader`` (the first
+    included: with persistent workers it starts them and fills their caches). ``options`` go to the loader."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, **options)  # type: ignore[arg-type]
+    times = time_interleaved({"pass": lambda: sum(1 for _ in loader)}, repeats=passes, warmup=0)["pass"]
+    return times
+
+
+def loader_rate(dataset: torch.utils.data.Dataset, batch_size: int, passes: int, **options: object) -> float:
+    """Windows per second of a shuffled, collated pass over ``dataset`` (median of ``passes`` after a warm-up pass)."""
+    times = loader_pass_times(dataset, batch_size, passes + 1, **options)[1:]
+    return len(dataset) / statistics.median(times)  # type: ignore[arg-type]
+
+
+def training_rate(dataset: torch.utils.data.Dataset, hidden: list[int], batch_size: int, repeats: int) -> float:
+    """Training samples per second of the model on ``dataset``'s grid (forward + loss + backward + AdamW), on
+    its first batch; ``dataset`` is a window dataset (``downstream_columns`` picks the target's columns)."""
+    from convlstm.model import ConvLSTMUNet
+
+    x, y = next(iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size)))
+    model = ConvLSTMUNet(x.shape[2], hidden)
+    opt = torch.optim.AdamW(model.parameters())
+    columns = dataset.downstream_columns  # type: ignore[attr-defined]
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(model(x)[:, 0, :, columns], y).backward()
+        opt.step()
+
+    return batch_size / statistics.median(time_interleaved({"step": step}, repeats=repeats)["step"])

@@ -3,11 +3,13 @@
 Run from the repository root, with nothing else running (the figures are ratios measured in the same
 run, but two CPU-bound jobs at once slow each other far more than twice on 2 cores)::
 
-    python benchmarks/run_all.py            # about 10 minutes on 2 CPU cores, the 0.25° file generated once
+    python benchmarks/run_all.py              # about 20 minutes on 2 CPU cores, the 0.25° file generated once
+    python benchmarks/run_all.py --store-full # bench_store.py at full size (1, 2, 4 years of input; ~30 min more)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -17,17 +19,23 @@ from pathlib import Path
 from harness import machine
 
 SCRIPTS = ["bench_cli.py", "bench_model.py", "bench_data.py", "bench_epoch.py", "bench_serving.py",
-           "bench_serving_load.py"]
+           "bench_serving_load.py", "bench_store.py"]
+#: Extra arguments: bench_store.py at full size takes ~30 min, so run_all runs its smaller version by default.
+QUICK = {"bench_store.py": ["--quick"]}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store-full", action="store_true", help="bench_store.py with 1, 2 and 4 years of input")
+    args = parser.parse_args(argv)
     here = Path(__file__).parent
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-all-") as tmp:
         for script in SCRIPTS:
             result = Path(tmp) / f"{script}.json"
-            print(f"\n===== {script}", flush=True)
-            done = subprocess.run([sys.executable, str(here / script), "--json", str(result)], check=False)
+            extra = [] if args.store_full else QUICK.get(script, [])
+            print(f"\n===== {script} {' '.join(extra)}", flush=True)
+            done = subprocess.run([sys.executable, str(here / script), *extra, "--json", str(result)], check=False)
             if done.returncode != 0:
                 rows.append(f"| {script} | failed (exit code {done.returncode}) | | |")
                 continue
