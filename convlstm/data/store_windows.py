@@ -99,14 +99,15 @@ class StoreWindowDataset(WindowDataset):
         frames = stack_channels(reader.isel(time=slice(index * steps, (index + 1) * steps)), allow_missing=True)
         self._normalizer.normalize_stacked(frames, in_place=True)
         self._cache[index] = frames
-        while len(self._cache) > 1 and sum(block.nbytes for block in self._cache.values()) > self._cache_bytes():
+        while len(self._cache) > 2 and sum(block.nbytes for block in self._cache.values()) > self._cache_bytes():
             self._cache.popitem(last=False)
         return frames
 
     @staticmethod
     def _cache_bytes() -> int:
         """A read-ahead worker keeps ``CACHE_BYTES`` (shuffled windows come back to the same blocks); the main
-        process reads in order (validation, inference), so the last block read does, and its memory stays flat."""
+        process reads in order (validation, inference), so the last two blocks do (a batch may straddle two),
+        and its memory stays flat."""
         return CACHE_BYTES if get_worker_info() is not None else 0
 
     def _store_frames(self, low: int, high: int) -> np.ndarray:
