@@ -7,6 +7,7 @@ reads before anything else touches them) can use it without importing each other
 
 from __future__ import annotations
 
+import numpy as np
 import xarray as xr
 
 PRECIPITATION = "precipitation"
@@ -83,3 +84,19 @@ def describe_source(data: xr.Dataset) -> str:
         ``12 files matching era5/*.nc (era5/a.nc … era5/l.nc)``; else ``"the dataset"``.
     """
     return str(data.attrs.get(SOURCE_ATTR, "the dataset"))
+
+
+def format_time(value: object) -> str:
+    """A time for messages, to the minute (any other value as it prints).
+
+    Parameters
+    ----------
+    value : object
+        A ``numpy.datetime64``, or a plain coordinate value.
+
+    Returns
+    -------
+    str
+        E.g. ``2000-01-02T12:00``.
+    """
+    return str(np.datetime_as_string(value, unit="m")) if isinstance(value, np.datetime64) else str(value)

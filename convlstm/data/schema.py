@@ -31,6 +31,7 @@ from convlstm.data.names import (
     VARIABLE_ALIASES,
     describe_source,
     find_variable,
+    format_time,
 )
 from convlstm.data.sources import Source, open_source, to_library_dims
 from convlstm.data.timestep import aggregate_time
@@ -277,22 +278,6 @@ def _check_time(times: np.ndarray, name: str) -> None:
     if np.any(steps < np.zeros_like(steps[:1])):
         first = times[1:][steps < np.zeros_like(steps[:1])][0]
         raise DataError(f"{name}: times are not increasing (at {format_time(first)}). Sort them first, e.g. ds.sortby('time').")
-
-
-def format_time(value: object) -> str:
-    """A time for messages, to the minute (any other value as it prints).
-
-    Parameters
-    ----------
-    value : object
-        A ``numpy.datetime64``, or a plain coordinate value.
-
-    Returns
-    -------
-    str
-        E.g. ``2000-01-02T12:00``.
-    """
-    return str(np.datetime_as_string(value, unit="m")) if isinstance(value, np.datetime64) else str(value)
 
 
 def _fill_ends_in_time(da: xr.DataArray) -> xr.DataArray:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from convlstm.data.names import DIM_ALIASES, known_variables, library_chunks
+from convlstm.data.names import DIM_ALIASES, format_time, known_variables, library_chunks
 from convlstm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -381,7 +381,7 @@ def _concat_in_time(var: str, found: list[_Piece]) -> xr.DataArray:
             # Only the shared times are read, to compare them.
             before, now = earlier.data.sel(time=common).values, da.sel(time=common).values
             if not np.allclose(before, now, rtol=0, atol=max(earlier.packing, piece.packing), equal_nan=True):
-                raise DataError(f"{earlier.name} and {piece.name} both hold {var} at {len(common)} time(s) from {_time(common[0])} "
+                raise DataError(f"{earlier.name} and {piece.name} both hold {var} at {len(common)} time(s) from {format_time(common[0])} "
                                 "with different values. Remove one of the files, or the overlapping times from one.")
             logger.info("%s repeats %d time(s) of %s from %s with the same values; kept once.", piece.name, len(common), var, earlier.name)
             da = da.isel(time=~np.isin(da["time"].values, common))
@@ -393,16 +393,12 @@ def _concat_in_time(var: str, found: list[_Piece]) -> xr.DataArray:
     return merged if merged.indexes["time"].is_monotonic_increasing else merged.sortby("time")
 
 
-def _time(value: object) -> str:
-    return str(np.datetime_as_string(value, unit="m")) if isinstance(value, np.datetime64) else str(value)
-
-
 def _common_times(variables: dict[str, xr.DataArray], name: str) -> xr.Dataset:
     """The variables on the times all of them have: a field missing at a time makes the time unusable anyway."""
     axes = {var: da["time"].values for var, da in variables.items()}
     common = reduce(np.intersect1d, axes.values())
     if len(common) == 0:
-        spans = "; ".join(f"{var} {_time(t[0])} … {_time(t[-1])}" for var, t in axes.items())
+        spans = "; ".join(f"{var} {format_time(t[0])} … {format_time(t[-1])}" for var, t in axes.items())
         raise DataError(f"{name}: the variables share no time ({spans}). Pass files covering the same period.")
     dropped = len(reduce(np.union1d, axes.values())) - len(common)
     if dropped:
