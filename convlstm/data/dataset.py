@@ -21,6 +21,7 @@ from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import RegionConfig, crop_regions
 from convlstm.data.schema import LEVEL_VARIABLES, PRECIPITATION, describe_source, format_time
 from convlstm.data.stacking import missing_steps, n_channels, stack_channels
+from convlstm.data.timestep import regular_step
 from convlstm.checks import require_positive_int
 from convlstm.errors import DataError
 
@@ -48,9 +49,7 @@ def window_starts(times: np.ndarray, window_size: int, target_offset: int) -> np
     span = window_size + target_offset  # time steps from first input to target, inclusive
     if len(times) < span:
         return np.zeros(0, dtype=np.int64)
-    steps = np.diff(times)
-    values, counts = np.unique(steps, return_counts=True)
-    irregular = np.concatenate([[0], np.cumsum(steps != values[np.argmax(counts)])])
+    irregular = np.concatenate([[0], np.cumsum(np.diff(times) != regular_step(times))])
     # A window starting at s covers steps s .. s+span-2: it is valid when none of them is irregular.
     starts = np.arange(len(times) - span + 1)
     return starts[irregular[starts + span - 1] == irregular[starts]]

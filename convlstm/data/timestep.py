@@ -10,6 +10,7 @@ spell. Completeness is read from the time coordinate only, so dask-backed data s
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,23 @@ _HOUR = np.timedelta64(3600, "s")
 _EPOCH = np.datetime64("1970-01-01T00:00", "s")  # steps are counted from 00 UTC
 
 
+def regular_step(times: np.ndarray) -> Any:
+    """The most common difference of consecutive times: the axis's regular step (gaps and odd steps do not count).
+
+    Parameters
+    ----------
+    times : numpy.ndarray
+        The time axis ``[T]`` (T >= 2), increasing; datetime64 or plain numbers.
+
+    Returns
+    -------
+    numpy.timedelta64 or number
+        The step, in the axis's own units.
+    """
+    values, counts = np.unique(np.diff(times), return_counts=True)
+    return values[np.argmax(counts)]
+
+
 def data_spacing_hours(times: np.ndarray | pd.Index | xr.DataArray) -> float:
     """The data's spacing in hours: the most common difference of consecutive times (gaps do not count).
 
@@ -41,11 +59,10 @@ def data_spacing_hours(times: np.ndarray | pd.Index | xr.DataArray) -> float:
     float
         Hours between consecutive times, e.g. ``1.0`` for hourly ERA5.
     """
-    steps = np.diff(np.asarray(times, dtype="datetime64[s]"))
-    if len(steps) == 0:
+    seconds = np.asarray(times, dtype="datetime64[s]")
+    if len(seconds) < 2:
         raise DataError("The data has fewer than two times, so its time spacing cannot be told.")
-    values, counts = np.unique(steps, return_counts=True)
-    return float(values[np.argmax(counts)] / _HOUR)
+    return float(regular_step(seconds) / _HOUR)
 
 
 def aggregate_time(data: xr.Dataset, step_hours: int = 12) -> xr.Dataset:
