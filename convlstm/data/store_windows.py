@@ -87,6 +87,11 @@ class StoreWindowDataset(WindowDataset):
             chunk = int(self._opened[VARIABLES[0]].encoding.get("chunks", (1,))[0])
             frame_bytes = 4 * int(np.prod(self.input_shape[1:]))
             self._block_steps = chunk * max(1, BLOCK_BYTES // (chunk * frame_bytes))
+            # A read-ahead worker keeps CACHE_BYTES (shuffled windows come back to the same blocks); the main
+            # process reads in order (validation, inference), so two blocks do (a batch may straddle two), and
+            # its memory stays flat.
+            budget = CACHE_BYTES if get_worker_info() is not None else 0
+            self._max_blocks = max(2, budget // (self._block_steps * frame_bytes))
         return self._opened
 
     def _block(self, index: int) -> np.ndarray:
@@ -99,16 +104,14 @@ class StoreWindowDataset(WindowDataset):
         frames = stack_channels(reader.isel(time=slice(index * steps, (index + 1) * steps)), allow_missing=True)
         self._normalizer.normalize_stacked(frames, in_place=True)
         self._cache[index] = frames
-        while len(self._cache) > 2 and sum(block.nbytes for block in self._cache.values()) > self._cache_bytes():
+        if len(self._cache) > self._max_blocks:
             self._cache.popitem(last=False)
         return frames
 
-    @staticmethod
-    def _cache_bytes() -> int:
-        """A read-ahead worker keeps ``CACHE_BYTES`` (shuffled windows come back to the same blocks); the main
-        process reads in order (validation, inference), so the last two blocks do (a batch may straddle two),
-        and its memory stays flat."""
-        return CACHE_BYTES if get_worker_info() is not None else 0
+    def _frame(self, step: int) -> np.ndarray:
+        """Normalized frame ``step`` of the store's time axis ``[C, H, W]``: a view into its cached block."""
+        self._reader()
+        return self._block(step // self._block_steps)[step % self._block_steps]
 
     def _store_frames(self, low: int, high: int) -> np.ndarray:
         """Normalized frames ``low .. high - 1`` of the store's time axis, as a new array."""
@@ -125,7 +128,7 @@ class StoreWindowDataset(WindowDataset):
 
     def _precipitation(self, index: int | np.ndarray) -> np.ndarray:
         steps = np.atleast_1d(np.asarray(index))
-        out = np.stack([self._store_frames(self._offset + int(step), self._offset + int(step) + 1)[0, -1] for step in steps])
+        out = np.stack([self._frame(self._offset + int(step))[-1] for step in steps])  # one [H, W] copy each
         out[self._missing[steps]] = 0.0
         return out if np.ndim(index) else out[0]
 
