@@ -19,7 +19,7 @@ from convlstm.config import RegionConfig
 from convlstm.data.regions import check_regions, crop_regions
 from convlstm.data.schema import NanPolicy, open_dataset
 from convlstm.data.split import create_train_val_test_split, describe_split
-from convlstm.data.store import check_store_step, is_prepared_store, open_store, read_store_info
+from convlstm.data.store import check_store_step, is_prepared_store, read_store_info
 from convlstm.data.store_windows import StoreWindowDataset
 from convlstm.errors import DataError
 
@@ -133,7 +133,7 @@ def _prepare_from_store(source: str | os.PathLike[str], regions: RegionConfig, i
     """``prepare_data`` for a prepared store: its split and statistics, windows read on demand."""
     info = read_store_info(source)
     check_store_step(info, time_step)
-    data = open_store(source)
+    data = info.open()
     if (train_ratio, val_ratio) != (info.train_ratio, info.val_ratio):
         logger.warning("%s was prepared with train/val ratios %g/%g; using those instead of %g/%g (rerun prepare to "
                        "change the split).", source, info.train_ratio, info.val_ratio, train_ratio, val_ratio)

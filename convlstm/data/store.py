@@ -81,6 +81,22 @@ class StoreInfo:
     provenance: dict[str, Any]
     time_step_hours: float | None
 
+    def open(self, *, dask: bool = True) -> xr.Dataset:
+        """The store's data, lazily, in the library's layout (see :func:`open_store`), without reading its
+        metadata again.
+
+        Parameters
+        ----------
+        dask : bool
+            dask arrays chunked as stored, or plain lazy arrays.
+
+        Returns
+        -------
+        xarray.Dataset
+            The six variables over the store's crop; nothing is read yet.
+        """
+        return _open_layout(self.path, dask=dask, time_step_hours=self.time_step_hours)
+
     def normalizer(self, include_upstream: bool) -> ConvLSTMNormalizer:
         """The training split's statistics for one experiment's input crop.
 
@@ -319,8 +335,7 @@ def open_store(path: str | os.PathLike[str], *, dask: bool = True) -> xr.Dataset
     xarray.Dataset
         The six variables over the store's crop; nothing is read yet.
     """
-    info = read_store_info(path)
-    return _open_layout(path, dask=dask, time_step_hours=info.time_step_hours)
+    return read_store_info(path).open(dask=dask)
 
 
 def _open_layout(path: str | os.PathLike[str], *, dask: bool, time_step_hours: float | None = None) -> xr.Dataset:
