@@ -43,7 +43,7 @@ STORE_PREFETCH_FACTOR = 4
 
 
 def _numpy_batch(windows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
-    """A read-ahead worker's batch as numpy arrays, which reach the trainer pickled through the worker's pipe.
+    """A DataLoader worker's batch as numpy arrays, which reach the trainer pickled through the worker's pipe.
 
     Tensors would be handed over as shared memory, whose file descriptors torch passes through a Unix
     socket made under ``$TMPDIR`` (its ``file_system`` strategy too, through ``torch_shm_manager``): where
@@ -381,12 +381,12 @@ class Trainer:
             data, batch_size=self.config.batch_size, sampler=_EpochOrder(len(data), self.generator if shuffle else None),  # type: ignore[arg-type]
             num_workers=workers, pin_memory=self.pin_memory, persistent_workers=bool(workers),
             prefetch_factor=STORE_PREFETCH_FACTOR if on_demand and workers else None,
-            collate_fn=_numpy_batch if on_demand and workers else None,
+            collate_fn=_numpy_batch if workers else None,  # any worker's hand-over, in memory or from a store
         )
 
     def _to_device(self, inputs: torch.Tensor | WindowBatch | np.ndarray, targets: torch.Tensor | np.ndarray
                    ) -> tuple[torch.Tensor | WindowBatch, torch.Tensor]:
-        if isinstance(inputs, np.ndarray):  # from a read-ahead worker (see _numpy_batch)
+        if isinstance(inputs, np.ndarray):  # from a DataLoader worker (see _numpy_batch)
             inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
         non_blocking = self.pin_memory
         return inputs.to(self.device, non_blocking=non_blocking), targets.to(self.device, non_blocking=non_blocking)

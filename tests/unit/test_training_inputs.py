@@ -66,3 +66,16 @@ def test_upstream_input_is_wider_but_targets_are_the_downstream_cells(tiny_nc: P
             base_mm = baseline.normalizer.denormalize_precipitation(base[i][1].double())
             up_mm = upstream.normalizer.denormalize_precipitation(up[i][1].double())
             torch.testing.assert_close(up_mm, base_mm, rtol=1e-4, atol=1e-4)
+
+
+def test_worker_batches_come_through_the_pipe_as_numpy_and_train_alike(tiny_nc: Path, tmp_path: Path) -> None:
+    """Any loader with workers hands batches over as numpy arrays (torch's shared-memory hand-over needs a
+    Unix socket under $TMPDIR, which a deep TMPDIR breaks), and they give the same first batch as in process."""
+    prepared = prepare(tiny_nc, include_upstream=True)
+    trainer = make_trainer(prepared, tmp_path)
+    in_process = next(iter(trainer._loader(prepared.train, shuffle=False)))
+    trainer.num_workers = 1
+    inputs, targets = next(iter(trainer._loader(prepared.train, shuffle=False)))
+    assert isinstance(inputs, np.ndarray) and isinstance(targets, np.ndarray)
+    np.testing.assert_array_equal(inputs, in_process[0].numpy())
+    np.testing.assert_array_equal(targets, in_process[1].numpy())
