@@ -27,6 +27,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_REGISTERED_NAME = "convlstm-precipitation"
 DEFAULT_THRESHOLDS_MM = (0.1, 1.0, 5.0, 10.0, 20.0)  # rain thresholds of the categorical scores and the FSS
 DEFAULT_FSS_WINDOWS = (1, 3, 5)  # FSS neighbourhood sizes, grid cells
+#: Time steps per chunk of a prepared store (``--time-chunk``; ``convlstm.data.store`` writes with it).
+DEFAULT_TIME_CHUNK = 8
 DEMO_LEVELS = [1000.0, 925.0, 850.0, 700.0, 600.0, 500.0, 400.0, 300.0, 250.0, 200.0, 150.0]
 
 _DATA, _MODEL, _TRAINING = "Data", "Model", "Training"
@@ -349,8 +351,8 @@ class PrepareSettings(Settings):
     time_step: int = _time_step()
     train_ratio: float = _train_ratio()
     val_ratio: float = _val_ratio()
-    time_chunk: int = setting(8, "Time steps per Zarr chunk: a window reads one or two chunks of each variable.",
-                              low=1, group=_SYSTEM)
+    time_chunk: int = setting(DEFAULT_TIME_CHUNK, "Time steps per Zarr chunk (training reads whole chunks, about 16 "
+                                                  "MiB at a time).", low=1, group=_SYSTEM)
     experiment_name: str | None = _experiment_name("$MLFLOW_EXPERIMENT_NAME, else MLflow's Default, as for `mlflow run`")
     log_level: str = _log_level()
 

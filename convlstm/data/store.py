@@ -22,7 +22,7 @@ import zarr
 
 from convlstm.atomic import explained_write_errors
 from convlstm.checks import require_positive_int
-from convlstm.config import RegionConfig
+from convlstm.config import DEFAULT_TIME_CHUNK, RegionConfig
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.regions import crop_regions, crop_union
 from convlstm.data.schema import LAYOUT_ATTR, LAYOUT_VERSION, SOURCE_ATTR, describe_source, open_dataset
@@ -38,8 +38,6 @@ VERSION_ATTR = "convlstm_store_version"
 COMPLETE_ATTR = "convlstm_complete"
 #: Set on the dataset ``open_store`` returns: where store-backed windows read from.
 STORE_ATTR = "convlstm_store"
-#: Time steps per chunk: a window reads one or two chunks; measured in the issue-12 report.
-DEFAULT_TIME_CHUNK = 8
 _BLOCK_STEPS = 64  # time steps written per block (rounded to whole chunks)
 _VARIANTS = {False: "baseline", True: "upstream"}
 _MISSING = {False: "missing_downstream", True: "missing_joined"}
