@@ -20,16 +20,16 @@ Three parts (``--only`` picks some):
     Targets: the largest input's peak (RSS sum) within ``FLAT_TARGET`` of the smallest's, and at most
     ``PEAK_TARGET_GIB``, while the input is several times that.
 ``loader``
-    Windows/s a shuffled DataLoader serves from a store built as the trainer builds it (1 persistent
-    worker, prefetch), against the model's training samples/s on the same grid (default hidden channels;
+    Windows/s a DataLoader serves from a store as the trainer reads it (in the training process, in the
+    epoch's order: ``EpochOrder``), against the model's training samples/s on the same grid (default hidden channels;
     ``harness.training_rate``, as ``bench_data.py`` measures it in memory). The store is prepared from
     the first 12 months with ``LOADER_REGIONS``, the same 61 × 221 cells as the 0.25° demo's default
     upstream crop.
 ``demo``
     The default 1° demo (2 years), from memory (its netCDF) and from a store prepared from it, with the
     default model and settings: fresh trainers, 3 epochs each, interleaved epoch by epoch (memory, store,
-    memory, store, ...), baseline and upstream. Epoch 1 of the store starts its worker and fills its
-    cache; the ratios are medians of epochs 2-3: train-step samples/s (``train_step_time_s``) and epoch
+    memory, store, ...), baseline and upstream. Epoch 1 of the store fills its cache; the ratios are
+    medians of epochs 2-3: train-step samples/s (``train_step_time_s``) and epoch
     wall time (``epoch_time_s``).
 """
 
@@ -60,7 +60,7 @@ from convlstm.data.prepare import prepare_data
 from convlstm.data.prepare_store import prepare_store
 from convlstm.interrupt import catching_signals
 from convlstm.model import ConvLSTMUNet
-from convlstm.training.trainer import STORE_NUM_WORKERS, STORE_PREFETCH_FACTOR, Trainer, TrainingCallback
+from convlstm.training.trainer import Trainer, TrainingCallback
 
 CONFIG = ConvLSTMConfig()  # the train command's defaults
 #: Inside era5_files.py's box (30–65 °N, 30 °W–30 °E); the joined crop is 41 × 81 cells at 0.25°.
@@ -224,8 +224,7 @@ def loader_part(work: Path, keep: bool, months: int = LOADER_MONTHS) -> tuple[di
     prepared_store = run_child({"kind": "prepare", "files": [str(p) for p in files], "output": str(store),
                                 "regions": asdict(LOADER_REGIONS)}, work, "prepare-loader")
     prepared = prepare_data(store, LOADER_REGIONS, True, CONFIG.window_size, CONFIG.target_offset)
-    times = loader_pass_times(prepared.train, CONFIG.batch_size, 3, num_workers=STORE_NUM_WORKERS,
-                              persistent_workers=True, prefetch_factor=STORE_PREFETCH_FACTOR)
+    times = loader_pass_times(prepared.train, CONFIG.batch_size, 3)  # as the trainer reads it: in its loop
     n = len(prepared.train)
     windows_s = n / statistics.median(times[1:])
     train_s = training_rate(prepared.train, CONFIG.hidden_channels, CONFIG.batch_size, repeats=2)
@@ -242,7 +241,7 @@ def loader_part(work: Path, keep: bool, months: int = LOADER_MONTHS) -> tuple[di
                       f"{train_s:.2f}", f"{windows_s / train_s:,.0f}x"]]))
     print(f"store prepared from {months} months ({prepared_store['input_bytes'] / 1e9:.1f} GB) in "
           f"{prepared_store['seconds']:.0f} s, {prepared_store['store_bytes'] / 1e9:.2f} GB; loader: batch {CONFIG.batch_size}, "
-          f"{STORE_NUM_WORKERS} persistent worker, prefetch {STORE_PREFETCH_FACTOR}; load average "
+          "read in the training process, in the epoch's order; load average "
           + " ".join(f"{x:.1f}" for x in result["load"]))
     return result, [Target("0.25° store: loader windows/s over training samples/s", windows_s / train_s, LOADER_TARGET)]
 
@@ -270,8 +269,8 @@ def demo_part(work: Path, keep: bool) -> tuple[dict[str, Any], list[Target]]:
             trainer = Trainer(model, config, prepared.normalizer, prepared.train.downstream_columns, torch.device("cpu"),
                               work / f"ckpt-{experiment}-{source}", metadata={"normalizer": prepared.normalizer.to_dict()},
                               callbacks=[epochs])
-            # The trainer's own loader (1 persistent worker with prefetch for the store), kept across epochs as fit()
-            # keeps it; epochs are driven one at a time so that the two sources alternate.
+            # The trainer's own loader, kept across epochs as fit() keeps it; epochs are driven one at a time so
+            # that the two sources alternate.
             runs[source] = (trainer, trainer._loader(prepared.train, shuffle=True), prepared, epochs)
         for _ in range(DEMO_EPOCHS):
             for trainer, loader, prepared, _epochs in runs.values():

@@ -176,15 +176,19 @@ def set_threads(threads: int | None) -> None:
 
 
 def loader_pass_times(dataset: torch.utils.data.Dataset, batch_size: int, passes: int, **options: object) -> list[float]:
-    """Seconds of each of ``passes`` shuffled, collated passes over ``dataset`` by one ``DataLoader`` (the first
-    included: with persistent workers it starts them and fills their caches). ``options`` go to the loader."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, **options)  # type: ignore[arg-type]
-    times = time_interleaved({"pass": lambda: sum(1 for _ in loader)}, repeats=passes, warmup=0)["pass"]
-    return times
+    """Seconds of each of ``passes`` collated passes over ``dataset`` by one ``DataLoader``, each in a new
+    training order (``EpochOrder``, as the trainer draws it; the first pass included: with persistent workers
+    it starts them, and it fills a store's cache). ``options`` go to the loader."""
+    from convlstm.data.epoch_order import EpochOrder
+
+    order = EpochOrder(len(dataset), torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, **options)  # type: ignore[arg-type]
+    return time_interleaved({"pass": lambda: sum(1 for _ in loader)}, repeats=passes, warmup=0)["pass"]
 
 
 def loader_rate(dataset: torch.utils.data.Dataset, batch_size: int, passes: int, **options: object) -> float:
-    """Windows per second of a shuffled, collated pass over ``dataset`` (median of ``passes`` after a warm-up pass)."""
+    """Windows per second of a collated pass over ``dataset`` in training order (median of ``passes`` after a
+    warm-up pass)."""
     times = loader_pass_times(dataset, batch_size, passes + 1, **options)[1:]
     return len(dataset) / statistics.median(times)  # type: ignore[arg-type]
 

@@ -226,8 +226,8 @@ class TrainSettings(Settings):
     visualize: bool = setting(True, "Write loss_curve.png and precipitation_maps.png (a few seconds a run).",
                               group=_TRACKING)
     device: str = _device()
-    num_workers: int = setting(0, "DataLoader worker processes (windows are in memory; 0 is fastest on CPU).",
-                               low=0, group=_SYSTEM)
+    num_workers: int = setting(0, "DataLoader worker processes; 0 reads windows in the training loop, fastest on CPU "
+                               "from memory and from a store alike.", low=0, group=_SYSTEM)
     pin_memory: bool = setting(True, "Pinned host memory for faster GPU copies (CUDA only).", group=_SYSTEM)
     resume: str | None = setting(None, "Continue a run: its MLflow run id, output directory or a checkpoint file.",
                                  group=_TRACKING)

@@ -1,11 +1,12 @@
 """Windows read on demand from a prepared store: the same windows as ``ConvLSTMDataset`` in bounded memory.
 
 Frames are read a block of whole store chunks (about ``BLOCK_BYTES``) at a time, stacked in the usual channel order,
-normalized, and kept in a small per-process cache of recent chunks (``CACHE_BYTES``): zarr-python 3 spends
-about a millisecond on every read whatever its size, so reading each window's six variables anew cost more
-CPU than the model step on two cores, while a window from the cache is one copy. The store is opened lazily
-once per process (DataLoader workers fork; a handle inherited across a fork is never used), and the dataset
-pickles without a handle or a cache.
+normalized, and kept in a small per-process cache of recent blocks: zarr-python 3 spends about a millisecond on
+every read whatever its size, so reading each window's six variables anew cost more CPU than the model step on
+two cores, while a window from the cache is a view. The cache holds the blocks one pool of the epoch's order
+needs (``convlstm.data.epoch_order``), so its size follows the grid, never the length of the record. The store
+is opened lazily once per process (DataLoader workers fork; a handle inherited across a fork is never used),
+and the dataset pickles without a handle or a cache.
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from torch.utils.data import get_worker_info
 
 from convlstm.config import RegionConfig
 from convlstm.data.dataset import WindowDataset
+from convlstm.data.epoch_order import POOL_RUNS, pool_span_steps
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.schema import VARIABLES
 from convlstm.data.stacking import missing_steps_lazily, stack_channels
 from convlstm.data.store import STORE_ATTR, open_store
 from convlstm.errors import ConfigError
 
-#: Normalized frames each process keeps, as blocks (least recently used dropped first).
-CACHE_BYTES = 512 * 2**20
 #: About this many bytes of frames are read at once (whole store chunks): few zarr calls per pass over the data.
 BLOCK_BYTES = 16 * 2**20
 
@@ -47,9 +46,6 @@ class StoreWindowDataset(WindowDataset):
         The store's missing-value flags for this crop, over its whole time axis (``StoreInfo.missing_steps``);
         without them they are computed from the store, out of core.
     """
-
-    #: Frames are read on demand: the trainer reads ahead with worker processes.
-    reads_on_demand = True
 
     def __init__(self, data: xr.Dataset, window_size: int, region_config: RegionConfig, target_offset: int = 1,
                  include_upstream: bool = False, normalizer: ConvLSTMNormalizer | None = None,
@@ -87,11 +83,10 @@ class StoreWindowDataset(WindowDataset):
             chunk = int(self._opened[VARIABLES[0]].encoding.get("chunks", (1,))[0])
             frame_bytes = 4 * int(np.prod(self.input_shape[1:]))
             self._block_steps = chunk * max(1, BLOCK_BYTES // (chunk * frame_bytes))
-            # A read-ahead worker keeps CACHE_BYTES (shuffled windows come back to the same blocks); the main
-            # process reads in order (validation, inference), so two blocks do (a batch may straddle two), and
-            # its memory stays flat.
-            budget = CACHE_BYTES if get_worker_info() is not None else 0
-            self._max_blocks = max(2, budget // (self._block_steps * frame_bytes))
+            # Each run of a pool spans at most this many blocks (its first one partly): the cache holds a pool's
+            # worth, dropping the least recently used, so an epoch reads each block about once per pool needing it.
+            run_blocks = -(-pool_span_steps(self.window_size + self.target_offset) // self._block_steps) + 1
+            self._max_blocks = POOL_RUNS * run_blocks
         return self._opened
 
     def _block(self, index: int) -> np.ndarray:
@@ -114,16 +109,20 @@ class StoreWindowDataset(WindowDataset):
         return self._block(step // self._block_steps)[step % self._block_steps]
 
     def _store_frames(self, low: int, high: int) -> np.ndarray:
-        """Normalized frames ``low .. high - 1`` of the store's time axis, as a new array."""
+        """Normalized frames ``low .. high - 1`` of the store's time axis: a view into the cache when they lie
+        in one block (never written to: the caller copies before changing it), else a new array."""
         self._reader()
         size = self._block_steps
         parts = [self._block(k)[max(low, k * size) - k * size:min(high, (k + 1) * size) - k * size]
                  for k in range(low // size, (high - 1) // size + 1)]
-        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _frames(self, low: int, high: int) -> np.ndarray:
         frames = self._store_frames(self._offset + low, self._offset + high)
-        frames[self._missing[low:high]] = 0.0
+        missing = self._missing[low:high]
+        if missing.any():
+            frames = frames.copy()
+            frames[missing] = 0.0
         return frames
 
     def _precipitation(self, index: int | np.ndarray) -> np.ndarray:

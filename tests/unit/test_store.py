@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 from convlstm.config import RegionConfig
 from convlstm.data import store as store_module
 from convlstm.data.demo import write_demo_dataset
+from convlstm.data.epoch_order import POOL_RUNS, RUN_WINDOWS, EpochOrder, pool_span_steps
 from convlstm.data.prepare import prepare_data
 from convlstm.data.schema import PRECIPITATION, open_dataset
 from convlstm.data.split import create_train_val_test_split
@@ -96,15 +98,41 @@ def test_store_gives_the_windows_and_statistics_of_the_in_memory_path(tiny_nc: P
 
 def test_one_epoch_from_the_store_trains_the_same_weights(tiny_nc: Path, tiny_store: Path, tmp_path: Path) -> None:
     weights = []
-    for source in (tiny_nc, tiny_store):
+    for source, workers in ((tiny_nc, 0), (tiny_store, 0), (tiny_store, 1)):  # the store read in the loop, or by a worker
         prepared = prepare_data(source, REGIONS, True, WINDOW)
-        trainer = make_trainer(prepared, tmp_path / source.name, num_epochs=1)
-        if source == tiny_store:
-            assert trainer._loader(prepared.train, shuffle=False).num_workers > 0  # read ahead by workers
+        trainer = make_trainer(prepared, tmp_path / f"{source.name}-{workers}", num_epochs=1)
+        trainer.num_workers = workers
         trainer.fit(prepared.train, prepared.val)
         weights.append(trainer.model.state_dict())
-    for key, value in weights[0].items():
-        torch.testing.assert_close(weights[1][key], value, rtol=1e-5, atol=1e-6)
+    for other in weights[1:]:
+        for key, value in weights[0].items():
+            torch.testing.assert_close(other[key], value, rtol=1e-5, atol=1e-6)
+
+
+def _block_reads(data: StoreWindowDataset, order: list[int], block_steps: int) -> int:
+    """Blocks read from the store while serving ``order``, with a fresh cache of ``block_steps``-step blocks."""
+    data._reader()
+    data._block_steps, data._cache = block_steps, OrderedDict()
+    data._max_blocks = POOL_RUNS * (-(-pool_span_steps(data.window_size + data.target_offset) // block_steps) + 1)
+    reads = 0
+    for index in order:
+        start = data._offset + int(data.starts[index])
+        needed = range(start // block_steps, (start + data.window_size + data.target_offset - 1) // block_steps + 1)
+        reads += sum(k not in data._cache for k in needed)
+        data[index]
+    return reads
+
+
+def test_an_epoch_in_its_order_reads_each_block_about_once(tmp_path: Path) -> None:
+    year = write_demo_dataset(tmp_path / "year.nc", years=1, resolution=5.0)
+    data = prepare_data(_write(year, tmp_path / "year.zarr"), REGIONS, True, WINDOW).train
+    span = pool_span_steps(data.window_size + data.target_offset)
+    generator = torch.Generator().manual_seed(0)
+    ours = _block_reads(data, list(EpochOrder(len(data), generator)), block_steps=8)
+    window_by_window = _block_reads(data, torch.randperm(len(data), generator=generator).tolist(), block_steps=8)
+    assert len(data) > 2 * data._max_blocks * 8  # the training frames are many times the cache
+    assert ours <= -(-len(data) // RUN_WINDOWS) * (-(-span // 8) + 1)  # each pool reads each of its blocks once
+    assert ours < window_by_window / 2
 
 
 def test_missing_values_drop_and_raise_as_in_memory(tmp_path: Path) -> None:
