@@ -27,11 +27,11 @@ Examples:
 
 @settings_command(CompareSettings, EPILOG)
 def compare(settings: CompareSettings) -> None:
-    """Score baseline vs upstream against the truth, persistence and climatology, with uncertainty."""
+    """Score baseline vs upstream against the truth, persistence, climatology and a ridge regression, with uncertainty."""
     from convlstm.tracking.reports import compare_tracked
 
     result, report = compare_tracked(settings)
-    click.echo(f"{result.verdict}\nReport: {report}")
+    click.echo(f"{result.verdict}\n{result.linear_verdict}\nReport: {report}")
 
 
 def main() -> None:

@@ -174,6 +174,29 @@ def rmse_difference(a: ContinuousScores, b: ContinuousScores,
     return _paired_bootstrap(a.per_time(), b.per_time(), rmse_from_sums, options)[0]
 
 
+def gain_difference(baseline: ContinuousScores, upstream: ContinuousScores, reference_baseline: ContinuousScores,
+                    reference_upstream: ContinuousScores, options: BootstrapOptions = BootstrapOptions()) -> BootstrapResult:
+    """How much more RMSE the upstream data take off one pair of forecasts than off another, in mm, with a
+    paired interval: (RMSE(baseline) − RMSE(upstream)) − (RMSE(reference_baseline) − RMSE(reference_upstream)).
+    Positive: the first pair gains more. All four are scored on the same resampled times.
+
+    Parameters
+    ----------
+    baseline, upstream, reference_baseline, reference_upstream : ContinuousScores
+        Accumulated with ``per_time=True`` on the same times, in time order.
+    options : BootstrapOptions
+        How to resample.
+
+    Returns
+    -------
+    BootstrapResult
+        The difference of the two gains and its interval.
+    """
+    first = np.stack([upstream.per_time(), reference_baseline.per_time()], axis=1)  # summed: R_u + R_rb
+    second = np.stack([baseline.per_time(), reference_upstream.per_time()], axis=1)  # summed: R_b + R_ru
+    return _paired_bootstrap(first, second, lambda sums: rmse_from_sums(sums).sum(axis=-1), options)[0]
+
+
 def csi_difference(a: CategoricalScores, b: CategoricalScores,
                    options: BootstrapOptions = BootstrapOptions()) -> dict[float, BootstrapResult]:
     """CSI(b) − CSI(a) per threshold with a paired interval (positive: b is better), same resamples throughout.

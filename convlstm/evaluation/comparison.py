@@ -1,8 +1,9 @@
 """The research answer: does the upstream experiment beat the baseline, by how much, and is the gain
-larger than noise? Both experiments, persistence and climatology are scored on the same held-out
-times and cells into one score table (an ``xr.Dataset`` on ``forecast``, ``threshold``, ``window``);
-the upstream − baseline differences get a paired block-bootstrap interval. Files are written by
-:mod:`convlstm.evaluation.report`, MLflow bookkeeping by ``convlstm.tracking``.
+larger than noise? Both experiments, persistence, climatology and (with the training data at hand) the
+linear yardstick of each experiment are scored on the same held-out times and cells into one score table
+(an ``xr.Dataset`` on ``forecast``, ``threshold``, ``window``); the upstream − baseline differences get a
+paired block-bootstrap interval, and so does the network's gain from upstream minus the linear model's.
+Files are written by :mod:`convlstm.evaluation.report`, MLflow bookkeeping by ``convlstm.tracking``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,18 @@ from convlstm.data.schema import PRECIPITATION, NanPolicy, open_dataset
 from convlstm.data.split import select_split
 from convlstm.errors import DataError
 from convlstm.evaluation.alignment import check_aligned
-from convlstm.evaluation.bootstrap import BootstrapOptions, csi_difference, rmse_difference
+from convlstm.evaluation.bootstrap import BootstrapOptions, csi_difference, gain_difference, rmse_difference
+from convlstm.evaluation.linear import ridge_forecast
 from convlstm.evaluation.references import climatology_forecast, persistence_forecast
-from convlstm.evaluation.report import EXPERIMENTS, REFERENCES, metric_key, verdict, write_outputs
+from convlstm.evaluation.report import (
+    EXPERIMENTS,
+    LINEAR,
+    REFERENCES,
+    linear_verdict,
+    metric_key,
+    verdict,
+    write_outputs,
+)
 from convlstm.evaluation.scores import CategoricalScores, ContinuousScores, FractionsSkillScore, rmse_from_sums
 from convlstm.forecast import ForecastModel
 
@@ -45,7 +55,8 @@ class ComparisonInputs:
     truth : xarray.DataArray
         Observed precipitation ``(time, lat, lon)``.
     forecasts : dict of str to xarray.DataArray
-        ``baseline``, ``upstream``, ``persistence``, ``climatology``, aligned with the truth.
+        ``baseline``, ``upstream``, ``persistence``, ``climatology``, and the linear yardstick
+        ``ridge_baseline``, ``ridge_upstream`` when it could be fitted, aligned with the truth.
     source, notes : str, list of str
         Where the data come from, and remarks for the report.
     """
@@ -71,6 +82,12 @@ class ComparisonResult:
         RMSE over the grid of each forecast at each time, ``(forecast, time)``, mm.
     verdict, n_boot, block_length, files : str, int, int, list of pathlib.Path
         The answer in two sentences, how the bootstrap resampled, and the files written.
+    linear : dict of str to float, optional
+        The network's RMSE gain from upstream minus the ridge regressions' (mm, positive: the network gains
+        more): ``estimate, low, high, excludes_zero``; None without the ridge forecasts.
+    linear_verdict : str
+        Whether the network uses the upstream information at least as well as a linear model, in one
+        sentence (or that this was not computed).
     """
 
     scores: xr.Dataset
@@ -80,6 +97,8 @@ class ComparisonResult:
     verdict: str
     n_boot: int
     block_length: int
+    linear: dict[str, float] | None = None
+    linear_verdict: str = ""
     files: list[Path] = field(default_factory=list)
 
 
@@ -90,6 +109,9 @@ def _precip(da: xr.DataArray | xr.Dataset) -> xr.DataArray:
 def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: str | os.PathLike[str],
                        batch_size: int = 8, nan_policy: NanPolicy = "raise", member: int | None = None) -> ComparisonInputs:
     """Forecast the test split of ``data`` with both models and build the references, all on the same times.
+
+    The references are persistence, climatology and, for each model, the ridge regression on its inputs
+    (:func:`~convlstm.evaluation.linear.ridge_forecast`: its regions, window, target offset and split).
 
     Parameters
     ----------
@@ -107,7 +129,7 @@ def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: s
     Returns
     -------
     ComparisonInputs
-        The four forecasts and the observed downstream precipitation.
+        The six forecasts and the observed downstream precipitation.
     """
     for name, model in zip(EXPERIMENTS, (baseline, upstream)):
         if model.experiment_type != name:
@@ -131,9 +153,13 @@ def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: s
         train = train.isel(time=np.flatnonzero(np.isfinite(train.values).all(axis=(1, 2))))
     forecasts["persistence"] = persistence_forecast(downstream, times, _lead(forecasts["baseline"], opened))
     forecasts["climatology"] = climatology_forecast(train, times)
+    notes = ["Climatology: mean of the training split by calendar month and hour, per grid cell."]
+    for name, model in zip(LINEAR, (baseline, upstream)):
+        fit = ridge_forecast(opened, model.regions, model.include_upstream, model.config, times)
+        forecasts[name] = fit.forecast
+        notes.append(fit.describe(name))
     truth = downstream.sel(time=times)
-    return ComparisonInputs(truth, forecasts, f"test split of {opened.attrs.get('convlstm_source', data)}",
-                            ["Climatology: mean of the training split by calendar month and hour, per grid cell."])
+    return ComparisonInputs(truth, forecasts, f"test split of {opened.attrs.get('convlstm_source', data)}", notes)
 
 
 def inputs_from_files(baseline_predictions: str | os.PathLike[str], upstream_predictions: str | os.PathLike[str],
@@ -150,7 +176,8 @@ def inputs_from_files(baseline_predictions: str | os.PathLike[str], upstream_pre
     Returns
     -------
     ComparisonInputs
-        The four forecasts and the truth at the forecast times.
+        The four forecasts and the truth at the forecast times. The linear yardstick is not among them: its
+        ridge regressions are fitted on the training split, which the files do not carry (the report says so).
     """
     forecasts = {}
     for name, path in zip(EXPERIMENTS, (baseline_predictions, upstream_predictions)):
@@ -206,7 +233,8 @@ def compare(inputs: ComparisonInputs, output_dir: str | os.PathLike[str],
     Parameters
     ----------
     inputs : ComparisonInputs
-        Baseline, upstream, persistence and climatology on the truth's times and grid.
+        Baseline, upstream, persistence and climatology (and the ridge regressions of
+        :data:`~convlstm.evaluation.report.LINEAR`, when given) on the truth's times and grid.
     output_dir : path
         Where figures, ``scores.csv`` and ``report.md`` go (created).
     thresholds, windows : iterable
@@ -249,10 +277,15 @@ def compare(inputs: ComparisonInputs, output_dir: str | os.PathLike[str],
                              for bound in ("low", "high")}, coords={"forecast": list(forecasts), "threshold": scores["threshold"].values})
     rmse_by_time = xr.DataArray([rmse_from_sums(continuous[name].per_time()) for name in forecasts], dims=("forecast", "time"),
                                 coords={"forecast": list(forecasts), "time": truth["time"].values}, name="rmse_mm")
+    linear = None
+    if all(name in forecasts for name in LINEAR):  # the network's gain from upstream minus the ridge regressions'
+        gap = gain_difference(*(continuous[name] for name in (*EXPERIMENTS, *LINEAR)), options)
+        linear = {"estimate": gap.estimate, "low": gap.low, "high": gap.high, "excludes_zero": float(gap.excludes_zero)}
     result = ComparisonResult(scores, differences, csi_bounds, rmse_by_time, verdict(scores, differences), options.n_boot,
-                              results["rmse_mm"].block_length)
+                              results["rmse_mm"].block_length, linear, linear_verdict(scores, linear))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     result.files = write_outputs(inputs, result, output_dir)
     logger.info("%s", result.verdict)
+    logger.log(logging.INFO if linear else logging.WARNING, "%s", result.linear_verdict)
     return result

@@ -1,5 +1,5 @@
 """What a comparison leaves behind: the flat score keys (``scores.csv``, the MLflow tables), the few
-headline numbers MLflow logs as metrics, the verdict, ``report.md`` and the five figures.
+headline numbers MLflow logs as metrics, the verdicts, ``report.md`` and the five figures.
 
 The score table is one ``xr.Dataset`` (dims ``forecast``, ``threshold``, ``window``); the flat keys
 users see (``rmse_mm``, ``csi_1mm``, ``pod_0.1mm``, ``fss_5mm_w3``, ``rmse_skill_vs_persistence``) come
@@ -29,6 +29,13 @@ SCORES_NAME = "scores.csv"
 FIGURES = ("rmse_difference_map.png", "case_maps.png", "csi_bars.png", "performance_diagram.png", "error_by_time.png")
 EXPERIMENTS = ("baseline", "upstream")
 REFERENCES = ("persistence", "climatology")
+#: The linear yardstick: ridge regressions on the baseline's and on the upstream model's inputs
+#: (:mod:`convlstm.evaluation.linear`), in the order of :data:`EXPERIMENTS`.
+LINEAR = ("ridge_baseline", "ridge_upstream")
+LINEAR_QUESTION = "Does the network use the upstream information at least as well as a linear model?"
+#: What the report and the log say when the ridge regressions were not fitted (predictions files only).
+LINEAR_MISSING = (f"{LINEAR_QUESTION} Not computed: the ridge regressions are fitted on the training split, which "
+                  "predictions files do not carry; compare the models (--baseline, --upstream, --data) to get it.")
 #: The scores of every forecast that MLflow gets as metrics (with the upstream − baseline RMSE difference);
 #: a few, so that a comparison beside the training runs does not crowd their charts. All are in the tables.
 HEADLINE_SCORES = ("rmse_mm", "mae_mm")
@@ -130,13 +137,20 @@ def headline_metrics(result: ComparisonResult) -> dict[str, float]:
     Returns
     -------
     dict of str to float
-        About ten values; NaN where undefined.
+        About ten values; NaN where undefined. The network's gain from upstream in % of the baseline's RMSE
+        (``gain_rmse_pct``), and with the linear yardstick the ridge regressions' (``ridge_gain_rmse_pct``) and
+        the network's gain minus the ridge's in mm (``gain_minus_ridge_gain_rmse_mm``, positive: the network
+        gains more).
     """
     out = {f"{forecast}_{score}": float(result.scores[score].sel(forecast=forecast))
            for forecast in map(str, result.scores["forecast"].values) for score in HEADLINE_SCORES}
     diff = result.differences["rmse_mm"]
-    return {**out, "delta_rmse_mm": diff["estimate"], "delta_rmse_mm_ci_low": diff["low"],
-            "delta_rmse_mm_ci_high": diff["high"]}
+    out.update({"delta_rmse_mm": diff["estimate"], "delta_rmse_mm_ci_low": diff["low"],
+                "delta_rmse_mm_ci_high": diff["high"], "gain_rmse_pct": rmse_gain(result.scores, *EXPERIMENTS)[1]})
+    if result.linear is not None:
+        out.update({"ridge_gain_rmse_pct": rmse_gain(result.scores, *LINEAR)[1],
+                    "gain_minus_ridge_gain_rmse_mm": result.linear["estimate"]})
+    return out
 
 
 def _score_table(scores: xr.Dataset) -> pd.DataFrame:
@@ -169,6 +183,74 @@ def verdict(scores: xr.Dataset, differences: dict[str, dict[str, float]]) -> str
             f"({100.0 * (up - base) / base:+.1f} %, {'lower' if diff['estimate'] < 0 else 'higher'}); "
             f"difference {diff['estimate']:+.3f} mm, 95 % CI [{diff['low']:+.3f}, {diff['high']:+.3f}] mm — {significance}. "
             f"Models beating both persistence and climatology on RMSE: {', '.join(beats) or 'none'}.")
+
+
+def rmse_gain(scores: xr.Dataset, baseline: str, upstream: str) -> tuple[float, float]:
+    """What the upstream data take off a forecast's RMSE: baseline − upstream, in mm and in % of the baseline's.
+
+    Parameters
+    ----------
+    scores : xarray.Dataset
+        The comparison's score table.
+    baseline, upstream : str
+        The two forecasts, e.g. ``baseline`` and ``upstream`` or the ridge regressions of :data:`LINEAR`.
+
+    Returns
+    -------
+    tuple of float
+        The gain in mm and in % (positive: the upstream data help; NaN % for a zero baseline RMSE).
+    """
+    base, up = (float(scores["rmse_mm"].sel(forecast=name)) for name in (baseline, upstream))
+    return base - up, 100.0 * (base - up) / base if base else math.nan
+
+
+def linear_verdict(scores: xr.Dataset, linear: dict[str, float] | None) -> str:
+    """The answer to :data:`LINEAR_QUESTION` in one sentence: both gains, and whether the network's is at least the ridge's.
+
+    Parameters
+    ----------
+    scores : xarray.Dataset
+        The comparison's score table.
+    linear : dict, optional
+        The network's gain minus the ridge regressions' (RMSE, mm): ``estimate``, ``low``, ``high``,
+        ``excludes_zero``; None when the ridge regressions were not fitted.
+
+    Returns
+    -------
+    str
+        The verdict, or :data:`LINEAR_MISSING`.
+    """
+    if linear is None:
+        return LINEAR_MISSING
+    (net, net_pct), (lin, lin_pct) = rmse_gain(scores, *EXPERIMENTS), rmse_gain(scores, *LINEAR)
+    rmse = {name: float(scores["rmse_mm"].sel(forecast=name)) for name in (*EXPERIMENTS, *LINEAR)}
+    answer = ("Yes: the network's gain from upstream is at least the linear model's" if net >= lin else
+              "No: the network's gain from upstream is smaller than the linear model's, so it leaves upstream information "
+              "unused that a linear model exploits")
+    noise = "excludes zero" if linear["excludes_zero"] else "includes zero: the gap is not distinguishable from sampling noise"
+    return (f"{LINEAR_QUESTION} {answer}. RMSE gain from upstream: network {net:+.3f} mm ({net_pct:+.1f} %: "
+            f"{rmse['baseline']:.3f} → {rmse['upstream']:.3f} mm), ridge regression {lin:+.3f} mm ({lin_pct:+.1f} %: "
+            f"{rmse['ridge_baseline']:.3f} → {rmse['ridge_upstream']:.3f} mm); network − ridge gain "
+            f"{linear['estimate']:+.3f} mm, 95 % CI [{linear['low']:+.3f}, {linear['high']:+.3f}] mm, which {noise}.")
+
+
+def _linear_section(result: ComparisonResult) -> str:
+    """The report's answer to :data:`LINEAR_QUESTION`: both gains side by side, then the verdict."""
+    if result.linear is None:
+        return result.linear_verdict
+    rows = {}
+    for label, (base, up) in (("network", EXPERIMENTS), ("ridge regression", LINEAR)):
+        gain, pct = rmse_gain(result.scores, base, up)
+        rows[label] = {"baseline RMSE (mm)": float(result.scores["rmse_mm"].sel(forecast=base)),
+                       "upstream RMSE (mm)": float(result.scores["rmse_mm"].sel(forecast=up)),
+                       "gain (mm)": gain, "gain (%)": pct}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("forecasts") + 0.0
+    return f"""Gain = baseline RMSE − upstream RMSE (positive: the upstream region helps). The ridge regressions read
+the inputs each network sees (see the notes below); their forecasts are also in the score table above.
+
+{table.to_markdown(floatfmt=".3f")}
+
+**{result.linear_verdict}**"""
 
 
 def write_outputs(inputs: ComparisonInputs, result: ComparisonResult, output_dir: str | os.PathLike[str]) -> list[Path]:
@@ -211,6 +293,10 @@ Scored on {truth.sizes['time']} forecast times ({first} to {last}),
 autocorrelation). Negative RMSE and positive CSI differences favour the upstream model.
 
 {diffs.to_markdown(floatfmt="+.4f")}
+
+## {LINEAR_QUESTION}
+
+{_linear_section(result)}
 
 {notes}
 

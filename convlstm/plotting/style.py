@@ -32,6 +32,8 @@ FORECAST_STYLES: dict[str, tuple[str, str]] = {
     "upstream": ("tab:blue", "s"),
     "persistence": ("tab:gray", "^"),
     "climatology": ("tab:green", "D"),
+    "ridge_baseline": ("darkgoldenrod", "v"),  # the ridge regressions: darker shades of their networks' colours
+    "ridge_upstream": ("navy", "P"),
 }
 _FALLBACK_STYLES = [("tab:purple", "v"), ("tab:brown", "P"), ("tab:pink", "X"), ("tab:olive", "*"), ("tab:cyan", "h")]
 

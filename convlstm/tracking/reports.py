@@ -136,8 +136,9 @@ def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
     The comparison run sits in the training runs' experiment, whose chart view draws one chart per
     metric key of any run; so only :func:`~convlstm.evaluation.report.headline_metrics` are metrics,
     under ``compare/`` (the UI gives a ``<prefix>/`` its own chart section, apart from the training
-    curves), and the per-threshold, per-window scores of all four forecasts are the tables
-    :data:`SCORES_TABLE` and :data:`DIFFERENCES_TABLE`.
+    curves), and the per-threshold, per-window scores of all the forecasts are the tables
+    :data:`SCORES_TABLE` and :data:`DIFFERENCES_TABLE`. The two verdicts are the tags ``verdict`` and
+    ``linear_verdict`` (does the network use the upstream information at least as well as a linear model?).
 
     Parameters
     ----------
@@ -149,6 +150,7 @@ def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
     log_new_params(mlflow.active_run().info.run_id, params)  # the resolved run ids are tags
     mlflow.log_metrics({METRIC_PREFIX + key: value for key, value in headline_metrics(result).items() if np.isfinite(value)})
     mlflow.set_tag("verdict", result.verdict[:5000])
+    mlflow.set_tag("linear_verdict", result.linear_verdict[:5000])
     mlflow.log_table(score_rows(result.scores), SCORES_TABLE)
     mlflow.log_table(difference_rows(result.differences), DIFFERENCES_TABLE)
     for path in result.files:

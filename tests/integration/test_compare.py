@@ -1,6 +1,7 @@
-"""The comparison step: baseline vs upstream scored against the truth, persistence and climatology,
-with a paired block-bootstrap interval of the difference; the ``compare`` entry point in its two modes
-(models, files), and (slow) ``mlflow run -e compare`` picking the newest runs. The parts that need no
+"""The comparison step: baseline vs upstream scored against the truth, persistence, climatology and (with
+models) the ridge regressions of the linear yardstick, with a paired block-bootstrap interval of the
+difference; the ``compare`` entry point in its two modes (models, files), and (slow) ``mlflow run -e
+compare`` picking the newest runs. The parts that need no
 trained model are in ``tests/unit/test_evaluation_*.py``.
 
 The tests use the session's shared pair of tiny models, with a copy of its tracking store (the
@@ -23,7 +24,7 @@ from convlstm.data.prepare_store import prepare_store
 from convlstm.data.schema import PRECIPITATION, open_dataset
 from convlstm.errors import DataError
 from convlstm.evaluation.comparison import ComparisonInputs, ComparisonResult, compare, inputs_from_files, inputs_from_models
-from convlstm.evaluation.report import FIGURES, REPORT_NAME, SCORES_NAME, flat_metrics
+from convlstm.evaluation.report import FIGURES, LINEAR_MISSING, LINEAR_QUESTION, REPORT_NAME, SCORES_NAME, flat_metrics
 from convlstm.evaluation.scores import ContinuousScores
 from convlstm.forecast import ForecastModel
 from convlstm.inference import PREDICTIONS_NAME
@@ -34,7 +35,8 @@ from tests.helpers import REPO, assert_png
 from tests.integration.workspace import Workspace, invoke, mlflow_run, tracking_environment
 
 EXPERIMENTS = Workspace.KINDS
-FORECASTS = ("baseline", "upstream", "persistence", "climatology")
+FILE_FORECASTS = ("baseline", "upstream", "persistence", "climatology")
+FORECASTS = (*FILE_FORECASTS, "ridge_baseline", "ridge_upstream")  # with models: the linear yardstick too
 CONTINUOUS = ("rmse_mm", "mae_mm", "bias_mm", "correlation", "rmse_latw_mm")
 N_BOOT = 200
 EXPERIMENT = Workspace.EXPERIMENT
@@ -93,29 +95,38 @@ def report_table(text: str) -> pd.DataFrame:
 
 def metrics_table(scores: xr.Dataset) -> pd.DataFrame:
     """The flat metrics of every forecast, one row each (the layout of scores.csv)."""
-    return pd.DataFrame({name: flat_metrics(scores, name) for name in FORECASTS}).T
+    return pd.DataFrame({str(name): flat_metrics(scores, str(name)) for name in scores["forecast"].values}).T
 
 
 def assert_logged_comparison(ws: Workspace, run, reference: ComparisonResult) -> None:
     """The comparison run holds only the headline metrics, in their own chart section, and every score of
     every forecast in its tables, equal to the library's; it has no child runs crowding the experiment."""
-    headline = {f"{forecast}_{score}" for forecast in FORECASTS for score in ("rmse_mm", "mae_mm")}
-    assert set(run.data.metrics) == {f"{METRIC_PREFIX}{key}" for key in
-                                     (*headline, "delta_rmse_mm", "delta_rmse_mm_ci_low", "delta_rmse_mm_ci_high")}
+    forecasts = tuple(map(str, reference.scores["forecast"].values))
+    headline = {(forecast, score): f"{forecast}_{score}" for forecast in forecasts for score in ("rmse_mm", "mae_mm")}
+    linear = ("ridge_gain_rmse_pct", "gain_minus_ridge_gain_rmse_mm") if reference.linear else ()
+    assert set(run.data.metrics) == {f"{METRIC_PREFIX}{key}" for key in (*headline.values(), "delta_rmse_mm",
+                                     "delta_rmse_mm_ci_low", "delta_rmse_mm_ci_high", "gain_rmse_pct", *linear)}
+    assert len(run.data.metrics) == (18 if reference.linear else 12)
     metrics = {key.removeprefix(METRIC_PREFIX): value for key, value in run.data.metrics.items()}
     for key, field in (("", "estimate"), ("_ci_low", "low"), ("_ci_high", "high")):
         assert metrics[f"delta_rmse_mm{key}"] == pytest.approx(reference.differences["rmse_mm"][field], abs=1e-6)
-    for key in headline:
-        forecast, score = key.split("_", 1)
+    for (forecast, score), key in headline.items():
         assert metrics[key] == pytest.approx(flat_metrics(reference.scores, forecast)[score], abs=1e-6), key
+    rmse = {name: flat_metrics(reference.scores, name)["rmse_mm"] for name in forecasts}
+    assert metrics["gain_rmse_pct"] == pytest.approx(100 * (rmse["baseline"] - rmse["upstream"]) / rmse["baseline"], abs=1e-4)
+    if reference.linear:
+        assert metrics["ridge_gain_rmse_pct"] == pytest.approx(
+            100 * (rmse["ridge_baseline"] - rmse["ridge_upstream"]) / rmse["ridge_baseline"], abs=1e-4)
+        assert metrics["gain_minus_ridge_gain_rmse_mm"] == pytest.approx(reference.linear["estimate"], abs=1e-6)
+    assert run.data.tags["linear_verdict"] == reference.linear_verdict
 
     client = ws.client()
     tables = {name: pd.read_json(Path(client.download_artifacts(run.info.run_id, name, str(ws.root / "tmp"))),
                                  orient="split") for name in (SCORES_TABLE, DIFFERENCES_TABLE)}
     scores = tables[SCORES_TABLE].pivot(index="forecast", columns="metric", values="value")
     expected = metrics_table(reference.scores)
-    assert sorted(scores.index) == sorted(FORECASTS) and set(scores.columns) == set(expected.columns)
-    pd.testing.assert_frame_equal(scores.loc[list(FORECASTS), expected.columns], expected, check_names=False,
+    assert sorted(scores.index) == sorted(forecasts) and set(scores.columns) == set(expected.columns)
+    pd.testing.assert_frame_equal(scores.loc[list(forecasts), expected.columns], expected, check_names=False,
                                   rtol=1e-6, atol=1e-6)
     differences = tables[DIFFERENCES_TABLE].set_index("metric")
     assert set(differences.index) == set(reference.differences)
@@ -139,7 +150,7 @@ def test_a_prepared_store_gives_the_same_comparison_inputs(pair_models: dict[str
         xr.testing.assert_allclose(from_store.forecasts[name], model_inputs.forecasts[name], atol=1e-5, rtol=1e-5)
 
 
-def test_inputs_from_models_aligns_four_forecasts_with_the_truth(model_inputs: ComparisonInputs, ws: Workspace) -> None:
+def test_inputs_from_models_aligns_six_forecasts_with_the_truth(model_inputs: ComparisonInputs, ws: Workspace) -> None:
     truth, forecasts = model_inputs.truth, model_inputs.forecasts
     assert tuple(forecasts) == FORECASTS
     assert truth.dims == ("time", "lat", "lon") and truth.sizes["time"] > 0
@@ -174,6 +185,13 @@ def test_inputs_from_models_aligns_four_forecasts_with_the_truth(model_inputs: C
         same = climatology.values[(index.month == key[0]) & (index.hour == key[1])]
         assert (same == same[0]).all()
     assert (climatology.values >= 0).all()
+
+    # the linear yardstick: one ridge regression per experiment, each on its model's inputs, described in the notes
+    for name, features in (("ridge_baseline", 2), ("ridge_upstream", 6)):
+        (note,) = [note for note in model_inputs.notes if note.startswith(f"{name}: ")]
+        assert f"on {2 * features} inputs" in note and "penalty α = " in note, note
+        assert (forecasts[name].values >= 0).all(), name
+    assert "upstream precipitation" in next(note for note in model_inputs.notes if note.startswith("ridge_upstream"))
 
 
 def test_compare_writes_report_scores_and_five_figures(library: tuple[ComparisonResult, Path]) -> None:
@@ -232,6 +250,19 @@ def test_verdict_names_both_rmses_and_is_in_the_report(library: tuple[Comparison
     assert result.verdict in (out / REPORT_NAME).read_text()
 
 
+def test_the_report_answers_whether_the_network_uses_upstream_as_well_as_a_linear_model(
+        library: tuple[ComparisonResult, Path]) -> None:
+    result, out = library
+    rmse = {name: flat_metrics(result.scores, name)["rmse_mm"] for name in FORECASTS}
+    network, linear = rmse["baseline"] - rmse["upstream"], rmse["ridge_baseline"] - rmse["ridge_upstream"]
+    assert result.linear["estimate"] == pytest.approx(network - linear, abs=1e-9)
+    assert result.linear["low"] <= result.linear["high"]
+    assert result.linear_verdict.startswith(f"{LINEAR_QUESTION} {'Yes' if network >= linear else 'No'}:")
+    assert f"ridge regression {linear:+.3f} mm" in result.linear_verdict
+    text = (out / REPORT_NAME).read_text()
+    assert f"## {LINEAR_QUESTION}" in text and result.linear_verdict in text
+
+
 def test_report_scores_equal_continuous_scores_on_the_same_arrays(library: tuple[ComparisonResult, Path],
                                                                   model_inputs: ComparisonInputs) -> None:
     result, out = library
@@ -252,7 +283,7 @@ def test_report_scores_equal_continuous_scores_on_the_same_arrays(library: tuple
 def test_files_give_the_same_forecasts_and_truth_as_the_models(predictions: dict[str, Path], ws: Workspace,
                                                                model_inputs: ComparisonInputs) -> None:
     from_files = inputs_from_files(predictions["baseline"], predictions["upstream"], ws.tiny)
-    assert tuple(from_files.forecasts) == FORECASTS
+    assert tuple(from_files.forecasts) == FILE_FORECASTS  # no ridge regression: the files carry no training split
     np.testing.assert_array_equal(from_files.truth["time"].values, model_inputs.truth["time"].values)
     np.testing.assert_allclose(from_files.truth.values, model_inputs.truth.values, rtol=0, atol=0)
     for name in ("baseline", "upstream", "persistence"):
@@ -310,9 +341,13 @@ def test_compare_cli_with_files_logs_a_comparison_run(predictions: dict[str, Pat
                                         predictions["upstream"], "--ground-truth", ws.tiny, "--n-boot", N_BOOT,
                                         "--experiment-name", EXPERIMENT, "--output-dir", out])
     assert code == 0
-    assert f"Report: {out / REPORT_NAME}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"Report: {out / REPORT_NAME}" in printed
     for name in (REPORT_NAME, SCORES_NAME, *FIGURES, "compare.log"):
         assert (out / name).is_file(), name
+    # the linear yardstick needs the training data: said once in the log, in the report and on the terminal
+    assert (out / "compare.log").read_text().count(LINEAR_MISSING) == 1
+    assert LINEAR_MISSING in (out / REPORT_NAME).read_text() and LINEAR_MISSING in printed
 
     (run,) = [r for r in ws.runs("tags.run_type = 'comparison'")
               if r.data.params.get("baseline_predictions") == str(predictions["baseline"])]

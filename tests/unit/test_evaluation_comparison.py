@@ -19,7 +19,7 @@ from convlstm.errors import ConfigError, DataError
 from convlstm.evaluation import report
 from convlstm.evaluation.alignment import check_aligned
 from convlstm.evaluation.comparison import ComparisonInputs, ComparisonResult, compare
-from convlstm.evaluation.report import FIGURES, REPORT_NAME, SCORES_NAME, flat_metrics
+from convlstm.evaluation.report import FIGURES, LINEAR_MISSING, LINEAR_QUESTION, REPORT_NAME, SCORES_NAME, flat_metrics
 from convlstm.config import DEFAULT_FSS_WINDOWS, DEFAULT_THRESHOLDS_MM
 from convlstm.plotting import figure
 from convlstm.commands.compare import compare as compare_command
@@ -28,8 +28,9 @@ FORECASTS = ("baseline", "upstream", "persistence", "climatology")
 N_BOOT = 200
 
 
-def synthetic_inputs() -> ComparisonInputs:
-    """48 12-hourly times on a 6 x 7 grid: upstream less noisy than baseline, plus crude references."""
+def synthetic_inputs(ridge_noise: tuple[float, float] | None = None) -> ComparisonInputs:
+    """48 12-hourly times on a 6 x 7 grid: upstream less noisy than baseline, plus crude references; with
+    ``ridge_noise`` also the two ridge regressions, that much noisier than the truth (baseline, upstream)."""
     rng = np.random.default_rng(20240611)
     n, ny, nx = 48, 6, 7
     coords = {"time": pd.date_range("2001-03-01T00", periods=n, freq="12h"),
@@ -45,6 +46,8 @@ def synthetic_inputs() -> ComparisonInputs:
         "persistence": field(np.roll(truth, 1, axis=0)),
         "climatology": field(np.broadcast_to(truth.mean(axis=0), truth.shape).copy()),
     }
+    for name, noise in zip(("ridge_baseline", "ridge_upstream"), ridge_noise or ()):
+        forecasts[name] = field(np.clip(truth + rng.normal(0, noise, truth.shape), 0, None))
     return ComparisonInputs(field(truth), forecasts, "synthetic test data", ["A note for the report."])
 
 
@@ -101,13 +104,15 @@ def test_score_rows_hold_every_flat_metric_of_every_forecast_once(compared):
 def test_headline_metrics_are_a_few_numbers_from_the_score_table(compared):
     result = compared[0]
     headline = report.headline_metrics(result)
-    assert len(headline) == 11
+    assert len(headline) == 12  # no ridge regression here: see test_the_linear_yardstick_*
     for name in FORECASTS:
         for score in ("rmse_mm", "mae_mm"):
             assert headline[f"{name}_{score}"] == flat_metrics(result.scores, name)[score]
     diff = result.differences["rmse_mm"]
     assert (headline["delta_rmse_mm"], headline["delta_rmse_mm_ci_low"], headline["delta_rmse_mm_ci_high"]) == (
         diff["estimate"], diff["low"], diff["high"])
+    base, up = (flat_metrics(result.scores, name)["rmse_mm"] for name in ("baseline", "upstream"))
+    assert headline["gain_rmse_pct"] == pytest.approx(100.0 * (base - up) / base, rel=1e-12)
     table = report.difference_rows(result.differences).set_index("metric")
     assert set(table.index) == set(result.differences)
     assert table.loc["rmse_mm", "difference"] == diff["estimate"]
@@ -192,6 +197,53 @@ def test_scores_csv_and_report(compared):
         for key in table.columns:
             assert table.loc[name, key] == pytest.approx(flat_metrics(result.scores, name)[key], abs=5e-4 + 1e-9)
     assert "| csi_0.1mm" in text and f"{N_BOOT} resamples" in text and "A note for the report." in text
+
+
+def test_without_ridge_forecasts_the_linear_yardstick_is_reported_as_not_computed(compared):
+    result, out = compared
+    assert result.linear is None and result.linear_verdict == LINEAR_MISSING
+    assert "Not computed" in LINEAR_MISSING and "--data" in LINEAR_MISSING
+    assert LINEAR_MISSING in (out / REPORT_NAME).read_text()
+    assert not {"ridge_gain_rmse_pct", "gain_minus_ridge_gain_rmse_mm"} & set(report.headline_metrics(result))
+
+
+@pytest.mark.parametrize("ridge_noise, network_at_least", [((3.1, 2.9), True), ((3.1, 1.5), False)])
+def test_the_linear_yardstick_sets_both_gains_side_by_side(ridge_noise, network_at_least, tmp_path, monkeypatch):
+    """The network gains 3.0 → 2.2 (noise sd) from upstream; a ridge gaining 3.1 → 2.9 gains less, one gaining
+    3.1 → 1.5 more: the verdict says which, the metrics and the report carry both gains."""
+    monkeypatch.setattr(report, "_figures", lambda *args: [])
+    inputs = synthetic_inputs(ridge_noise)
+    result = compare(inputs, tmp_path, n_boot=N_BOOT)
+    rmse = {name: flat_metrics(result.scores, name)["rmse_mm"] for name in inputs.forecasts}
+    net, lin = rmse["baseline"] - rmse["upstream"], rmse["ridge_baseline"] - rmse["ridge_upstream"]
+    assert (net >= lin) is network_at_least
+
+    linear = result.linear
+    assert linear["estimate"] == pytest.approx(net - lin, abs=1e-9)
+    assert linear["low"] <= linear["estimate"] <= linear["high"]
+    assert linear["excludes_zero"] == float(linear["low"] > 0 or linear["high"] < 0)
+    assert linear["excludes_zero"]  # gaps of 0.6 and 0.8 noise sd on 2016 values: far beyond sampling noise
+    verdict = result.linear_verdict
+    assert verdict.startswith(LINEAR_QUESTION + (" Yes:" if network_at_least else " No:"))
+    assert f"network {net:+.3f} mm ({100 * net / rmse['baseline']:+.1f} %" in verdict
+    assert f"ridge regression {lin:+.3f} mm ({100 * lin / rmse['ridge_baseline']:+.1f} %" in verdict
+
+    headline = report.headline_metrics(result)
+    assert len(headline) == 6 * 2 + 3 + 3
+    assert headline["gain_rmse_pct"] == pytest.approx(100 * net / rmse["baseline"], rel=1e-12)
+    assert headline["ridge_gain_rmse_pct"] == pytest.approx(100 * lin / rmse["ridge_baseline"], rel=1e-12)
+    assert headline["gain_minus_ridge_gain_rmse_mm"] == linear["estimate"]
+    assert headline["ridge_upstream_rmse_mm"] == rmse["ridge_upstream"]
+
+    text = (tmp_path / REPORT_NAME).read_text()
+    assert f"## {LINEAR_QUESTION}" in text and verdict in text
+    section = text.split(f"## {LINEAR_QUESTION}")[1]
+    rows = {line.split("|")[1].strip(): [float(c) for c in line.strip().strip("|").split("|")[1:]]
+            for line in section.splitlines() if line.startswith("| network") or line.startswith("| ridge regression")}
+    assert rows["network"] == pytest.approx([rmse["baseline"], rmse["upstream"], net, 100 * net / rmse["baseline"]], abs=5e-4)
+    assert rows["ridge regression"] == pytest.approx(
+        [rmse["ridge_baseline"], rmse["ridge_upstream"], lin, 100 * lin / rmse["ridge_baseline"]], abs=5e-4)
+    assert list(pd.read_csv(tmp_path / SCORES_NAME, index_col="forecast").index) == list(inputs.forecasts)
 
 
 def test_rmse_per_cell_by_hand():
