@@ -80,7 +80,8 @@ def _click_type(field: Field) -> click.ParamType | tuple[type, type]:
     if field.kind is tuple:
         return (field.item, field.item)  # type: ignore[return-value]
     if field.kind is list:
-        return _Numbers(field.item)  # type: ignore[arg-type]
+        numbers = _Numbers(field.item)  # type: ignore[arg-type]
+        return _Optional(numbers) if field.optional else numbers
     base = click.Choice(field.spec.choices, case_sensitive=False) if field.spec.choices else {
         bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}[field.kind]
     return _Optional(base) if field.optional else base

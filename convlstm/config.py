@@ -223,6 +223,9 @@ class TrainSettings(Settings):
                                             "experiment).", group=_REGIONS)
     regions: RegionConfig = field(default_factory=RegionConfig)
     model: ConvLSTMConfig = field(default_factory=ConvLSTMConfig)
+    seeds: list[int] | None = setting(None, "Train the same configuration once per seed (e.g. 0,1,2,3,4), each a nested "
+                                            "child run of one ensemble parent run; one value acts as --seed.",
+                                      low=0, group=_TRAINING)
     visualize: bool = setting(True, "Write loss_curve.png and precipitation_maps.png (a few seconds a run).",
                               group=_TRACKING)
     device: str = _device()
@@ -241,6 +244,23 @@ class TrainSettings(Settings):
         _existing_source(self.data, "data")
         if self.include_upstream:
             self.regions.check_upstream()
+        if self.seeds is not None:
+            self._check_seeds(self.seeds)
+
+    def _check_seeds(self, seeds: list[int]) -> None:
+        """One seed is ``--seed``; several must differ, and a resumed run is one run, not an ensemble."""
+        if len(set(seeds)) < len(seeds):
+            raise ConfigError(f"seeds (--seeds) must be distinct, got {','.join(map(str, seeds))}.", "seeds")
+        if len(seeds) == 1:
+            self.model.seed, self.seeds = seeds[0], None
+        elif self.resume:
+            raise ConfigError("--resume continues one run, not an ensemble: leave out --seeds, and resume the seed's "
+                              "child run by its run id.", "seeds")
+
+    @property
+    def ensemble(self) -> bool:
+        """Whether several seeds are trained, each a child run of one parent run."""
+        return bool(self.seeds)
 
     @property
     def experiment_type(self) -> str:
@@ -294,9 +314,11 @@ class CompareSettings(Settings):
     Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
     """
 
-    baseline: str | None = setting(None, "Baseline model: training run id, runs:/ or models:/ URI, or checkpoint. With "
-                                         "no models and no files: the newest finished baseline and upstream runs.")
-    upstream: str | None = setting(None, "Upstream model, likewise.")
+    baseline: str | None = setting(None, "Baseline model: training run id, runs:/ or models:/ URI, or checkpoint; or "
+                                         "several trainings (seeds): a parent run id (its finished child runs) or "
+                                         "references separated by commas. With no models and no files: the newest "
+                                         "finished baseline and upstream runs.")
+    upstream: str | None = setting(None, "Upstream model(s), likewise.")
     data: str | None = _data(f"With models: the data whose test split is scored ({DATA_FORMS}).")
     baseline_predictions: str | None = setting(None, "Instead of models: the baseline's predictions.nc.",
                                                aliases=("--predictions-exp1",))

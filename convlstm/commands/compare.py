@@ -19,6 +19,8 @@ EPILOG = """
 Examples:
   mlflow run . -e compare --env-manager local --experiment-name convlstm-demo   # newest runs of the experiment
   mlflow run . -e compare --env-manager local -P baseline=<run id> -P upstream=<run id>
+  # two ensembles of seeds (parent runs of train -P seeds=...), or several runs a side
+  mlflow run . -e compare --env-manager local -P baseline=<parent run id> -P upstream=<run id>,<run id>,<run id>
   convlstm-compare --baseline <run id> --upstream <run id> --data era5.nc
   convlstm-compare --baseline-predictions base/predictions.nc --upstream-predictions up/predictions.nc \\
       --ground-truth era5.nc
@@ -31,7 +33,8 @@ def compare(settings: CompareSettings) -> None:
     from convlstm.tracking.reports import compare_tracked
 
     result, report = compare_tracked(settings)
-    click.echo(f"{result.verdict}\n{result.linear_verdict}\nReport: {report}")
+    seeds = f"{result.seeds.verdict}\n" if result.seeds is not None else ""
+    click.echo(f"{result.verdict}\n{seeds}{result.linear_verdict}\nReport: {report}")
 
 
 def main() -> None:

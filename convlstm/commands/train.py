@@ -1,7 +1,8 @@
 """Train a ConvLSTM U-Net: the baseline (downstream only) or the upstream experiment.
 
 The ``convlstm-train`` command (MLflow runs it as ``python -m entrypoints.train``): the flags come from
-``convlstm.config.TrainSettings``; the run is ``convlstm.tracking.training.train_tracked``.
+``convlstm.config.TrainSettings``; the run is ``convlstm.tracking.training.train_tracked``, or with several
+``--seeds`` ``convlstm.tracking.ensemble.train_ensemble_tracked``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ Examples:
   convlstm-train --data era5.nc --include-upstream --hidden-channels 32 64 --num-epochs 50
   # the same through MLflow
   mlflow run . -e train -P include_upstream=true --env-manager local
+  # five seeds of one configuration: one parent run, a child run per seed
+  mlflow run . -e train -P include_upstream=true -P seeds=0,1,2,3,4 --env-manager local
   # continue an interrupted run (run id, output directory or checkpoint file)
   convlstm-train --resume <run id>
   # train a finished run on, to 20 epochs in all
@@ -30,8 +33,14 @@ Examples:
 @settings_command(TrainSettings, EPILOG)
 def train(settings: TrainSettings) -> None:
     """Train the ConvLSTM U-Net and record everything in MLflow."""
+    from convlstm.tracking.ensemble import train_ensemble_tracked
     from convlstm.tracking.training import train_tracked
 
+    if settings.ensemble:
+        ensemble = train_ensemble_tracked(settings)
+        click.echo(f"Finished {settings.experiment_type} ensemble run {ensemble.run_id} ({len(ensemble.members)} seeds, "
+                   f"child runs {', '.join(member.run_id for member in ensemble.members)}); outputs in {ensemble.output_dir}")
+        return
     # with --resume, --num-epochs only counts when given: it continues a run that ended
     outcome = train_tracked(settings, settings.model.num_epochs if given_on_command_line("num_epochs") else None)
     click.echo(f"Finished {outcome.settings.experiment_type} run {outcome.run_id}; outputs in {outcome.output_dir}")

@@ -135,9 +135,7 @@ def _paired_bootstrap(a: np.ndarray, b: np.ndarray, score: Callable[[np.ndarray]
     if a.shape != b.shape:
         raise DataError(f"Paired forecasts must be scored on the same times (and thresholds): {a.shape} vs {b.shape}.")
     per_time, n_times, n_boot = np.stack([a, b], axis=1), a.shape[0], int(options.n_boot)
-    length = default_block_length(n_times) if options.block_length is None else int(options.block_length)
-    if length > n_times:
-        raise ConfigError(f"block_length must not exceed the number of times ({n_times}), got {length}.", "block_length")
+    length = _block_length(n_times, options)
     indices = moving_block_indices(n_times, n_boot, length, options.seed)
     def difference(sums: np.ndarray) -> np.ndarray:  # (m, 2, ...) -> (m, k)
         return (score(sums[:, 1]) - score(sums[:, 0])).reshape(len(sums), -1)
@@ -146,12 +144,21 @@ def _paired_bootstrap(a: np.ndarray, b: np.ndarray, score: Callable[[np.ndarray]
         estimates = difference(per_time.sum(axis=0)[None])[0]
         values = np.concatenate([difference(per_time[indices[start:start + _CHUNK]].sum(axis=1))
                                  for start in range(0, n_boot, _CHUNK)])
-    tail, results = 100.0 * (1.0 - options.confidence) / 2.0, []
-    for estimate, column in zip(estimates, values.T):
-        finite = column[np.isfinite(column)]
-        low, high = (float(v) for v in np.percentile(finite, [tail, 100.0 - tail])) if finite.size else (math.nan,) * 2
-        results.append(BootstrapResult(float(estimate), low, high, n_boot, length, float(options.confidence), finite.size))
-    return results
+    return [_interval(float(estimate), column, options, length) for estimate, column in zip(estimates, values.T)]
+
+
+def _interval(estimate: float, values: np.ndarray, options: BootstrapOptions, length: int) -> BootstrapResult:
+    """The percentile interval of the resampled ``values`` around ``estimate``; NaN resamples left out."""
+    tail, finite = 100.0 * (1.0 - options.confidence) / 2.0, values[np.isfinite(values)]
+    low, high = (float(v) for v in np.percentile(finite, [tail, 100.0 - tail])) if finite.size else (math.nan,) * 2
+    return BootstrapResult(estimate, low, high, int(options.n_boot), length, float(options.confidence), finite.size)
+
+
+def _block_length(n_times: int, options: BootstrapOptions) -> int:
+    length = default_block_length(n_times) if options.block_length is None else int(options.block_length)
+    if length > n_times:
+        raise ConfigError(f"block_length must not exceed the number of times ({n_times}), got {length}.", "block_length")
+    return length
 
 
 def rmse_difference(a: ContinuousScores, b: ContinuousScores,
@@ -215,3 +222,52 @@ def csi_difference(a: CategoricalScores, b: CategoricalScores,
     """
     return dict(zip(a.thresholds, _paired_bootstrap(a.per_time(), b.per_time(),
                                                     lambda sums: contingency_scores(sums)["csi"], options)))
+
+
+def seed_rmse_difference(baselines: list[ContinuousScores], upstreams: list[ContinuousScores], by_seed: bool,
+                         options: BootstrapOptions = BootstrapOptions()) -> BootstrapResult:
+    """The mean upstream − baseline RMSE difference over pairings of trainings (seeds), in mm, with an interval
+    that holds both the spread between trainings and the sampling of forecast times.
+
+    Each resample draws forecast times in moving blocks (the same times for every member, as in
+    :func:`rmse_difference`) and, independently, the trainings: with ``by_seed`` the seed pairs with
+    replacement, otherwise each side's members with replacement. Its value is the mean upstream RMSE minus the
+    mean baseline RMSE of the drawn members on the drawn times (the mean over pairings, by seed or all pairs).
+    With one member a side it is :func:`rmse_difference`'s interval.
+
+    Parameters
+    ----------
+    baselines, upstreams : list of ContinuousScores
+        Each member's scores, accumulated with ``per_time=True`` on the same times, in time order; the same
+        number on both sides with ``by_seed`` (member i of one side is paired with member i of the other).
+    by_seed : bool
+        Whether members are paired by seed, rather than every baseline with every upstream member.
+    options : BootstrapOptions
+        How to resample; the trainings are drawn from a generator of their own, seeded by ``options.seed``.
+
+    Returns
+    -------
+    BootstrapResult
+        The mean difference over pairings and its interval.
+    """
+    per_time = np.stack([scores.per_time() for scores in (*baselines, *upstreams)])  # (members, times, 2)
+    n_base, n_times, n_boot = len(baselines), per_time.shape[1], int(options.n_boot)
+    if by_seed and n_base != len(upstreams):
+        raise DataError(f"Pairing by seed needs as many baseline as upstream members, got {n_base} and {len(upstreams)}.")
+    length = _block_length(n_times, options)
+    indices = moving_block_indices(n_times, n_boot, length, options.seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rmse = rmse_from_sums(np.concatenate([per_time[:, indices[start:start + _CHUNK]].sum(axis=2)
+                                              for start in range(0, n_boot, _CHUNK)], axis=1))  # (members, n_boot)
+        base, up = rmse[:n_base].T, rmse[n_base:].T  # (n_boot, members of the side)
+        whole = rmse_from_sums(per_time.sum(axis=1))
+    rng, rows = np.random.default_rng([options.seed, 1]), np.arange(n_boot)[:, None]
+    if by_seed:
+        pairs = rng.integers(0, n_base, size=(n_boot, n_base))
+        values = (up[rows, pairs] - base[rows, pairs]).mean(axis=1)
+    else:
+        drawn_base = rng.integers(0, n_base, size=(n_boot, n_base))
+        drawn_up = rng.integers(0, len(upstreams), size=(n_boot, len(upstreams)))
+        values = up[rows, drawn_up].mean(axis=1) - base[rows, drawn_base].mean(axis=1)
+    estimate = float(whole[n_base:].mean() - whole[:n_base].mean())
+    return _interval(estimate, values, options, length)

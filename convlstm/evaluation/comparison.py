@@ -8,9 +8,10 @@ Files are written by :mod:`convlstm.evaluation.report`, MLflow bookkeeping by ``
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from convlstm.evaluation.report import (
     write_outputs,
 )
 from convlstm.evaluation.scores import CategoricalScores, ContinuousScores, FractionsSkillScore, rmse_from_sums
+from convlstm.evaluation.seeds import Member, SeedComparison, compare_seeds
 from convlstm.forecast import ForecastModel
 
 logger = logging.getLogger(__name__)
@@ -59,12 +61,17 @@ class ComparisonInputs:
         ``ridge_baseline``, ``ridge_upstream`` when it could be fitted, aligned with the truth.
     source, notes : str, list of str
         Where the data come from, and remarks for the report.
+    members : dict of str to list of Member
+        When a side holds several trainings (seeds): ``{"baseline": [...], "upstream": [...]}``, and
+        ``forecasts["baseline"]`` / ``["upstream"]`` are their ensemble means (:func:`ensemble_mean`); empty
+        with one model a side.
     """
 
     truth: xr.DataArray
     forecasts: dict[str, xr.DataArray]
     source: str
     notes: list[str] = field(default_factory=list)
+    members: dict[str, list[Member]] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,6 +95,9 @@ class ComparisonResult:
     linear_verdict : str
         Whether the network uses the upstream information at least as well as a linear model, in one
         sentence (or that this was not computed).
+    seeds : SeedComparison, optional
+        With several trainings a side: the difference per pairing of seeds, its mean, range and interval over
+        seeds and times, and whether the gain holds for every seed.
     """
 
     scores: xr.Dataset
@@ -99,6 +109,7 @@ class ComparisonResult:
     block_length: int
     linear: dict[str, float] | None = None
     linear_verdict: str = ""
+    seeds: SeedComparison | None = None
     files: list[Path] = field(default_factory=list)
 
 
@@ -106,8 +117,33 @@ def _precip(da: xr.DataArray | xr.Dataset) -> xr.DataArray:
     return (da[PRECIPITATION] if isinstance(da, xr.Dataset) else da).transpose("time", "lat", "lon")
 
 
-def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: str | os.PathLike[str],
-                       batch_size: int = 8, nan_policy: NanPolicy = "raise", member: int | None = None) -> ComparisonInputs:
+def ensemble_mean(members: Sequence[Member]) -> xr.DataArray:
+    """The mean of the members' forecasts: the ensemble's own forecast, scored like any model.
+
+    Parameters
+    ----------
+    members : sequence of Member
+        Forecasts on the same times and grid.
+
+    Returns
+    -------
+    xarray.DataArray
+        Their mean, on the first member's coordinates.
+    """
+    check_aligned({f"{m.name} (seed {m.seed})": m.forecast for m in members})
+    first = members[0].forecast
+    values = np.mean([m.forecast.values for m in members], axis=0, dtype=np.float64).astype(first.dtype)
+    return first.copy(data=values)
+
+
+def _members(models: Sequence[ForecastModel], forecasts: Sequence[xr.DataArray]) -> list[Member]:
+    return [Member(model.run_id or f"member {i + 1}", model.config.seed, forecast)
+            for i, (model, forecast) in enumerate(zip(models, forecasts))]
+
+
+def inputs_from_models(baseline: ForecastModel | Sequence[ForecastModel], upstream: ForecastModel | Sequence[ForecastModel],
+                       data: str | os.PathLike[str], batch_size: int = 8, nan_policy: NanPolicy = "raise",
+                       member: int | None = None) -> ComparisonInputs:
     """Forecast the test split of ``data`` with both models and build the references, all on the same times.
 
     The references are persistence, climatology and, for each model, the ridge regression on its inputs
@@ -115,8 +151,11 @@ def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: s
 
     Parameters
     ----------
-    baseline, upstream : ForecastModel
-        The two experiments, trained with the same split ratios.
+    baseline, upstream : ForecastModel or sequence of ForecastModel
+        The two experiments, trained with the same split ratios. A side with several models (trainings of one
+        configuration with different seeds) is forecast by each, and its forecast is their ensemble mean;
+        the members are kept for :func:`~convlstm.evaluation.seeds.compare_seeds`. One model a side is the
+        plain comparison.
     data : str or path
         The data whose test split is forecast (as cut in training): raw input, brought to the models' time
         step, or a prepared store.
@@ -131,20 +170,27 @@ def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: s
     ComparisonInputs
         The six forecasts and the observed downstream precipitation.
     """
-    for name, model in zip(EXPERIMENTS, (baseline, upstream)):
-        if model.experiment_type != name:
-            logger.warning("The %s model was trained as %s; using it as %s anyway.", name, model.experiment_type, name)
+    sides = {name: list(models) if isinstance(models, Sequence) else [models]
+             for name, models in zip(EXPERIMENTS, (baseline, upstream))}
+    baseline, upstream = sides["baseline"][0], sides["upstream"][0]  # the first member stands for its side's config
+    for name, models in sides.items():
+        for model in models:
+            if model.experiment_type != name:
+                logger.warning("The %s model was trained as %s; using it as %s anyway.", name, model.experiment_type, name)
     if (baseline.config.train_ratio, baseline.config.val_ratio) != (upstream.config.train_ratio, upstream.config.val_ratio):
         raise DataError("The two models were trained with different split ratios, so their test splits differ.")
     if baseline.config.time_step != upstream.config.time_step:
         raise DataError(f"The two models forecast different time steps ({baseline.config.time_step} h and "
                         f"{upstream.config.time_step} h), so their forecasts cannot be scored side by side.")
     opened = open_dataset(data, nan_policy=nan_policy, member=member, time_step=baseline.config.time_step)
-    forecasts = {name: _precip(model.predict_dataset(select_split(opened, "test", model.config), batch_size, nan_policy))
-                 for name, model in zip(EXPERIMENTS, (baseline, upstream))}
+    predicted = {name: [_precip(model.predict_dataset(select_split(opened, "test", model.config), batch_size, nan_policy))
+                        for model in models] for name, models in sides.items()}
     if nan_policy == "drop":  # the upstream model reads more cells, so it may have left out more windows
-        common = np.intersect1d(*(forecast["time"].values for forecast in forecasts.values()))
-        forecasts = {name: forecast.sel(time=common) for name, forecast in forecasts.items()}
+        common = functools.reduce(np.intersect1d, [f["time"].values for side in predicted.values() for f in side])
+        predicted = {name: [f.sel(time=common) for f in side] for name, side in predicted.items()}
+    several = any(len(models) > 1 for models in sides.values())
+    members = {name: _members(sides[name], predicted[name]) for name in EXPERIMENTS} if several else {}
+    forecasts = {name: ensemble_mean(members[name]) if several else predicted[name][0] for name in EXPERIMENTS}
     check_aligned(forecasts)
     times = forecasts["baseline"]["time"].values
     downstream = downstream_precipitation(opened, baseline.regions, opened["time"].values)  # read once
@@ -154,12 +200,15 @@ def inputs_from_models(baseline: ForecastModel, upstream: ForecastModel, data: s
     forecasts["persistence"] = persistence_forecast(downstream, times, _lead(forecasts["baseline"], opened))
     forecasts["climatology"] = climatology_forecast(train, times)
     notes = ["Climatology: mean of the training split by calendar month and hour, per grid cell."]
+    for name, side in members.items():
+        notes.append(f"{name}: the ensemble mean of {len(side)} trainings (seeds {', '.join(str(m.seed) for m in side)}; "
+                     f"runs {', '.join(m.name for m in side)}).")
     for name, model in zip(LINEAR, (baseline, upstream)):
         fit = ridge_forecast(opened, model.regions, model.include_upstream, model.config, times)
         forecasts[name] = fit.forecast
         notes.append(fit.describe(name))
     truth = downstream.sel(time=times)
-    return ComparisonInputs(truth, forecasts, f"test split of {opened.attrs.get('convlstm_source', data)}", notes)
+    return ComparisonInputs(truth, forecasts, f"test split of {opened.attrs.get('convlstm_source', data)}", notes, members)
 
 
 def inputs_from_files(baseline_predictions: str | os.PathLike[str], upstream_predictions: str | os.PathLike[str],
@@ -281,11 +330,14 @@ def compare(inputs: ComparisonInputs, output_dir: str | os.PathLike[str],
     if all(name in forecasts for name in LINEAR):  # the network's gain from upstream minus the ridge regressions'
         gap = gain_difference(*(continuous[name] for name in (*EXPERIMENTS, *LINEAR)), options)
         linear = {"estimate": gap.estimate, "low": gap.low, "high": gap.high, "excludes_zero": float(gap.excludes_zero)}
+    seeds = compare_seeds(truth, inputs.members, options) if inputs.members else None
     result = ComparisonResult(scores, differences, csi_bounds, rmse_by_time, verdict(scores, differences), options.n_boot,
-                              results["rmse_mm"].block_length, linear, linear_verdict(scores, linear))
+                              results["rmse_mm"].block_length, linear, linear_verdict(scores, linear), seeds)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     result.files = write_outputs(inputs, result, output_dir)
     logger.info("%s", result.verdict)
     logger.log(logging.INFO if linear else logging.WARNING, "%s", result.linear_verdict)
+    if seeds is not None:
+        logger.info("%s", seeds.verdict)
     return result

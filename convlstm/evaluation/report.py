@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 REPORT_NAME = "report.md"
 SCORES_NAME = "scores.csv"
+#: With several trainings a side: upstream − baseline for each pairing of seeds.
+SEEDS_NAME = "seeds.csv"
 FIGURES = ("rmse_difference_map.png", "case_maps.png", "csi_bars.png", "performance_diagram.png", "error_by_time.png")
 EXPERIMENTS = ("baseline", "upstream")
 REFERENCES = ("persistence", "climatology")
@@ -140,7 +142,9 @@ def headline_metrics(result: ComparisonResult) -> dict[str, float]:
         About ten values; NaN where undefined. The network's gain from upstream in % of the baseline's RMSE
         (``gain_rmse_pct``), and with the linear yardstick the ridge regressions' (``ridge_gain_rmse_pct``) and
         the network's gain minus the ridge's in mm (``gain_minus_ridge_gain_rmse_mm``, positive: the network
-        gains more).
+        gains more). With several trainings a side (then ``baseline`` and ``upstream`` are ensemble means) also
+        the RMSE difference over seeds: its mean, range and interval, and whether every seed gains
+        (:meth:`~convlstm.evaluation.seeds.SeedComparison.metrics`).
     """
     out = {f"{forecast}_{score}": float(result.scores[score].sel(forecast=forecast))
            for forecast in map(str, result.scores["forecast"].values) for score in HEADLINE_SCORES}
@@ -150,6 +154,8 @@ def headline_metrics(result: ComparisonResult) -> dict[str, float]:
     if result.linear is not None:
         out.update({"ridge_gain_rmse_pct": rmse_gain(result.scores, *LINEAR)[1],
                     "gain_minus_ridge_gain_rmse_mm": result.linear["estimate"]})
+    if result.seeds is not None:
+        out.update(result.seeds.metrics())
     return out
 
 
@@ -234,6 +240,28 @@ def linear_verdict(scores: xr.Dataset, linear: dict[str, float] | None) -> str:
             f"{linear['estimate']:+.3f} mm, 95 % CI [{linear['low']:+.3f}, {linear['high']:+.3f}] mm, which {noise}.")
 
 
+def _seeds_section(result: ComparisonResult) -> str:
+    """The report's section on the spread between trainings: the per-pairing table, then the verdict."""
+    seeds = result.seeds
+    if seeds is None:
+        return ""
+    how = ("each baseline training is paired with the upstream training of the same seed" if seeds.pairing == "by seed" else
+           "every baseline member is paired with every upstream member (the two sides do not hold the same seeds)")
+    table = seeds.table.drop(columns=["baseline_run", "upstream_run"]).set_index(["baseline_seed", "upstream_seed"]) + 0.0
+    return f"""## Upstream − baseline over seeds
+
+`baseline` and `upstream` above are the ensemble means of each side's trainings. Here each training is scored on
+its own: pairing {seeds.pairing} ({how}). The interval resamples forecast times in blocks of {seeds.block_length}
+steps and, at the same time, the trainings (the seed pairs, or each side's members), {seeds.n_boot} times, so it
+holds both the sampling of times and the spread between seeds.
+
+{table.to_markdown(floatfmt="+.4f")}
+
+**{seeds.verdict}**
+
+"""
+
+
 def _linear_section(result: ComparisonResult) -> str:
     """The report's answer to :data:`LINEAR_QUESTION`: both gains side by side, then the verdict."""
     if result.linear is None:
@@ -266,7 +294,7 @@ def write_outputs(inputs: ComparisonInputs, result: ComparisonResult, output_dir
     Returns
     -------
     list of pathlib.Path
-        The figures (:data:`FIGURES`), then ``scores.csv`` and ``report.md``.
+        The figures (:data:`FIGURES`), then ``scores.csv``, ``seeds.csv`` (several trainings a side) and ``report.md``.
     """
     output_dir, table, truth = Path(output_dir), _score_table(result.scores), inputs.truth
     main = table[[c for c in _REPORT_COLUMNS if c in table.columns]] + 0.0  # + 0.0: no "-0.000"
@@ -276,12 +304,13 @@ def write_outputs(inputs: ComparisonInputs, result: ComparisonResult, output_dir
         orient="index").rename_axis("score")
     first, last = (str(np.datetime_as_string(t, unit="m")).replace("T", " ") for t in truth["time"].values[[0, -1]])
     notes = "\n".join("- " + note for note in inputs.notes)
+    over_seeds = "" if result.seeds is None else f"\n\n**Over seeds.** {result.seeds.verdict}"
     text = f"""# Upstream vs baseline: comparison report
 
 Scored on {truth.sizes['time']} forecast times ({first} to {last}),
 {truth.sizes['lat']} × {truth.sizes['lon']} downstream grid cells; {inputs.source}.
 
-**Verdict.** {result.verdict}
+**Verdict.** {result.verdict}{over_seeds}
 
 ## Scores (mm per step; skill = 1 − RMSE / RMSE of the reference)
 
@@ -294,7 +323,7 @@ autocorrelation). Negative RMSE and positive CSI differences favour the upstream
 
 {diffs.to_markdown(floatfmt="+.4f")}
 
-## {LINEAR_QUESTION}
+{_seeds_section(result)}## {LINEAR_QUESTION}
 
 {_linear_section(result)}
 
@@ -302,8 +331,10 @@ autocorrelation). Negative RMSE and positive CSI differences favour the upstream
 
 Full table: `{SCORES_NAME}`. Figures: {', '.join(f'`{name}`' for name in FIGURES)}.
 """
+    seeds = [] if result.seeds is None else [
+        atomic_write_bytes(output_dir / SEEDS_NAME, result.seeds.table.to_csv(index=False).encode())]
     return [*_figures(inputs, result, output_dir), atomic_write_bytes(output_dir / SCORES_NAME, table.to_csv().encode()),
-            atomic_write_bytes(output_dir / REPORT_NAME, text.encode())]
+            *seeds, atomic_write_bytes(output_dir / REPORT_NAME, text.encode())]
 
 
 def _figures(inputs: ComparisonInputs, result: ComparisonResult, output_dir: Path) -> list[Path]:

@@ -30,7 +30,7 @@ from convlstm.tracking.runs import (
     timestamped,
 )
 from convlstm.tracking.store import check_tracking_store
-from convlstm.tracking.uris import resolve_model
+from convlstm.tracking.uris import resolve_members, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ INFER_METRIC_PREFIX = "infer/"
 #: Table artifacts (``mlflow.log_table``; read back with ``mlflow.load_table``): every score of every forecast,
 #: one row per forecast and score; upstream − baseline per score with its 95 % interval.
 SCORES_TABLE, DIFFERENCES_TABLE = "scores_table.json", "differences_table.json"
+#: With several trainings a side: upstream − baseline for each pairing of seeds (``SeedComparison.table``).
+SEEDS_TABLE = "seeds_table.json"
 
 
 def _load_model(reference: str, run: RunSettings) -> ForecastModel:
@@ -139,6 +141,8 @@ def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
     curves), and the per-threshold, per-window scores of all the forecasts are the tables
     :data:`SCORES_TABLE` and :data:`DIFFERENCES_TABLE`. The two verdicts are the tags ``verdict`` and
     ``linear_verdict`` (does the network use the upstream information at least as well as a linear model?).
+    With several trainings a side, the per-pairing differences are the table :data:`SEEDS_TABLE` and whether
+    the gain holds for every seed the tag ``seed_verdict``.
 
     Parameters
     ----------
@@ -153,12 +157,19 @@ def log_comparison(result: ComparisonResult, params: dict[str, Any]) -> None:
     mlflow.set_tag("linear_verdict", result.linear_verdict[:5000])
     mlflow.log_table(score_rows(result.scores), SCORES_TABLE)
     mlflow.log_table(difference_rows(result.differences), DIFFERENCES_TABLE)
+    if result.seeds is not None:
+        mlflow.set_tag("seed_verdict", result.seeds.verdict[:5000])
+        mlflow.log_table(result.seeds.table, SEEDS_TABLE)
     for path in result.files:
         mlflow.log_artifact(str(path))
 
 
 def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
     """Compare two models (or two predictions files) inside an MLflow comparison run.
+
+    Each side may be several trainings (a parent run, or run ids separated by commas): then each side's
+    forecast is its ensemble mean and the report adds the difference over seeds
+    (:func:`~convlstm.evaluation.seeds.compare_seeds`); the registry aliases are set for one model a side only.
 
     Parameters
     ----------
@@ -177,19 +188,22 @@ def compare_tracked(settings: CompareSettings) -> tuple[ComparisonResult, Path]:
     name = timestamped("compare")
     out, log_path = _start(settings.output_dir, name, "compare.log", settings.run)
     run_ids: dict[str, str | None] = {"baseline": None, "upstream": None}
+    first_run = None  # the experiment of the (first) baseline training is where the comparison lands
     if settings.uses_files:
         inputs = inputs_from_files(settings.baseline_predictions, settings.upstream_predictions, settings.ground_truth)
     else:
-        loaded = {kind: _load_model(str(reference), settings.run) for kind, reference in models.items()}
-        run_ids = {kind: model.run_id for kind, model in loaded.items()}
+        loaded = {kind: [_load_model(member, settings.run) for member in resolve_members(str(reference))]
+                  for kind, reference in models.items()}
+        run_ids = {kind: ",".join(model.run_id or "" for model in side) or None for kind, side in loaded.items()}
+        first_run = loaded["baseline"][0].run_id
         inputs = inputs_from_models(loaded["baseline"], loaded["upstream"], settings.data or demo_data_path(),
                                     settings.run.batch_size, settings.run.nan_policy, settings.run.member)  # type: ignore[arg-type]
     tags = {"run_type": "comparison", **{f"{kind}_run_id": rid or "" for kind, rid in run_ids.items()}}
-    with managed_run(None, name, _experiment(settings.run, run_ids["baseline"]), tags, log_path):
+    with managed_run(None, name, _experiment(settings.run, first_run), tags, log_path):
         result = compare(inputs, out, tuple(settings.thresholds), tuple(settings.fss_windows), settings.n_boot,
                          settings.block_length)
         log_comparison(result, settings_params(settings))
-        if not settings.uses_files and settings.set_aliases and all(run_ids.values()):
+        if not settings.uses_files and settings.set_aliases and all(run_ids.values()) and result.seeds is None:
             set_champion(run_ids, {kind: float(result.scores["rmse_mm"].sel(forecast=kind)) for kind in run_ids},  # type: ignore[arg-type]
                          settings.registered_model_name)
     return result, out / "report.md"

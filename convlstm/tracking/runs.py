@@ -157,7 +157,8 @@ def experiment_of_run(run_id: str) -> str | None:
 
 @contextmanager
 def managed_run(run_id: str | None, run_name: str | None, experiment_name: str | None, tags: dict[str, str],
-                log_path: Path | None = None, system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+                log_path: Path | None = None, system_metrics: bool = False,
+                nested: bool = False) -> Iterator[mlflow.ActiveRun]:
     """Start (or continue) a run; end it FINISHED, or FAILED (KILLED on Ctrl-C or SIGTERM) with the error as a tag.
 
     Parameters
@@ -176,14 +177,17 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
         The command's log file, logged as an artifact at the end either way.
     system_metrics : bool
         Whether MLflow samples CPU, memory and GPU use.
+    nested : bool
+        Start a new run as a child of the active run, in its experiment (a seed of an ensemble).
 
     Yields
     ------
     mlflow.ActiveRun
         The active run.
     """
-    env_run_id = os.environ.get("MLFLOW_RUN_ID")
-    if experiment_name and run_id is None and env_run_id is None:
+    parent = mlflow.active_run() if nested else None
+    env_run_id = None if parent else os.environ.get("MLFLOW_RUN_ID")
+    if experiment_name and run_id is None and env_run_id is None and parent is None:
         mlflow.set_experiment(experiment_name)
     if run_id and env_run_id and env_run_id != run_id:
         client = MlflowClient()
@@ -192,7 +196,11 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
         os.environ.pop("MLFLOW_RUN_ID")
     if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):  # MLflow's own setting wins
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
-    run = mlflow.start_run(run_id=run_id, run_name=run_name, log_system_metrics=system_metrics)
+    if parent is not None:
+        run = mlflow.start_run(run_name=run_name, experiment_id=parent.info.experiment_id, nested=True,
+                               log_system_metrics=system_metrics)
+    else:
+        run = mlflow.start_run(run_id=run_id, run_name=run_name, log_system_metrics=system_metrics)
     try:
         if run_name and env_run_id and not run_id:
             mlflow.set_tag("mlflow.runName", run_name)

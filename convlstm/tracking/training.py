@@ -146,7 +146,7 @@ class TrackedTraining:
         return Path(str(self.settings.output_dir))
 
 
-def train_tracked(settings: TrainSettings, num_epochs: int | None = None) -> TrackedTraining:
+def train_tracked(settings: TrainSettings, num_epochs: int | None = None, nested: bool = False) -> TrackedTraining:
     """Train one experiment inside an MLflow run (a new one, or the one a resumed checkpoint belongs to).
 
     Parameters
@@ -159,6 +159,8 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None) -> Tra
         which continues a run that ended. A FINISHED run resumed without it is refused: there is nothing
         left to train, and finishing it again would log its final metrics twice and register a second
         copy of its model.
+    nested : bool
+        Train as a child run of the active run (one seed of an ensemble, :mod:`convlstm.tracking.ensemble`).
 
     Returns
     -------
@@ -184,8 +186,9 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None) -> Tra
     data = settings.data or str(demo_data_path())
     tags = {"experiment_type": settings.experiment_type, "include_upstream": str(settings.include_upstream).lower(),
             "run_type": "training", **({"num_epochs_extended_to": str(num_epochs)} if extend else {})}
-    with managed_run(run_id, None if run_id else timestamped(settings.experiment_type), settings.experiment_name, tags,
-                     log_path, system_metrics=True) as run:
+    name = f"{settings.experiment_type}-seed{settings.model.seed}" if nested else settings.experiment_type
+    with managed_run(run_id, None if run_id else timestamped(name), settings.experiment_name, tags,
+                     log_path, system_metrics=True, nested=nested) as run:
         tracker = MlflowTracker(run.info.run_id, settings)
         if settings.resume:
             tracker.backfill_history(trained.history)

@@ -125,3 +125,48 @@ def resolve_model(reference: str) -> tuple[Path, Path | None]:
             f"Cannot find a model at {reference!r}: pass a checkpoint file, a training output directory, a training run id, "
             f"runs:/<run id> or models:/<name>/<version> (tracking store {mlflow.get_tracking_uri()})."
         ) from exc
+
+
+def resolve_members(reference: str) -> list[str]:
+    """The trainings one side of a comparison names: one model, a parent run, or several, comma-separated.
+
+    A run with child runs (an ensemble of seeds, or a sweep) stands for its FINISHED child training runs, in
+    the order of their seeds; anything else (a checkpoint, a URI, a run without children) is one model.
+
+    Parameters
+    ----------
+    reference : str
+        What ``--baseline`` or ``--upstream`` was given, e.g. ``<run id>``, ``<parent run id>`` or
+        ``<run id>,<run id>,<run id>``.
+
+    Returns
+    -------
+    list of str
+        One reference per model, each for :func:`resolve_model`.
+    """
+    members = [member for item in reference.split(",") if item.strip() for member in _children_or_self(item.strip())]
+    if not members:
+        raise ModelError(f"No model in {reference!r}: name a run id, a parent run id, or several run ids separated by commas.")
+    return members
+
+
+def _children_or_self(reference: str) -> list[str]:
+    """A parent run's FINISHED child training runs (by seed), or ``[reference]`` for anything else."""
+    if Path(reference).exists() or ":/" in reference:
+        return [reference]
+    client = MlflowClient()
+    try:
+        run = client.get_run(reference)
+    except Exception:  # noqa: BLE001 - not a run: resolve_model says what it may be
+        return [reference]
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{reference}'", max_results=1000)
+    if not children:
+        return [reference]
+    finished = [c for c in children if c.info.status == "FINISHED" and c.data.tags.get("run_type") == "training"]
+    if not finished:
+        raise ModelError(f"Run {reference} is a parent run without a FINISHED child training run; name finished runs instead.")
+    if len(finished) < len(children):
+        logger.warning("Parent run %s: using its %d FINISHED child training runs of %d.", reference, len(finished),
+                       len(children))
+    finished.sort(key=lambda c: (int(c.data.params.get("seed", 0)), c.info.start_time))
+    return [c.info.run_id for c in finished]
