@@ -185,7 +185,8 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None, nested
     configure_logging(settings.log_level, log_path)
     data = settings.data or str(demo_data_path())
     tags = {"experiment_type": settings.experiment_type, "include_upstream": str(settings.include_upstream).lower(),
-            "run_type": "training", **({"num_epochs_extended_to": str(num_epochs)} if extend else {})}
+            "run_type": "training", **({"num_epochs_extended_to": str(num_epochs)} if extend else {}),
+            **({"seed": str(settings.model.seed)} if nested else {})}  # a seed that fails before its params are logged
     name = f"{settings.experiment_type}-seed{settings.model.seed}" if nested else settings.experiment_type
     with managed_run(run_id, None if run_id else timestamped(name), settings.experiment_name, tags,
                      log_path, system_metrics=True, nested=nested) as run:
