@@ -25,7 +25,7 @@ from convlstm.tracking.ensemble import ENSEMBLE_PREFIX, SEEDS_TABLE
 from convlstm.tracking.reports import METRIC_PREFIX
 from convlstm.tracking.reports import SEEDS_TABLE as COMPARE_SEEDS_TABLE
 from convlstm.tracking.uris import resolve_members
-from tests.integration.workspace import TINY_ARGS, all_runs, artifact_paths, invoke, tracking_environment
+from tests.integration.workspace import TINY_ARGS, all_runs, artifact_paths, invoke, mlflow_run, tracking_environment
 
 SEEDS = (0, 1)
 N_BOOT = 200
@@ -158,3 +158,17 @@ def test_compare_two_ensembles_reports_the_difference_over_seeds(ensembles, tiny
     for kind in parents:
         assert metrics[f"{kind}_rmse_mm"] == pytest.approx(float(reference.scores["rmse_mm"].sel(forecast=kind)), abs=1e-6)
     assert metrics["seeds_delta_rmse_mm_ci_low"] == pytest.approx(reference.seeds.low, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_mlflow_run_with_seeds_makes_its_own_run_the_parent(tracked: Path, tiny_nc: Path) -> None:
+    params = {"data": tiny_nc, "output_dir": tracked / "out", "hidden_channels": "4,8", "batch_size": 8,
+              "num_epochs": 1, "visualize": "false", "seeds": "0,1"}
+    done = mlflow_run(tracked, "train", params, "e")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient()
+    runs = all_runs(client)
+    (parent,) = [run for run in runs if run.data.tags.get("run_type") == "ensemble"]
+    assert len(runs) == 3 and {run.info.status for run in runs} == {"FINISHED"}
+    assert parent.data.params["seeds"] == "0,1"  # as -P gave it, not shell-quoted
+    assert [run.data.params["seed"] for run in children(client, parent)] == ["0", "1"]
