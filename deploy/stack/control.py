@@ -190,7 +190,9 @@ def _start(layout: Layout, parts: list[str], ports: dict[str, int | None], worke
     try:
         for part in parts:
             if running[part] is not None:
-                logger.info("%s already runs (pid %d, port %d).", part, running[part].pid, state.ports[part])
+                logger.info("%s already runs (pid %d, port %d); checking that it answers.", part, running[part].pid,
+                            state.ports[part])
+                _wait_ready(part, layout, running[part], state, secrets)
                 continue
             part_began = time.monotonic()
             if part == "postgres":
