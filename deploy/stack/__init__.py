@@ -2,7 +2,7 @@
 backend store, and the users of MLflow's basic-auth app), an S3-compatible object store (``rclone serve
 s3``, the artifacts) and ``mlflow server`` with authentication in front of both.
 
-``deploy/tracking-server`` is its command line (``python -m deploy.stack``); the tests start and stop
+``deploy/tracking-server`` is its command line (``python -m deploy.tracking_server``); the tests start and stop
 the same stack through :func:`start` and :func:`stop`.
 """
 

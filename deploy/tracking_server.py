@@ -1,4 +1,5 @@
-"""``deploy/tracking-server start|stop|status|env DIR``: the command line of :mod:`deploy.stack`."""
+"""``deploy/tracking-server start|stop|status|env DIR``: the command line of :mod:`deploy.stack` (kept outside
+the package, so that a Python without its dependencies gets one line instead of a traceback)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import shlex
 import sys
 import time
 
-import click
+try:
+    import click
 
-from deploy.stack.control import Stack, start, status, stop
-from deploy.stack.layout import DEFAULT_USER, PARTS, USERS, StackError
+    from deploy.stack.control import Stack, start, status, stop
+    from deploy.stack.layout import DEFAULT_USER, PARTS, USERS, StackError
+except ImportError as exc:  # the wrong Python: one line, not a traceback
+    sys.exit(f"Error: {exc.name} is not installed for {sys.executable}: activate the project's environment, or "
+             "pip install -e '.[server]' (or set PYTHON to the interpreter that has it).")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 ONLY = click.option("--only", type=click.Choice(PARTS), multiple=True,
@@ -96,7 +101,7 @@ def env_command(directory: str, user: str) -> None:
 def run() -> None:
     """Run the command line; a :class:`StackError` is one line on stderr and exit status 1."""
     try:
-        main.main(standalone_mode=False)
+        main.main(prog_name="deploy/tracking-server", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
