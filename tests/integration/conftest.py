@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from convlstm.data.demo import write_demo_dataset
 from convlstm.forecast import ForecastModel, load_forecast_model
+from tests.integration.server_stack import session_stack
 from tests.integration.workspace import PAIR_ENV, Workspace, all_runs, start_pair, tracking_environment, wait_for_pair
 
 
@@ -75,3 +76,13 @@ def tracked(workdir: Path, empty_store: Path) -> Path:
     shutil.copyfile(empty_store, workdir / "mlflow.db")
     assert all_runs(MlflowClient()) == []
     return workdir
+
+
+@pytest.fixture(scope="session")
+def server_stack() -> Iterator[object]:
+    """The team's tracking server (``deploy/stack``: PostgreSQL, an S3 object store, MLflow with basic auth)
+    in a temporary directory, started once per session by the code behind ``deploy/tracking-server`` and
+    stopped at the end, with a check that none of its processes is left. Skipped where PostgreSQL or the
+    server extra is missing, unless ``CONVLSTM_REQUIRE_SERVER_STACK=1``."""
+    with session_stack() as stack:
+        yield stack

