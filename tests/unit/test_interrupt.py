@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from convlstm.checkpoint import LAST_NAME, load_checkpoint
 from convlstm.cli import run_cli
 from convlstm.data.demo import write_demo_dataset
+from convlstm.data.epoch_order import run_shuffled
 from convlstm.errors import Interrupted
 from convlstm.interrupt import catching_signals
 from convlstm.training.trainer import TrainingCallback
@@ -88,7 +89,7 @@ def test_sigterm_mid_epoch_finishes_the_step_writes_last_pt_and_training_resumes
     before = signal.getsignal(signal.SIGTERM)
     # window fetched for the second batch of epoch 1 (shuffled: pick by position in the first epoch's order)
     data = SignalOnItem(prepared.train, at=-1, signum=signal.SIGTERM)
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(trainer.config.seed)).tolist()
+    order = run_shuffled(len(data), torch.Generator().manual_seed(trainer.config.seed))
     data.at = order[trainer.config.batch_size]
     with pytest.raises(Interrupted) as caught:
         trainer.fit(data, prepared.val)
