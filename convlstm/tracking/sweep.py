@@ -220,8 +220,10 @@ def _sweep_one(settings: SweepSettings, include_upstream: bool, space: list[Dime
 
 def _open_study(settings: SweepSettings, study_name: str, storage_url: str, space: list[Dimension]) -> optuna.Study:
     """Create the study, or load it and check it was made with the same space and objective."""
-    storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=settings.heartbeat_s,
-                                         grace_period=2 * settings.heartbeat_s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=settings.heartbeat_s,
+                                             grace_period=2 * settings.heartbeat_s)
     space_text = json.dumps([dataclasses.asdict(d) for d in space], sort_keys=True)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     done = existing[study_name].n_trials if study_name in existing else 0
