@@ -21,6 +21,7 @@ from convlstm.errors import TrainingDiverged
 from convlstm.tracking import sweep as tracking_sweep
 from convlstm.tracking import training as tracking_training
 from convlstm.tracking.sweep import BEST_TRIAL, HISTORY_PLOT, IMPORTANCE_PLOT, SWEEP_PREFIX, TRIALS_TABLE
+from convlstm.tracking.uris import resolve_members
 from tests.integration.workspace import all_runs, artifact_paths, invoke, subprocess_env
 
 TINY = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1", "--visualize", "false"]
@@ -84,6 +85,7 @@ def test_a_tiny_sweep_is_one_parent_with_a_child_per_trial_and_registers_the_bes
     versions = client.search_model_versions("name='convlstm-precipitation'")
     assert [v.run_id for v in versions] == [best]
     assert parent.data.tags["registered_model"] == f"convlstm-precipitation/{versions[0].version}"
+    assert resolve_members(parent.info.run_id) == [best]  # compare takes a sweep's parent as its best trial
 
     # the same command again: the study is complete, the same parent run is summarized again, nothing added
     assert invoke(sweep, sweep_args(tiny_nc, space, 3)) == 0
