@@ -1,7 +1,7 @@
 """Every setting of every entry point, each defined once: type, default, range and help.
 
 ``ConvLSTMConfig`` (the model and how it is trained) and ``RegionConfig`` (the two regions) are the
-configs that go into checkpoints and rebuild a model; ``TrainSettings``, ``InferSettings``,
+configs that go into checkpoints and rebuild a model; ``TrainSettings``, ``SweepSettings``, ``InferSettings``,
 ``CompareSettings`` and ``MakeDataSettings`` are what each entry point takes. The click options, the
 MLproject parameters and the validation are derived from these classes (``convlstm.settings``), so
 to change a default, a range or a help text, change it here and regenerate ``MLproject`` with
@@ -266,6 +266,51 @@ class TrainSettings(Settings):
     def experiment_type(self) -> str:
         """``upstream`` or ``baseline``: the tag that tells the two experiments apart."""
         return "upstream" if self.include_upstream else "baseline"
+
+
+EXPERIMENTS = ("one", "both")
+SWEEP_OBJECTIVES = ("val_rmse_mm", "val_loss")
+_SWEEP = "Sweep (Optuna)"
+
+
+@dataclass
+class SweepSettings(TrainSettings):
+    """The ``sweep`` entry point: an Optuna study over the training settings, each trial a child training run.
+
+    The training flags are the base configuration: the values the search space does not vary, and the first
+    trial of a new study (the defaults, as far as the space holds them). ``--output-dir`` holds the study's
+    SQLite storage and one folder per trial.
+
+    Its Parameters section is appended from the fields' help texts (see :class:`~convlstm.settings.Settings`).
+    """
+
+    output_dir: str | None = setting(None, "Holds the study (optuna.db) and one folder per trial; rerun with the same "
+                                           "folder to continue the study. Default: outputs/sweep-<experiment>.",
+                                     group=_DATA)
+    seeds: list[int] | None = setting(None, "Not used by a sweep.", low=0, cli=False, mlproject=False)
+    resume: str | None = setting(None, "Not used by a sweep: rerun the same command to continue it.", cli=False,
+                                 mlproject=False)
+    registered_model_name: str = _registered_model_name(
+        "Register the best trial's model under this name ('' to skip); trials themselves register nothing.")
+    experiments: str = setting("one", "one: the experiment --include-upstream chooses; both: the baseline, then the "
+                                      "upstream experiment, with the same budget and search space.",
+                               choices=EXPERIMENTS, group=_SWEEP)
+    n_trials: int = setting(20, "Trials each study runs to in all (complete and pruned; a failed trial does not count: rerun to make it up).",
+                            low=1, group=_SWEEP)
+    space: str | None = setting(None, "A YAML search space (see convlstm/tuning/space.yaml, the default).", group=_SWEEP)
+    objective: str = setting("val_rmse_mm", "What is minimized: the best epoch's validation RMSE (mm), or its "
+                                            "val_loss (which --high-precip-weight changes, so not comparable when the "
+                                            "space varies it). The pruner is fed the same metric each epoch.",
+                             choices=SWEEP_OBJECTIVES, group=_SWEEP)
+    study_name: str | None = setting(None, "Default: <MLflow experiment>-<baseline|upstream>.", group=_SWEEP)
+    study_storage: str | None = setting(None, "An Optuna RDB URL. Default: sqlite:///<output dir>/optuna.db.",
+                                        group=_SWEEP)
+    pruner_startup_trials: int = setting(5, "The median pruner prunes nothing until this many trials finished.", low=0,
+                                         group=_SWEEP)
+    pruner_warmup_epochs: int = setting(2, "Epochs of each trial the median pruner never prunes.", low=0, group=_SWEEP)
+    heartbeat_s: int = setting(30, "A running trial writes a heartbeat this often; one silent for twice as long (its "
+                                   "process was killed) is marked failed when a sweep on the study next starts a trial.",
+                               low=1, group=_SWEEP)
 
 
 @dataclass

@@ -10,12 +10,19 @@ line reads as "not given". No default needs shell quotes: MLflow 3's launcher lo
 
 from __future__ import annotations
 
-from convlstm.config import CompareSettings, InferSettings, MakeDataSettings, PrepareSettings, TrainSettings
+from convlstm.config import (
+    CompareSettings,
+    InferSettings,
+    MakeDataSettings,
+    PrepareSettings,
+    SweepSettings,
+    TrainSettings,
+)
 from convlstm.settings import Field, as_text, fields_of
 
 #: Entry point name → its settings class (the command is ``python -m entrypoints.<name>``).
-ENTRY_POINTS: dict[str, type] = {"prepare": PrepareSettings, "train": TrainSettings, "infer": InferSettings,
-                                 "compare": CompareSettings, "make_data": MakeDataSettings}
+ENTRY_POINTS: dict[str, type] = {"prepare": PrepareSettings, "train": TrainSettings, "sweep": SweepSettings,
+                                 "infer": InferSettings, "compare": CompareSettings, "make_data": MakeDataSettings}
 
 HEADER = """\
 # Generated from convlstm/config.py by `python -m convlstm.mlproject > MLproject`; edit the settings there.

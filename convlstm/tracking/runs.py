@@ -155,6 +155,25 @@ def experiment_of_run(run_id: str) -> str | None:
         return None
 
 
+def ended_status(exc: BaseException) -> str:
+    """The status a run ends with when ``exc`` stops it: KILLED for a stop (a signal, or an exception whose
+    ``run_status`` says so, e.g. a pruned sweep trial), FAILED for a failure.
+
+    Parameters
+    ----------
+    exc : BaseException
+        What stopped the run.
+
+    Returns
+    -------
+    str
+        ``KILLED`` or ``FAILED``.
+    """
+    if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+        return "KILLED"
+    return str(getattr(exc, "run_status", "FAILED"))
+
+
 @contextmanager
 def managed_run(run_id: str | None, run_name: str | None, experiment_name: str | None, tags: dict[str, str],
                 log_path: Path | None = None, system_metrics: bool = False,
@@ -209,7 +228,7 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
     except BaseException as exc:
         mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
         log_file(log_path)
-        mlflow.end_run("KILLED" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "FAILED")
+        mlflow.end_run(ended_status(exc))
         raise
     log_file(log_path)
     mlflow.end_run("FINISHED")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,8 @@ class TrackedTraining:
         return Path(str(self.settings.output_dir))
 
 
-def train_tracked(settings: TrainSettings, num_epochs: int | None = None, nested: bool = False) -> TrackedTraining:
+def train_tracked(settings: TrainSettings, num_epochs: int | None = None, nested: bool = False,
+                  callbacks: Sequence[TrainingCallback] = (), tags: dict[str, str] | None = None) -> TrackedTraining:
     """Train one experiment inside an MLflow run (a new one, or the one a resumed checkpoint belongs to).
 
     Parameters
@@ -160,7 +162,12 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None, nested
         left to train, and finishing it again would log its final metrics twice and register a second
         copy of its model.
     nested : bool
-        Train as a child run of the active run (one seed of an ensemble, :mod:`convlstm.tracking.ensemble`).
+        Train as a child run of the active run (one seed of an ensemble, :mod:`convlstm.tracking.ensemble`;
+        a sweep's trial, :mod:`convlstm.tracking.sweep`).
+    callbacks : sequence of TrainingCallback
+        Further trainer callbacks, after the MLflow tracker (a sweep's pruner: it sees the epoch logged).
+    tags : dict of str to str, optional
+        Further tags of the run (a sweep's trial number), set when it starts.
 
     Returns
     -------
@@ -186,14 +193,14 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None, nested
     data = settings.data or str(demo_data_path())
     tags = {"experiment_type": settings.experiment_type, "include_upstream": str(settings.include_upstream).lower(),
             "run_type": "training", **({"num_epochs_extended_to": str(num_epochs)} if extend else {}),
-            **({"seed": str(settings.model.seed)} if nested else {})}  # a seed that fails before its params are logged
+            **({"seed": str(settings.model.seed)} if nested else {}), **(tags or {})}  # set before anything can fail
     name = f"{settings.experiment_type}-seed{settings.model.seed}" if nested else settings.experiment_type
     with managed_run(run_id, None if run_id else timestamped(name), settings.experiment_name, tags,
                      log_path, system_metrics=True, nested=nested) as run:
         tracker = MlflowTracker(run.info.run_id, settings)
         if settings.resume:
             tracker.backfill_history(trained.history)
-        outcome = run_training(settings, data, run_id=run.info.run_id, callbacks=[tracker],
+        outcome = run_training(settings, data, run_id=run.info.run_id, callbacks=[tracker, *callbacks],
                                on_data_ready=tracker.on_data_ready, extend=extend)
         tracker.log_outcome(outcome)
     return TrackedTraining(run.info.run_id, settings, outcome)

@@ -130,8 +130,8 @@ def resolve_model(reference: str) -> tuple[Path, Path | None]:
 def resolve_members(reference: str) -> list[str]:
     """The trainings one side of a comparison names: one model, a parent run, or several, comma-separated.
 
-    A run with child runs (an ensemble of seeds, or a sweep) stands for its FINISHED child training runs, in
-    the order of their seeds; anything else (a checkpoint, a URI, a run without children) is one model.
+    A run with child runs (an ensemble of seeds) stands for its FINISHED child training runs, in the order of
+    their seeds; a sweep's parent run for its best trial's run; anything else (a checkpoint, a URI, a run without children) is one model.
 
     Parameters
     ----------
@@ -159,6 +159,10 @@ def _children_or_self(reference: str) -> list[str]:
         run = client.get_run(reference)
     except Exception:  # noqa: BLE001 - not a run: resolve_model says what it may be
         return [reference]
+    if run.data.tags.get("run_type") == "sweep":  # a sweep's trials are not an ensemble: its best trial stands for it
+        if not run.data.tags.get("best_run_id"):
+            raise ModelError(f"Sweep run {reference} has no complete trial yet; continue the sweep, or name a trial run.")
+        return [run.data.tags["best_run_id"]]
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{reference}'", max_results=1000)
     if not children:
         return [reference]
