@@ -6,7 +6,7 @@ block once the training frames outgrew the cache (at 0.25°, 61 × 221 cells, a 
 pass in time order). So the order keeps runs of ``RUN_WINDOWS`` consecutive windows together, draws the runs
 in a random order, and shuffles the windows of each ``POOL_RUNS`` runs among themselves: a batch still mixes
 windows from several distant periods, and a reader needs only one pool's blocks at a time
-(:func:`pool_span_steps`). The same order serves windows held in memory, so that training from a store and
+(:func:`cache_blocks`). The same order serves windows held in memory, so that training from a store and
 from its netCDF give the same weights.
 """
 
@@ -34,10 +34,12 @@ def run_shuffled(n: int, generator: torch.Generator, run: int = RUN_WINDOWS, poo
     return order
 
 
-def pool_span_steps(steps_per_window: int) -> int:
-    """Time steps one run of windows reads, each window reading ``steps_per_window`` consecutive steps: a
-    reader that keeps ``POOL_RUNS`` such spans reads each block of a pool once."""
-    return RUN_WINDOWS + steps_per_window - 1
+def cache_blocks(steps_per_window: int, block_steps: int) -> int:
+    """Blocks of ``block_steps`` time steps a reader must keep so that each pool reads each of its blocks once,
+    each window reading ``steps_per_window`` consecutive steps: a run spans ``RUN_WINDOWS + steps_per_window - 1``
+    steps, so at most one block more than that many steps fill."""
+    run_steps = RUN_WINDOWS + steps_per_window - 1
+    return POOL_RUNS * (-(-run_steps // block_steps) + 1)
 
 
 class EpochOrder(Sampler[int]):

@@ -20,7 +20,7 @@ import xarray as xr
 
 from convlstm.config import RegionConfig
 from convlstm.data.dataset import WindowDataset
-from convlstm.data.epoch_order import POOL_RUNS, pool_span_steps
+from convlstm.data.epoch_order import cache_blocks
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.data.schema import VARIABLES
 from convlstm.data.stacking import missing_steps_lazily, stack_channels
@@ -83,10 +83,8 @@ class StoreWindowDataset(WindowDataset):
             chunk = int(self._opened[VARIABLES[0]].encoding.get("chunks", (1,))[0])
             frame_bytes = 4 * int(np.prod(self.input_shape[1:]))
             self._block_steps = chunk * max(1, BLOCK_BYTES // (chunk * frame_bytes))
-            # Each run of a pool spans at most this many blocks (its first one partly): the cache holds a pool's
-            # worth, dropping the least recently used, so an epoch reads each block about once per pool needing it.
-            run_blocks = -(-pool_span_steps(self.window_size + self.target_offset) // self._block_steps) + 1
-            self._max_blocks = POOL_RUNS * run_blocks
+            # A pool's worth, the least recently used dropped: an epoch reads each block about once per pool needing it.
+            self._max_blocks = cache_blocks(self.window_size + self.target_offset, self._block_steps)
         return self._opened
 
     def _block(self, index: int) -> np.ndarray:

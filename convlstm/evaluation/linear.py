@@ -227,7 +227,13 @@ def ridge_forecast(data: xr.Dataset, regions: RegionConfig, include_upstream: bo
                 error = np.maximum(model.predict(x[usable]), 0.0) - y[usable, None]
                 sse += (error * error).sum(axis=0)
                 count += int(usable.sum())
-            forecasts[:, :, i, j] = np.maximum(model.predict(fields.design(inputs["test"], i, j)), 0.0).T
+            x = fields.design(inputs["test"], i, j)
+            if not np.isfinite(x).all():
+                when = targets["test"][int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])]
+                raise DataError(f"The inputs of the forecast for {when} at downstream cell ({fields.lat[i]:g} °N, "
+                                f"{fields.lon[j]:g} °E) hold missing values, so the ridge regression cannot forecast "
+                                "it; fill the gaps with --nan-policy fill.")
+            forecasts[:, :, i, j] = np.maximum(model.predict(x), 0.0).T
     if count == 0:
         raise DataError("No validation window has finite inputs, so the ridge penalty cannot be chosen; fill the gaps "
                         "with --nan-policy fill.")

@@ -12,6 +12,7 @@ import numpy as np
 from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID, MLFLOW_EXPERIMENT_NAME
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from convlstm.cli import configure_logging
 from convlstm.config import CompareSettings, InferSettings, RunSettings
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: The comparison run's metric keys start with this: the MLflow UI's chart view puts them in a section of their own.
 METRIC_PREFIX = "compare/"
+#: The newest finished training runs searched for the latest one of its own (not a seed or a trial).
+LATEST_SEARCHED = 200
 #: The inference run's scores (``infer/rmse_mm``, ...): their own chart section, apart from the learning curves.
 INFER_METRIC_PREFIX = "infer/"
 #: Table artifacts (``mlflow.log_table``; read back with ``mlflow.load_table``): every score of every forecast,
@@ -123,11 +126,15 @@ def latest_training_runs(experiment_name: str | None) -> dict[str, str]:
     found = {}
     for kind in ("baseline", "upstream"):
         runs = client.search_runs([experiment_id], f"tags.run_type = 'training' and tags.experiment_type = '{kind}' "
-                                  "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
-        if not runs:
-            raise TrackingError(f"No finished {kind} training run in experiment {experiment_id}; train one, or pass "
-                                f"--{kind} <run id>.")
-        found[kind] = runs[0].info.run_id
+                                  "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                                  max_results=LATEST_SEARCHED)
+        # A seed of an ensemble or a trial of a sweep is one member of its parent, not a training of its own.
+        alone = [run for run in runs if MLFLOW_PARENT_RUN_ID not in run.data.tags]
+        if not alone:
+            raise TrackingError(f"No finished {kind} training run of its own in experiment {experiment_id} (seeds of "
+                                f"an ensemble and sweep trials are not picked); train one, or pass --{kind} <run id> "
+                                "(an ensemble's or a sweep's parent run id works).")
+        found[kind] = alone[0].info.run_id
     logger.info("Comparing the latest runs: baseline %s, upstream %s.", found["baseline"], found["upstream"])
     return found
 

@@ -33,7 +33,7 @@ from convlstm.errors import ConfigError, TrainingDiverged  # noqa: E402
 from convlstm.settings import as_text  # noqa: E402
 from convlstm.training.trainer import TrainingCallback  # noqa: E402
 from convlstm.tracking.registry import describe_version  # noqa: E402
-from convlstm.tracking.runs import log_new_params, managed_run, settings_params, timestamped  # noqa: E402
+from convlstm.tracking.runs import ended_status, log_new_params, managed_run, settings_params, timestamped  # noqa: E402
 from convlstm.tracking.store import check_tracking_store  # noqa: E402
 from convlstm.tracking.training import train_tracked  # noqa: E402
 from convlstm.tuning.space import Dimension, apply, base_params, load_space  # noqa: E402
@@ -47,7 +47,7 @@ BEST_TRIAL = "best_trial.json"
 HISTORY_PLOT = "optimization_history.png"
 IMPORTANCE_PLOT = "param_importances.png"
 LOG_NAME = "sweep.log"
-#: Trial run tag: ``running`` while it trains, then ``complete``, ``pruned`` or ``failed``.
+#: Trial run tag: ``running`` while it trains, then ``complete``, ``pruned``, ``failed`` or ``killed`` (a signal).
 STATE_TAG = "sweep_state"
 #: Study user attributes: the parent run, and what the study was made with (a rerun must not change them).
 PARENT_ATTR, SPACE_ATTR, OBJECTIVE_ATTR = "mlflow_parent_run_id", "space", "objective"
@@ -312,13 +312,15 @@ class _Objective:
         return float(value)
 
     def _mark_failed(self, number: int, exc: BaseException) -> None:
-        """Tag the failed trial's run (if it started) ``sweep_state=failed``; managed_run has ended it."""
-        logger.warning("Trial %d failed: %s", number, exc)
+        """Tag the trial's run (if it started) ``sweep_state=failed``, or ``killed`` when a signal stopped it (its
+        run ended KILLED); managed_run has ended it."""
+        state = "killed" if ended_status(exc) == "KILLED" else "failed"
+        logger.warning("Trial %d %s: %s", number, state, exc)
         runs = MlflowClient().search_runs(
             [mlflow.active_run().info.experiment_id],  # type: ignore[union-attr]
             f"tags.sweep_study = '{self.study_name}' and tags.sweep_trial = '{number}'")
         for run in runs:
-            MlflowClient().set_tag(run.info.run_id, STATE_TAG, "failed")
+            MlflowClient().set_tag(run.info.run_id, STATE_TAG, state)
 
 
 def _trial_run_ids(study: optuna.Study, experiment_id: str) -> dict[int, str]:

@@ -355,11 +355,10 @@ class Trainer:
         asked for, live as long as the loader. By default there are none, from memory as from a store: in the
         epoch's order a store's windows come from cached blocks, and a worker's hand-over of a batch through
         its pipe (``_numpy_batch``) cost more than reading it (0.25°: 18 against 60–80 windows/s)."""
-        workers = self.num_workers
         return DataLoader(
             data, batch_size=self.config.batch_size, sampler=EpochOrder(len(data), self.generator if shuffle else None),  # type: ignore[arg-type]
-            num_workers=workers, pin_memory=self.pin_memory, persistent_workers=bool(workers),
-            collate_fn=_numpy_batch if workers else None,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=bool(self.num_workers),
+            collate_fn=_numpy_batch if self.num_workers else None,
         )
 
     def _to_device(self, inputs: torch.Tensor | WindowBatch | np.ndarray, targets: torch.Tensor | np.ndarray

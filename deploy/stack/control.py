@@ -28,7 +28,8 @@ from deploy.stack.layout import (
     load_secrets,
     write_credentials,
 )
-from deploy.stack.processes import check_port, family, find, free_port, living, record, terminate
+from convlstm.scoring_client import free_port
+from deploy.stack.processes import check_port, family, find, living, record, terminate
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,11 @@ class Stack:
         Each part's port on 127.0.0.1.
     users : dict of str to str
         User name to password (``admin``, ``researcher``, ``reader``).
-    s3_keys : tuple of str
-        The object store's access key and secret (only the MLflow server needs them).
     """
 
     root: Path
     ports: dict[str, int]
     users: dict[str, str]
-    s3_keys: tuple[str, str]
 
     @property
     def layout(self) -> Layout:
@@ -63,10 +61,6 @@ class Stack:
     @property
     def tracking_uri(self) -> str:
         return mlflow_server.url(self.ports["mlflow"])
-
-    @property
-    def s3_endpoint(self) -> str:
-        return objectstore.endpoint(self.ports["s3"])
 
     @property
     def bucket_dir(self) -> Path:
@@ -215,7 +209,7 @@ def _start(layout: Layout, parts: list[str], ports: dict[str, int | None], worke
             _stop(layout, started, state, quiet=True)
         raise
     state.save(layout)
-    stack = Stack(layout.root, dict(state.ports), dict(secrets["users"]), (access, secret))
+    stack = Stack(layout.root, dict(state.ports), dict(secrets["users"]))
     write_credentials(layout, stack.tracking_uri, stack.users)
     logger.info("Stack ready in %.1f s.", time.monotonic() - began)
     return stack
@@ -324,5 +318,3 @@ def processes(root: Path | str) -> list[psutil.Process]:
             found.update({member.pid: member for member in living(family(part.process))})
     return list(found.values())
 
-
-__all__ = ["BUCKET", "PartStatus", "Stack", "processes", "start", "status", "stop"]

@@ -111,8 +111,13 @@ def start(layout: Layout, bin_dir: Path, port: int) -> psutil.Process:
         The postmaster.
     """
     options = f"-p {port} -k {layout.pg_socket} -c listen_addresses=127.0.0.1"
-    _run([str(bin_dir / "pg_ctl"), "-D", str(layout.pg_data), "-l", str(layout.pg_log), "-o", options, "-w",
-          "-t", str(START_TIMEOUT_S), "start"], layout, "start")
+    try:
+        _run([str(bin_dir / "pg_ctl"), "-D", str(layout.pg_data), "-l", str(layout.pg_log), "-o", options, "-w",
+              "-t", str(START_TIMEOUT_S), "start"], layout, "start")
+    except StackError:
+        if postmaster_process(layout) is not None:  # a start that timed out leaves a server the caller cannot see
+            stop(layout, bin_dir)
+        raise
     postmaster = postmaster_process(layout)
     if postmaster is None:
         raise StackError(f"PostgreSQL reported a start but no server runs: see {layout.pg_log} "

@@ -41,13 +41,6 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing uses now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def check_port(part: str, port: int) -> None:
     """Refuse, in one line naming the fix, a port something else listens on."""
     if not port_is_free(port):

@@ -72,11 +72,10 @@ def session_stack() -> Iterator[object]:
 
 
 def alive(process: psutil.Process) -> bool:
-    """Still running (a stopped process waiting to be reaped by its parent counts as stopped)."""
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    """``deploy.stack.processes.is_alive``, imported when called: the stack's modules need the server extra."""
+    from deploy.stack.processes import is_alive
+
+    return is_alive(process)
 
 
 @contextmanager

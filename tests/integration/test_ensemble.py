@@ -16,13 +16,13 @@ from mlflow.tracking import MlflowClient
 from convlstm.checkpoint import BEST_NAME, load_checkpoint
 from convlstm.commands.compare import compare as compare_command
 from convlstm.commands.train import train
-from convlstm.errors import TrainingDiverged
+from convlstm.errors import TrackingError, TrainingDiverged
 from convlstm.evaluation.comparison import compare, ensemble_mean, inputs_from_models
 from convlstm.evaluation.report import REPORT_NAME, SEEDS_NAME
 from convlstm.forecast import load_forecast_model
 from convlstm.tracking import training as tracking_training
 from convlstm.tracking.ensemble import ENSEMBLE_PREFIX, SEEDS_TABLE
-from convlstm.tracking.reports import METRIC_PREFIX
+from convlstm.tracking.reports import METRIC_PREFIX, latest_training_runs
 from convlstm.tracking.reports import SEEDS_TABLE as COMPARE_SEEDS_TABLE
 from convlstm.tracking.uris import resolve_members
 from tests.integration.workspace import TINY_ARGS, all_runs, artifact_paths, invoke, mlflow_run, tracking_environment
@@ -86,6 +86,13 @@ def test_an_ensemble_is_one_parent_with_a_finished_child_per_seed(ensembles, tmp
             assert metrics[f"{ENSEMBLE_PREFIX}test_rmse_mm_mean"] == pytest.approx(sum(test_rmse) / 2)
             assert metrics[f"{ENSEMBLE_PREFIX}test_rmse_mm_std"] == pytest.approx(pd.Series(test_rmse).std())
             assert "ensemble.log" in artifact_paths(client, parent.info.run_id)
+
+
+def test_compare_with_no_runs_named_never_picks_a_seed_of_an_ensemble(ensembles) -> None:
+    root, _parents = ensembles
+    with pytest.MonkeyPatch.context() as mp, tracking_environment(root, mp):
+        with pytest.raises(TrackingError, match="seeds of an ensemble and sweep trials are not picked"):
+            latest_training_runs("e")  # only seeds are finished training runs here
 
 
 def test_a_failing_seed_fails_its_child_and_the_parent_naming_the_seed(tracked: Path, tiny_nc: Path,

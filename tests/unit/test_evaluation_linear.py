@@ -108,3 +108,11 @@ def test_the_baseline_ridge_does_not_read_the_upstream_region() -> None:
     changed["U"].loc[{"lon": changed["lon"].values[upstream.values]}] = -30.0
     first, second = (ridge_forecast(d, REGIONS, False, config) for d in (data, changed))
     xr.testing.assert_identical(first.forecast, second.forecast)
+
+
+def test_missing_values_in_a_forecasts_inputs_are_a_data_error_naming_the_time() -> None:
+    data, config = advected(), ConvLSTMConfig(window_size=3)
+    test_times = select_split(data, "test", config)["time"].values
+    data[PRECIPITATION].loc[{"time": test_times[5]}] = np.nan
+    with pytest.raises(DataError, match="missing values.*--nan-policy fill"):
+        ridge_forecast(data, REGIONS, True, config)

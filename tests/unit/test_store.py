@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 from convlstm.config import RegionConfig
 from convlstm.data import store as store_module
 from convlstm.data.demo import write_demo_dataset
-from convlstm.data.epoch_order import POOL_RUNS, RUN_WINDOWS, EpochOrder, pool_span_steps
+from convlstm.data.epoch_order import POOL_RUNS, RUN_WINDOWS, EpochOrder, cache_blocks
 from convlstm.data.prepare import prepare_data
 from convlstm.data.schema import PRECIPITATION, open_dataset
 from convlstm.data.split import create_train_val_test_split
@@ -113,7 +113,7 @@ def _block_reads(data: StoreWindowDataset, order: list[int], block_steps: int) -
     """Blocks read from the store while serving ``order``, with a fresh cache of ``block_steps``-step blocks."""
     data._reader()
     data._block_steps, data._cache = block_steps, OrderedDict()
-    data._max_blocks = POOL_RUNS * (-(-pool_span_steps(data.window_size + data.target_offset) // block_steps) + 1)
+    data._max_blocks = cache_blocks(data.window_size + data.target_offset, block_steps)
     reads = 0
     for index in order:
         start = data._offset + int(data.starts[index])
@@ -126,12 +126,12 @@ def _block_reads(data: StoreWindowDataset, order: list[int], block_steps: int) -
 def test_an_epoch_in_its_order_reads_each_block_about_once(tmp_path: Path) -> None:
     year = write_demo_dataset(tmp_path / "year.nc", years=1, resolution=5.0)
     data = prepare_data(_write(year, tmp_path / "year.zarr"), REGIONS, True, WINDOW).train
-    span = pool_span_steps(data.window_size + data.target_offset)
     generator = torch.Generator().manual_seed(0)
     ours = _block_reads(data, list(EpochOrder(len(data), generator)), block_steps=8)
     window_by_window = _block_reads(data, torch.randperm(len(data), generator=generator).tolist(), block_steps=8)
     assert len(data) > 2 * data._max_blocks * 8  # the training frames are many times the cache
-    assert ours <= -(-len(data) // RUN_WINDOWS) * (-(-span // 8) + 1)  # each pool reads each of its blocks once
+    run_blocks = cache_blocks(data.window_size + data.target_offset, 8) // POOL_RUNS  # blocks one run spans, at most
+    assert ours <= -(-len(data) // RUN_WINDOWS) * run_blocks  # each pool reads each of its blocks once
     assert ours < window_by_window / 2
 
 
