@@ -11,7 +11,7 @@ import logging
 import os
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,7 @@ def ended_status(exc: BaseException) -> str:
 @contextmanager
 def managed_run(run_id: str | None, run_name: str | None, experiment_name: str | None, tags: dict[str, str],
                 log_path: Path | None = None, system_metrics: bool = False,
-                nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+                nested: bool = False, keep_running: Callable[[], bool] | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or continue) a run; end it FINISHED, or FAILED (KILLED on Ctrl-C or SIGTERM) with the error as a tag.
 
     Parameters
@@ -198,6 +198,9 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
         Whether MLflow samples CPU, memory and GPU use.
     nested : bool
         Start a new run as a child of the active run, in its experiment (a seed of an ensemble).
+    keep_running : callable, optional
+        Asked at a normal end: True leaves the run RUNNING, for another process that logs to it too (a sweep's
+        parent run shared by several sweep processes) to end.
 
     Yields
     ------
@@ -208,11 +211,12 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
     env_run_id = None if parent else os.environ.get("MLFLOW_RUN_ID")
     if experiment_name and run_id is None and env_run_id is None and parent is None:
         mlflow.set_experiment(experiment_name)
-    if run_id and env_run_id and env_run_id != run_id:
-        client = MlflowClient()
-        client.set_tag(env_run_id, "resumed_run_id", run_id)
-        client.set_tag(env_run_id, "mlflow.note.content", f"This launch resumed run {run_id}; its results are there.")
-        os.environ.pop("MLFLOW_RUN_ID")
+    if run_id and env_run_id:
+        if env_run_id != run_id:
+            client = MlflowClient()
+            client.set_tag(env_run_id, "resumed_run_id", run_id)
+            client.set_tag(env_run_id, "mlflow.note.content", f"This launch resumed run {run_id}; its results are there.")
+        os.environ.pop("MLFLOW_RUN_ID")  # start_run consumes it only when it picks the run itself; nested runs must not
     if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):  # MLflow's own setting wins
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
     if parent is not None:
@@ -231,4 +235,4 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
         mlflow.end_run(ended_status(exc))
         raise
     log_file(log_path)
-    mlflow.end_run("FINISHED")
+    mlflow.end_run("RUNNING" if keep_running and keep_running() else "FINISHED")

@@ -55,6 +55,10 @@ RUN_ATTR = "mlflow_run_id"
 #: Trial failures that leave the sweep going (the trial FAILs); any other error stops the sweep.
 TRIAL_FAILURES = (TrainingDiverged, RuntimeError, MemoryError)
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+#: A process stops once the study holds enough of these: its own finished trials and other processes' running ones.
+COUNTED_STATES = (*FINISHED_STATES, TrialState.RUNNING)
+#: Sweeps started on a new study within this many seconds of each other settle on one parent run.
+CLAIM_WINDOW_S = 600
 
 
 class PrunedTrial(optuna.TrialPruned):
@@ -190,17 +194,13 @@ def _sweep_one(settings: SweepSettings, include_upstream: bool, space: list[Dime
     configure_logging(settings.log_level, log_path)
     storage_url = settings.study_storage or f"sqlite:///{output_dir / 'optuna.db'}"
     study = _open_study(settings, study_name, storage_url, space)
-    parent_id = study.user_attrs.get(PARENT_ATTR)
-    reuse = parent_id if parent_id and _run_exists(parent_id) else None
     tags = {"run_type": "sweep", "experiment_type": kind, "include_upstream": str(include_upstream).lower(),
             "sweep_study": study_name, "sweep_storage": storage_url, "sweep_objective": settings.objective}
-    with managed_run(reuse, None if reuse else timestamped(f"{kind}-sweep"), settings.experiment_name, tags,
-                     log_path) as run:
-        if reuse is None:
-            study.set_user_attr(PARENT_ATTR, run.info.run_id)
-            if parent_id:
-                mlflow.set_tag("mlflow.note.content", f"Continues Optuna study {study_name} ({storage_url}); its earlier "
-                                                      f"parent run {parent_id} is not in this tracking store.")
+    parent_id, shared = _parent_run(study, label, tags, timestamped(f"{kind}-sweep"))
+    if shared:  # another process runs this study too: draw other values than it does
+        study.sampler = optuna.samplers.TPESampler(seed=settings.model.seed + len(study.trials) + os.getpid())
+    with managed_run(parent_id, None, settings.experiment_name, tags, log_path,
+                     keep_running=lambda: _others_running(study)) as run:
         log_new_params(run.info.run_id, settings_params(dataclasses.replace(settings, include_upstream=include_upstream)))
         _end_stale_trial_runs(study, run.info.experiment_id)
         finished = sum(t.state in FINISHED_STATES for t in study.get_trials(deepcopy=False))
@@ -212,10 +212,54 @@ def _sweep_one(settings: SweepSettings, include_upstream: bool, space: list[Dime
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(objective, n_trials=remaining, catch=TRIAL_FAILURES, gc_after_trial=True,
-                               callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=FINISHED_STATES)])
+                               callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=COUNTED_STATES)])
         _end_stale_trial_runs(study, run.info.experiment_id)
         result = _summarize(study, run.info.run_id, base, settings.objective)
     return dataclasses.replace(result, storage=storage_url)
+
+
+def _parent_run(study: optuna.Study, label: str, tags: dict[str, str], run_name: str) -> tuple[str, bool]:
+    """The study's parent run, and whether another process is running the study too.
+
+    The parent is the run the study names, else a new one (``mlflow run``'s own run, when there is one). Sweeps
+    started on a new study at the same time each make one; all settle on the earliest, the others' are deleted
+    (or, for ``mlflow run``'s run, tagged ``sweep_launcher`` and pointed to it).
+    """
+    client = MlflowClient()
+    named = study.user_attrs.get(PARENT_ATTR)
+    if named and _run_exists(named):
+        return named, client.get_run(named).info.status == "RUNNING"
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if launcher:
+        own = client.get_run(launcher)
+        for key, value in {**tags, "mlflow.runName": run_name}.items():
+            client.set_tag(launcher, key, value)
+    else:
+        own = client.create_run(mlflow.set_experiment(label).experiment_id, run_name=run_name, tags=tags)
+    since = own.info.start_time - CLAIM_WINDOW_S * 1000
+    rivals = client.search_runs([own.info.experiment_id],
+                                f"tags.sweep_study = '{study.study_name}' and tags.run_type = 'sweep' and "
+                                f"attributes.status = 'RUNNING' and attributes.start_time >= {since}")
+    others = [run for run in rivals if run.info.run_id != own.info.run_id
+              and run.data.tags.get("sweep_storage") == tags["sweep_storage"]]
+    first = min([own, *others], key=lambda run: (run.info.start_time, run.info.run_id)).info.run_id
+    if first != own.info.run_id:
+        logger.info("Another sweep started study %s at the same time; its run %s is the parent.", study.study_name, first)
+        if launcher:
+            _hand_over_launcher_run(launcher)
+        else:
+            client.delete_run(own.info.run_id)
+    study.set_user_attr(PARENT_ATTR, first)
+    if named:
+        client.set_tag(first, "mlflow.note.content", f"Continues Optuna study {study.study_name} "
+                                                     f"({tags['sweep_storage']}); its earlier parent run {named} is "
+                                                     "not in this tracking store.")
+    return first, bool(others)
+
+
+def _others_running(study: optuna.Study) -> bool:
+    """Whether another process still runs trials of the study (asked when this one is done with its own)."""
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def _open_study(settings: SweepSettings, study_name: str, storage_url: str, space: list[Dimension]) -> optuna.Study:
@@ -235,7 +279,7 @@ def _open_study(settings: SweepSettings, study_name: str, storage_url: str, spac
     if study_name not in existing:
         study.set_user_attr(SPACE_ATTR, space_text)
         study.set_user_attr(OBJECTIVE_ATTR, settings.objective)
-        study.enqueue_trial(base_params(space, settings.model))  # the base configuration first
+        study.enqueue_trial(base_params(space, settings.model), skip_if_exists=True)  # the base configuration first
         return study
     for attr, value, flag in ((SPACE_ATTR, space_text, "space"), (OBJECTIVE_ATTR, settings.objective, "objective")):
         if study.user_attrs.get(attr) != value:

@@ -1,6 +1,7 @@
 """Sweeps: a tiny sweep (3 trials, 1 epoch) is one parent with a finished child run per trial, numeric params,
 the best trial on the parent and its model registered, and a rerun continues the same study and parent; pruned and
-failed trials end tagged, never RUNNING; both experiments get a study each; a killed sweep resumes. Seconds a run."""
+failed trials end tagged, never RUNNING; both experiments get a study each; a killed sweep resumes; two sweep
+processes share one study and parent; ``mlflow run -e sweep`` makes its own run the parent. Seconds a run."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from convlstm.tracking import sweep as tracking_sweep
 from convlstm.tracking import training as tracking_training
 from convlstm.tracking.sweep import BEST_TRIAL, HISTORY_PLOT, IMPORTANCE_PLOT, SWEEP_PREFIX, TRIALS_TABLE
 from convlstm.tracking.uris import resolve_members
-from tests.integration.workspace import all_runs, artifact_paths, invoke, subprocess_env
+from tests.integration.workspace import all_runs, artifact_paths, invoke, mlflow_run, subprocess_env
 
 TINY = ["--hidden-channels", "4", "8", "--batch-size", "8", "--num-epochs", "1", "--visualize", "false"]
 SPACE = """\
@@ -195,3 +196,46 @@ def test_a_killed_sweep_resumes(tracked: Path, tiny_nc: Path, space: Path) -> No
     assert all(runs[n].info.status == "FINISHED" for n in ("0", "2", "3"))
     assert "RUNNING" not in {run.info.status for run in all_runs(client)}
     assert again.data.metrics[f"{SWEEP_PREFIX}n_complete"] == 3 and again.data.metrics[f"{SWEEP_PREFIX}n_failed"] == 1
+
+
+def sweep_command(tiny_nc: Path, space: Path, n_trials: int, *extra: object) -> list[str]:
+    return [sys.executable, "-m", "entrypoints.sweep", *map(str, sweep_args(tiny_nc, space, n_trials, *extra))]
+
+
+@pytest.mark.slow
+def test_two_sweep_processes_share_one_study_and_one_parent(tracked: Path, tiny_nc: Path, space: Path) -> None:
+    """Started together on a new study: one parent, the budget shared (no extra trial), different values drawn,
+    trials trained at the same time, the parent ended FINISHED by the last process with the whole summary."""
+    command, env = sweep_command(tiny_nc, space, 4, "--num-epochs", "2"), subprocess_env(tracked)
+    processes = [subprocess.Popen(command, cwd=tracked, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], "\n".join(out[-2000:] for out in outputs)
+    study = optuna.load_study(study_name="e-baseline", storage=f"sqlite:///{tracked / 'sweeps' / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    client = MlflowClient()
+    (parent,), children = parents_and_children(client)
+    trials = children[parent.info.run_id]
+    assert parent.info.status == "FINISHED" and parent.data.metrics[f"{SWEEP_PREFIX}n_complete"] == 4
+    assert sorted(int(r.data.tags["sweep_trial"]) for r in trials) == [0, 1, 2, 3]
+    assert {r.info.status for r in all_runs(client)} == {"FINISHED"}
+    assert len({r.data.params["learning_rate"] for r in trials}) == 4  # the processes did not propose the same values
+    spans = sorted((r.info.start_time, r.info.end_time) for r in trials)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two trials trained at once
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, TRIALS_TABLE, str(tracked))).read_text())
+    assert len(table["data"]) == 4
+
+
+@pytest.mark.slow
+def test_mlflow_run_sweep_makes_its_own_run_the_parent(tracked: Path, tiny_nc: Path, space: Path) -> None:
+    params = {"data": tiny_nc, "output_dir": tracked / "sweeps", "hidden_channels": "4,8", "batch_size": 8,
+              "num_epochs": 1, "visualize": "false", "space": space, "n_trials": 2, "include_upstream": "true"}
+    done = mlflow_run(tracked, "sweep", params, "e")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient()
+    (parent,), children = parents_and_children(client)
+    assert parent.data.tags["mlflow.project.entryPoint"] == "sweep"  # the launcher's own run
+    assert parent.info.run_name.startswith("upstream-sweep-") and parent.data.tags["sweep_study"] == "e-upstream"
+    assert parent.data.params["n_trials"] == "2" and parent.data.tags["best_run_id"] in {
+        r.info.run_id for r in children[parent.info.run_id]}
+    assert len(children[parent.info.run_id]) == 2 and {r.info.status for r in all_runs(client)} == {"FINISHED"}
