@@ -25,7 +25,7 @@ from convlstm.data.regions import downstream_precipitation
 from convlstm.data.schema import PRECIPITATION, NanPolicy, open_dataset
 from convlstm.data.split import select_split
 from convlstm.errors import DataError
-from convlstm.evaluation.alignment import check_aligned
+from convlstm.evaluation.alignment import check_aligned, describe_coordinate
 from convlstm.evaluation.bootstrap import BootstrapOptions, csi_difference, gain_difference, rmse_difference
 from convlstm.evaluation.linear import ridge_forecast
 from convlstm.evaluation.references import climatology_forecast, persistence_forecast
@@ -141,6 +141,28 @@ def _members(models: Sequence[ForecastModel], forecasts: Sequence[xr.DataArray])
             for i, (model, forecast) in enumerate(zip(models, forecasts))]
 
 
+def _on_shared_times(predicted: dict[str, list[xr.DataArray]], sides: dict[str, list[ForecastModel]]
+                     ) -> tuple[dict[str, list[xr.DataArray]], list[str]]:
+    """Every forecast cut to the times all of them forecast, and a note when that left some out.
+
+    Models with longer windows (tuned models differ) start forecasting later into the test split, and with
+    ``nan_policy="drop"`` the upstream model, reading more cells, may leave out more windows: scoring each
+    model on the same times is what makes the comparison fair.
+    """
+    times = [f["time"].values for side in predicted.values() for f in side]
+    common = functools.reduce(np.intersect1d, times)
+    if common.size == 0:
+        raise DataError("The models share no forecast time in the test split: it is too short for their windows "
+                        f"({', '.join(f'{n} {m[0].config.window_size} steps' for n, m in sides.items())}).")
+    if all(t.size == common.size for t in times):
+        return predicted, []
+    windows = ", ".join(f"{name} {models[0].config.window_size}" for name, models in sides.items())
+    note = (f"Scored on the {common.size} forecast times every model forecasts ({describe_coordinate(common)}); "
+            f"{max(t.size for t in times) - common.size} more were forecast by some only (windows: {windows} steps).")
+    logger.info(note)
+    return {name: [f.sel(time=common) for f in side] for name, side in predicted.items()}, [note]
+
+
 def inputs_from_models(baseline: ForecastModel | Sequence[ForecastModel], upstream: ForecastModel | Sequence[ForecastModel],
                        data: str | os.PathLike[str], batch_size: int = 8, nan_policy: NanPolicy = "raise",
                        member: int | None = None) -> ComparisonInputs:
@@ -185,9 +207,7 @@ def inputs_from_models(baseline: ForecastModel | Sequence[ForecastModel], upstre
     opened = open_dataset(data, nan_policy=nan_policy, member=member, time_step=baseline.config.time_step)
     predicted = {name: [_precip(model.predict_dataset(select_split(opened, "test", model.config), batch_size, nan_policy))
                         for model in models] for name, models in sides.items()}
-    if nan_policy == "drop":  # the upstream model reads more cells, so it may have left out more windows
-        common = functools.reduce(np.intersect1d, [f["time"].values for side in predicted.values() for f in side])
-        predicted = {name: [f.sel(time=common) for f in side] for name, side in predicted.items()}
+    predicted, shared_note = _on_shared_times(predicted, sides)
     several = any(len(models) > 1 for models in sides.values())
     members = {name: _members(sides[name], predicted[name]) for name in EXPERIMENTS} if several else {}
     forecasts = {name: ensemble_mean(members[name]) if several else predicted[name][0] for name in EXPERIMENTS}
@@ -199,7 +219,7 @@ def inputs_from_models(baseline: ForecastModel | Sequence[ForecastModel], upstre
         train = train.isel(time=np.flatnonzero(np.isfinite(train.values).all(axis=(1, 2))))
     forecasts["persistence"] = persistence_forecast(downstream, times, _lead(forecasts["baseline"], opened))
     forecasts["climatology"] = climatology_forecast(train, times)
-    notes = ["Climatology: mean of the training split by calendar month and hour, per grid cell."]
+    notes = ["Climatology: mean of the training split by calendar month and hour, per grid cell.", *shared_note]
     for name, side in members.items():
         notes.append(f"{name}: the ensemble mean of {len(side)} trainings (seeds {', '.join(str(m.seed) for m in side)}; "
                      f"runs {', '.join(m.name for m in side)}).")

@@ -10,6 +10,7 @@ comparison runs and registry aliases land there).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -192,6 +193,25 @@ def test_inputs_from_models_aligns_six_forecasts_with_the_truth(model_inputs: Co
         assert f"on {2 * features} inputs" in note and "penalty α = " in note, note
         assert (forecasts[name].values >= 0).all(), name
     assert "upstream precipitation" in next(note for note in model_inputs.notes if note.startswith("ridge_upstream"))
+
+
+def test_models_with_different_windows_are_scored_on_the_times_both_forecast(
+        pair_models: dict[str, ForecastModel], model_inputs: ComparisonInputs, ws: Workspace) -> None:
+    """Tuned models differ in window size; the longer window starts forecasting later into the test split, and
+    every forecast is scored on the times all of them have (the network's weights do not depend on the window)."""
+    upstream = pair_models["upstream"]
+    longer = dataclasses.replace(upstream, config=dataclasses.replace(upstream.config,
+                                                                      window_size=upstream.config.window_size + 2))
+    inputs = inputs_from_models(pair_models["baseline"], longer, ws.tiny)
+    times = model_inputs.truth["time"].values
+    np.testing.assert_array_equal(inputs.truth["time"].values, times[2:])
+    for name in FORECASTS:
+        np.testing.assert_array_equal(inputs.forecasts[name]["time"].values, times[2:], err_msg=name)
+    for name in ("baseline", "persistence", "climatology"):  # what does not depend on the window is unchanged
+        xr.testing.assert_allclose(inputs.forecasts[name], model_inputs.forecasts[name].isel(time=slice(2, None)))
+    (note,) = [note for note in inputs.notes if note.startswith("Scored on the")]
+    assert f"the {times.size - 2} forecast times" in note and "2 more" in note
+    assert not any(note.startswith("Scored on the") for note in model_inputs.notes)
 
 
 def test_compare_writes_report_scores_and_five_figures(library: tuple[ComparisonResult, Path]) -> None:
