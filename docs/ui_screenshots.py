@@ -96,8 +96,10 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=args.chromium or None, args=["--no-sandbox"])
             page = browser.new_page(viewport=VIEWPORT)
             settle(page, f"{base}/experiments/{experiment.experiment_id}/runs")
-            for expand in page.get_by_label("Expand").all()[:2]:  # the first parents' children, nested under them
+            # the [+] beside a parent's name lists its children under it: open the two newest parents
+            for expand in page.locator("button[data-component-id*='runnamecellrenderer']").all()[:2]:
                 expand.click()
+                page.wait_for_timeout(1500)
             page.screenshot(path=args.out / "runs_table.png")
             ids = json.dumps([run.info.run_id for run in parents])
             settle(page, f'{base}/compare-runs?runs={ids}&experiments=["{experiment.experiment_id}"]')
