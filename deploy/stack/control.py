@@ -81,8 +81,7 @@ class Stack:
         if state is None or not layout.secrets.is_file():
             raise StackError(f"{layout.root} holds no stack: run `deploy/tracking-server start {layout.root}` first.")
         secrets = load_secrets(layout)
-        return cls(layout.root, dict(state.ports), dict(secrets["users"]),
-                   (secrets["s3_access_key"], secrets["s3_secret_key"]))
+        return cls(layout.root, dict(state.ports), dict(secrets["users"]))
 
 
 def _prepare_root(root: Path) -> Layout:

@@ -9,6 +9,7 @@ unless ``CONVLSTM_REQUIRE_SERVER_STACK=1`` (CI sets it) turns that into a failur
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,11 +21,18 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tests.integration.workspace import subprocess_env
+
 REQUIRE_ENV = "CONVLSTM_REQUIRE_SERVER_STACK"
 PARENT_ENV = "CONVLSTM_TEST_STACK_PARENT"
 """A folder for the tests' stacks (default: the system's temp folder); CI stops whatever is left there."""
-#: Variables that would let a client reach the object store itself; the tests' clients must go through the server.
+#: Variables that would give a client S3 credentials of its own; the tests' clients have only what the server gives
+#: them (it serves the artifacts, or signs a URL for one object).
 S3_VARIABLES = ("AWS_", "MLFLOW_S3_")
+#: MLflow's own variables for the tests' clients: a refusal or a server error is final, not hidden by retries.
+NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+#: One line of the server's access log (uvicorn's, in ``logs/mlflow.log``): method, path (no query), status.
+ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>[^ ?"]+)\S* HTTP/[\d.]+" (?P<status>\d{3})')
 
 
 def unavailable() -> str | None:
@@ -81,7 +89,7 @@ def alive(process: psutil.Process) -> bool:
 @contextmanager
 def as_user(stack: object, user: str | None) -> Iterator[MlflowClient]:
     """An MLflow client of the stack signed in as ``user`` (None: anonymous), with no S3 credentials in the
-    environment (artifacts must go through the server) and no retries (a refusal is final)."""
+    environment (artifacts go through the server or by URLs it signs) and no retries (a refusal is final)."""
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):
             if name.startswith(S3_VARIABLES):
@@ -91,8 +99,8 @@ def as_user(stack: object, user: str | None) -> Iterator[MlflowClient]:
         if user is not None:
             for name, value in stack.env(user).items():  # type: ignore[attr-defined]
                 mp.setenv(name, value)
-        mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+        for name, value in NO_RETRIES.items():
+            mp.setenv(name, value)
         yield MlflowClient(tracking_uri=stack.tracking_uri, registry_uri=stack.tracking_uri)  # type: ignore[attr-defined]
 
 
@@ -103,3 +111,26 @@ def refused(call: object, *args: object, **kwargs: object) -> int:
     except MlflowException as exc:
         return exc.get_http_status_code()
     pytest.fail(f"{getattr(call, '__name__', call)} was allowed")
+
+
+def user_env(stack: object, user: str, directory: Path) -> dict[str, str]:
+    """The environment of an entry point run from ``directory`` (``subprocess_env``) against the stack as ``user``,
+    like :func:`as_user`: no S3 credentials, no retries."""
+    env = {name: value for name, value in subprocess_env(directory).items() if not name.startswith(S3_VARIABLES)}
+    return {**env, **stack.env(user), **NO_RETRIES}  # type: ignore[attr-defined]
+
+
+class AccessLog:
+    """The requests the MLflow server answered from now on, read from its access log."""
+
+    def __init__(self, stack: object) -> None:
+        self.path = stack.layout.log("mlflow")  # type: ignore[attr-defined]
+        self.start = self.path.stat().st_size
+
+    def requests(self) -> list[tuple[str, str, int]]:
+        """``(method, path, status)`` of each request answered since this object was made, in order."""
+        with self.path.open("rb") as log:
+            log.seek(self.start)
+            lines = log.read().decode("utf-8", errors="replace").splitlines()
+        return [(found["method"], found["path"], int(found["status"]))
+                for found in map(ACCESS_LINE.search, lines) if found]

@@ -10,6 +10,7 @@ start it with the script, as a user would, in the order they are written.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import uuid
@@ -149,6 +150,13 @@ def members(stack, part: str) -> list[psutil.Process]:
     (found,) = [entry for entry in status(stack.root) if entry.part == part]
     assert found.process is not None, f"{part} is not running"
     return family(found.process)
+
+
+def test_env_prints_the_exports_of_a_user(server_stack) -> None:
+    printed = script("env", server_stack.root, "--user", "reader")
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == "".join(f"export {name}={shlex.quote(value)}\n"
+                                     for name, value in server_stack.env("reader").items())
 
 
 def test_stop_and_start_the_mlflow_server_alone(server_stack, logged: Logged) -> None:

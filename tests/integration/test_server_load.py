@@ -1,0 +1,147 @@
+"""Four trainings and a comparison at once against the team's tracking server, as the researcher: every process
+ends well, every run FINISHED with each epoch's metrics once, and a training sends the epoch's metrics in one
+batch.
+
+Each process runs under :mod:`tests.integration.request_log`, which records the requests it makes; the
+server's access log must show exactly those requests, so none was lost, repeated or retried unseen. The
+comparison scores two runs trained just before, so that all five processes start together.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.integration.request_log import read_requests
+from tests.integration.server_stack import AccessLog, as_user, user_env
+from tests.integration.workspace import EPOCH_METRICS, TINY_ARGS, steps
+
+pytestmark = pytest.mark.slow
+
+logger = logging.getLogger(__name__)
+
+EPOCHS = 3
+KINDS = ("baseline", "upstream")
+TIMEOUT_S = 300
+FINISHED = re.compile(r"Finished \w+ run ([0-9a-f]{32})")
+
+
+@dataclass
+class Process:
+    """An entry point started under the request recorder, its output and requests in files named after it."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    folder: Path
+
+    @classmethod
+    def start(cls, name: str, module: str, args: list[object], folder: Path, env: dict[str, str]) -> Process:
+        with (folder / f"{name}.out").open("wb") as out:
+            popen = subprocess.Popen([sys.executable, "-m", "tests.integration.request_log",
+                                      str(folder / f"{name}.requests"), module, *map(str, args)],
+                                     cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return cls(name, popen, folder)
+
+    @property
+    def output(self) -> str:
+        return (self.folder / f"{self.name}.out").read_text(errors="replace")
+
+    def finish(self) -> None:
+        """Wait for the process; fails the test, with the end of its output, unless it ended well."""
+        code = self.popen.wait(timeout=TIMEOUT_S)
+        assert code == 0, f"{self.name} exited with {code}:\n{self.output[-3000:]}"
+
+    @property
+    def run_id(self) -> str:
+        """The run a finished training names in its last line."""
+        found = FINISHED.search(self.output)
+        assert found, f"{self.name} names no run:\n{self.output[-3000:]}"
+        return found.group(1)
+
+    def requests(self, host: str) -> list[dict[str, Any]]:
+        """What the process asked of ``host``, in order."""
+        return [entry for entry in read_requests(self.folder / f"{self.name}.requests") if entry["host"] == host]
+
+
+def train(name: str, kind: str, epochs: int, folder: Path, env: dict[str, str], experiment: str,
+          model: str) -> Process:
+    """``python -m entrypoints.train`` on the tiny data, a tiny model for ``epochs`` epochs."""
+    args = ["--data", folder / "tiny.nc", "--output-dir", folder / name, *TINY_ARGS, "--num-epochs", epochs,
+            "--include-upstream", str(kind == "upstream").lower(), "--experiment-name", experiment,
+            "--registered-model-name", model]
+    return Process.start(name, "entrypoints.train", args, folder, env)
+
+
+def request_kind(entry: dict[str, Any]) -> str:
+    """What a request sends: ``epoch`` (a batch of epoch metrics), ``system`` (a batch of MLflow's system
+    metrics), ``batch`` (another batch), ``PUT artifact``, or else its path."""
+    if entry["path"].endswith("/runs/log-batch"):
+        if set(entry["metrics"]) & set(EPOCH_METRICS):
+            return "epoch"
+        return "system" if entry["metrics"] and all(key.startswith("system/") for key in entry["metrics"]) else "batch"
+    return f"{entry['method']} artifact" if "/mlflow-artifacts/artifacts/" in entry["path"] else entry["path"]
+
+
+def test_four_trainings_and_a_compare_at_once(server_stack, tiny_nc: Path, tmp_path: Path) -> None:
+    (tmp_path / "tiny.nc").symlink_to(tiny_nc)
+    env = user_env(server_stack, "researcher", tmp_path)
+    host = urlsplit(server_stack.tracking_uri).netloc
+    experiment, model = f"load-{uuid.uuid4().hex[:8]}", f"load-{uuid.uuid4().hex[:8]}"
+    earlier = {kind: train(f"earlier-{kind}", kind, 1, tmp_path, env, experiment, model) for kind in KINDS}
+    for process in earlier.values():  # the comparison's runs
+        process.finish()
+
+    log, began = AccessLog(server_stack), time.monotonic()
+    trainings = [train(f"{kind}-{number}", kind, EPOCHS, tmp_path, env, experiment, model)
+                 for number in (1, 2) for kind in KINDS]
+    compare = Process.start("compare", "entrypoints.compare",
+                            ["--baseline", earlier["baseline"].run_id, "--upstream", earlier["upstream"].run_id,
+                             "--data", tmp_path / "tiny.nc", "--n-boot", 100, "--output-dir", tmp_path / "compare",
+                             "--registered-model-name", model], tmp_path, env)
+    for process in (*trainings, compare):
+        process.finish()
+    answered, seconds = log.requests(), time.monotonic() - began
+
+    # the server answered exactly the requests the five processes made, and refused none but the one MLflow expects:
+    # registering a model version first tries to create the registered model, which exists (HTTP 400)
+    sent = [entry for process in (*trainings, compare) for entry in process.requests(host)]
+    assert Counter((method, path) for method, path, _ in answered) == Counter((e["method"], e["path"]) for e in sent)
+    assert Counter(path for _, path, status in answered if status >= 400) == {
+        "/api/2.0/mlflow/registered-models/create": len(trainings)}
+    times = sorted(entry["time"] for process in trainings for entry in process.requests(host))
+    assert any(times[0] < entry["time"] < times[-1] for entry in compare.requests(host)), "compare ran alone"
+
+    with as_user(server_stack, "researcher") as client:
+        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+        assert sorted(run.info.status for run in runs) == ["FINISHED"] * (len(KINDS) + len(trainings) + 1)
+        for process in trainings:
+            for key in EPOCH_METRICS:
+                assert steps(client, process.run_id, key) == list(range(1, EPOCHS + 1)), (process.name, key)
+
+    for process in trainings:
+        requests = process.requests(host)
+        kinds = [request_kind(entry) for entry in requests]
+        epochs = [index for index, found in enumerate(kinds) if found == "epoch"]
+        # one batch an epoch with all its metrics, none sent alone
+        assert [sorted(requests[index]["metrics"]) for index in epochs] == [sorted(EPOCH_METRICS)] * EPOCHS
+        assert "/api/2.0/mlflow/runs/log-metric" not in kinds, process.name
+        # each later epoch: its batch and its checkpoints (last.pt; best_model.pt when val_loss improved), and the
+        # batches of system metrics MLflow sent meanwhile (one every 5 s)
+        later = Counter(kinds[epochs[0] + 1:epochs[-1] + 1])
+        assert set(later) <= {"epoch", "system", "PUT artifact"}, (process.name, later)
+        assert EPOCHS - 1 <= later["PUT artifact"] <= 2 * (EPOCHS - 1), (process.name, later)
+        logger.info("%s: %d requests; %d until its first epoch's metrics, then %s in %d epochs, %d after them",
+                    process.name, len(requests), epochs[0] + 1, dict(later), EPOCHS - 1, len(requests) - epochs[-1] - 1)
+    logger.info("The server answered %d requests in %.0f s: %s", len(answered), seconds,
+                dict(Counter(path.split("/api/")[-1].split("/workspaces/")[0] for _, path, _ in answered)))
