@@ -29,6 +29,9 @@ from optuna.trial import TrialState  # noqa: E402
 
 from convlstm.cli import configure_logging  # noqa: E402
 from convlstm.config import SweepSettings, TrainSettings  # noqa: E402
+from convlstm.data.demo import demo_data_path  # noqa: E402
+from convlstm.data.regions import check_regions  # noqa: E402
+from convlstm.data.schema import open_dataset  # noqa: E402
 from convlstm.errors import ConfigError, TrainingDiverged  # noqa: E402
 from convlstm.settings import as_text  # noqa: E402
 from convlstm.training.trainer import TrainingCallback  # noqa: E402
@@ -169,6 +172,9 @@ def sweep_tracked(settings: SweepSettings) -> list[TrackedSweep]:
     if len(experiments) > 1 and settings.study_name:
         raise ConfigError("--study-name names one study; with --experiments both the two studies are named "
                           "<experiment>-baseline and <experiment>-upstream: leave --study-name out.", "study_name")
+    if len(experiments) > 1:  # the upstream region is checked now, not after the baseline's whole study
+        data = open_dataset(settings.data or str(demo_data_path()), member=settings.member)
+        check_regions(data, settings.regions, include_upstream=True)
     if len(experiments) > 1 and os.environ.get("MLFLOW_RUN_ID"):
         _hand_over_launcher_run(os.environ.pop("MLFLOW_RUN_ID"))
     return [_sweep_one(settings, include_upstream, space, label, output_dir) for include_upstream in experiments]

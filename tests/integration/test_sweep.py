@@ -164,6 +164,15 @@ def test_a_bad_space_file_is_refused_before_any_run(tracked: Path, tiny_nc: Path
     assert all_runs(MlflowClient()) == []
 
 
+def test_both_experiments_check_the_upstream_region_before_the_baseline_study(tracked: Path, tiny_nc: Path, space: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    outside = ["--upstream-lon-min", "20", "--upstream-lon-max", "40"]  # west of downstream, outside the data
+    assert invoke(sweep, sweep_args(tiny_nc, space, 2, "--experiments", "both", *outside)) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "upstream" in errors[0], errors
+    assert all_runs(MlflowClient()) == []  # no study was started
+
+
 @pytest.mark.slow
 def test_a_killed_sweep_resumes(tracked: Path, tiny_nc: Path, space: Path) -> None:
     """SIGKILL during trial 1; the same command again fails that trial (and its run) and completes the study."""
