@@ -295,9 +295,13 @@ def _open_study(settings: SweepSettings, study_name: str, storage_url: str, spac
 
 
 def make_pruner(settings: SweepSettings) -> optuna.pruners.BasePruner:
-    """The median pruner: a trial whose epoch is worse than the median of earlier trials at that epoch stops."""
+    """The median pruner: a trial whose epoch is worse than the median of earlier trials at that epoch stops.
+
+    Steps are epochs counted from 1 and Optuna prunes from step ``n_warmup_steps`` on, so epochs 1..W are spared
+    with ``n_warmup_steps = W + 1``.
+    """
     return optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials,
-                                       n_warmup_steps=settings.pruner_warmup_epochs)
+                                       n_warmup_steps=settings.pruner_warmup_epochs + 1)
 
 
 def _run_exists(run_id: str) -> bool:
