@@ -10,22 +10,18 @@ comparison scores two runs trained just before, so that all five processes start
 from __future__ import annotations
 
 import logging
-import re
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.request_log import read_requests
+from tests.integration.entry_processes import Process, train
 from tests.integration.server_stack import AccessLog, as_user, user_env
-from tests.integration.workspace import EPOCH_METRICS, TINY_ARGS, steps
+from tests.integration.workspace import EPOCH_METRICS, steps
 
 pytestmark = pytest.mark.slow
 
@@ -33,54 +29,6 @@ logger = logging.getLogger(__name__)
 
 EPOCHS = 3
 KINDS = ("baseline", "upstream")
-TIMEOUT_S = 300
-FINISHED = re.compile(r"Finished \w+ run ([0-9a-f]{32})")
-
-
-@dataclass
-class Process:
-    """An entry point started under the request recorder, its output and requests in files named after it."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    folder: Path
-
-    @classmethod
-    def start(cls, name: str, module: str, args: list[object], folder: Path, env: dict[str, str]) -> Process:
-        with (folder / f"{name}.out").open("wb") as out:
-            popen = subprocess.Popen([sys.executable, "-m", "tests.integration.request_log",
-                                      str(folder / f"{name}.requests"), module, *map(str, args)],
-                                     cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
-        return cls(name, popen, folder)
-
-    @property
-    def output(self) -> str:
-        return (self.folder / f"{self.name}.out").read_text(errors="replace")
-
-    def finish(self) -> None:
-        """Wait for the process; fails the test, with the end of its output, unless it ended well."""
-        code = self.popen.wait(timeout=TIMEOUT_S)
-        assert code == 0, f"{self.name} exited with {code}:\n{self.output[-3000:]}"
-
-    @property
-    def run_id(self) -> str:
-        """The run a finished training names in its last line."""
-        found = FINISHED.search(self.output)
-        assert found, f"{self.name} names no run:\n{self.output[-3000:]}"
-        return found.group(1)
-
-    def requests(self, host: str) -> list[dict[str, Any]]:
-        """What the process asked of ``host``, in order."""
-        return [entry for entry in read_requests(self.folder / f"{self.name}.requests") if entry["host"] == host]
-
-
-def train(name: str, kind: str, epochs: int, folder: Path, env: dict[str, str], experiment: str,
-          model: str) -> Process:
-    """``python -m entrypoints.train`` on the tiny data, a tiny model for ``epochs`` epochs."""
-    args = ["--data", folder / "tiny.nc", "--output-dir", folder / name, *TINY_ARGS, "--num-epochs", epochs,
-            "--include-upstream", str(kind == "upstream").lower(), "--experiment-name", experiment,
-            "--registered-model-name", model]
-    return Process.start(name, "entrypoints.train", args, folder, env)
 
 
 def request_kind(entry: dict[str, Any]) -> str:
@@ -136,10 +84,10 @@ def test_four_trainings_and_a_compare_at_once(server_stack, tiny_nc: Path, tmp_p
         # one batch an epoch with all its metrics, none sent alone
         assert [sorted(requests[index]["metrics"]) for index in epochs] == [sorted(EPOCH_METRICS)] * EPOCHS
         assert "/api/2.0/mlflow/runs/log-metric" not in kinds, process.name
-        # each later epoch: its batch and its checkpoints (last.pt; best_model.pt when val_loss improved), and the
-        # batches of system metrics MLflow sent meanwhile (one every 5 s)
+        # each later epoch: its batch and its checkpoints (last.pt; best_model.pt when val_loss improved), and what
+        # MLflow's system metrics thread sent meanwhile: every 5 s a runs/get (is the run still RUNNING?) and a batch
         later = Counter(kinds[epochs[0] + 1:epochs[-1] + 1])
-        assert set(later) <= {"epoch", "system", "PUT artifact"}, (process.name, later)
+        assert set(later) <= {"epoch", "system", "PUT artifact", "/api/2.0/mlflow/runs/get"}, (process.name, later)
         assert EPOCHS - 1 <= later["PUT artifact"] <= 2 * (EPOCHS - 1), (process.name, later)
         logger.info("%s: %d requests; %d until its first epoch's metrics, then %s in %d epochs, %d after them",
                     process.name, len(requests), epochs[0] + 1, dict(later), EPOCHS - 1, len(requests) - epochs[-1] - 1)

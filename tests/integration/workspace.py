@@ -58,14 +58,19 @@ def run_module(directory: Path, module: str, *args: object, timeout: float = 300
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def mlflow_run_command(entry_point: str, params: dict[str, object], experiment: str | None = "t") -> list[str]:
-    """``mlflow run <repo> -e ENTRY_POINT --env-manager local --experiment-name EXPERIMENT -P k=v ...``
-    (no ``--experiment-name`` for None)."""
-    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
+def mlflow_run_args(entry_point: str, params: dict[str, object], experiment: str | None = "t") -> list[str]:
+    """``run <repo> -e ENTRY_POINT --env-manager local --experiment-name EXPERIMENT -P k=v ...``, the arguments of
+    ``mlflow`` (no ``--experiment-name`` for None)."""
+    args = ["run", str(REPO), "-e", entry_point, "--env-manager", "local",
             *(["--experiment-name", experiment] if experiment else [])]
     for key, value in params.items():
         args += ["-P", f"{key}={value}"]
     return args
+
+
+def mlflow_run_command(entry_point: str, params: dict[str, object], experiment: str | None = "t") -> list[str]:
+    """``python -m mlflow`` with :func:`mlflow_run_args`."""
+    return [sys.executable, "-m", "mlflow", *mlflow_run_args(entry_point, params, experiment)]
 
 
 def mlflow_run(directory: Path, entry_point: str, params: dict[str, object], experiment: str | None = "t",
