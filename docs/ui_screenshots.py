@@ -31,6 +31,7 @@ from convlstm.scoring_client import free_port
 logger = logging.getLogger("ui_screenshots")
 PARENT_TYPES = ("sweep", "ensemble")
 VIEWPORT = {"width": 1600, "height": 1100}
+TALL = {"width": 1600, "height": 2000}
 
 
 def start_ui(tracking_uri: str, port: int) -> subprocess.Popen[bytes]:
@@ -103,7 +104,11 @@ def main() -> None:
             page.screenshot(path=args.out / "runs_table.png")
             ids = json.dumps([run.info.run_id for run in parents])
             settle(page, f'{base}/compare-runs?runs={ids}&experiments=["{experiment.experiment_id}"]')
-            page.get_by_text("Metrics", exact=True).first.scroll_into_view_if_needed()
+            page.set_viewport_size(TALL)  # run names, differing params and the summary metrics on one page
+            for switch in page.get_by_role("switch").all()[:2]:  # "Show diff only", for params and for metrics
+                switch.click()
+            page.wait_for_timeout(1500)
+            page.get_by_text("Run details", exact=True).first.scroll_into_view_if_needed()
             page.screenshot(path=args.out / "compare_parents.png", full_page=True)
             browser.close()
     finally:
