@@ -215,7 +215,8 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
         if env_run_id != run_id:
             client = MlflowClient()
             client.set_tag(env_run_id, "resumed_run_id", run_id)
-            client.set_tag(env_run_id, "mlflow.note.content", f"This launch resumed run {run_id}; its results are there.")
+            client.set_tag(env_run_id, "mlflow.note.content",
+                           f"This launch resumed run {run_id}; its results are there.")
         os.environ.pop("MLFLOW_RUN_ID")  # start_run consumes it only when it picks the run itself; nested runs must not
     if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):  # MLflow's own setting wins
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)

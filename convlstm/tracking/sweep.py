@@ -250,7 +250,8 @@ def _parent_run(study: optuna.Study, label: str, tags: dict[str, str], run_name:
               and run.data.tags.get("sweep_storage") == tags["sweep_storage"]]
     first = min([own, *others], key=lambda run: (run.info.start_time, run.info.run_id)).info.run_id
     if first != own.info.run_id:
-        logger.info("Another sweep started study %s at the same time; its run %s is the parent.", study.study_name, first)
+        logger.info("Another sweep started study %s at the same time; its run %s is the parent.",
+                    study.study_name, first)
         if launcher:
             _hand_over_launcher_run(launcher)
         else:
