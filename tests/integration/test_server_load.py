@@ -71,8 +71,13 @@ def test_four_trainings_and_a_compare_at_once(server_stack, tiny_nc: Path, tmp_p
     assert any(times[0] < entry["time"] < times[-1] for entry in compare.requests(host)), "compare ran alone"
 
     with as_user(server_stack, "researcher") as client:
-        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-        assert sorted(run.info.status for run in runs) == ["FINISHED"] * (len(KINDS) + len(trainings) + 1)
+        # each training's own run, by the id it printed, and the comparison's, by the runs it compared
+        trained = [client.get_run(process.run_id) for process in (*earlier.values(), *trainings)]
+        assert [run.info.status for run in trained] == ["FINISHED"] * len(trained)
+        everywhere = [e.experiment_id for e in client.search_experiments()]
+        (compared,) = client.search_runs(everywhere, "tags.run_type = 'comparison' and "
+                                                     f"tags.baseline_run_id = '{earlier['baseline'].run_id}'")
+        assert compared.info.status == "FINISHED"
         for process in trainings:
             for key in EPOCH_METRICS:
                 assert steps(client, process.run_id, key) == list(range(1, EPOCHS + 1)), (process.name, key)
