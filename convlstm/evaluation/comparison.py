@@ -151,12 +151,12 @@ def _on_shared_times(predicted: dict[str, list[xr.DataArray]], sides: dict[str, 
     """
     times = [f["time"].values for side in predicted.values() for f in side]
     common = functools.reduce(np.intersect1d, times)
+    windows = ", ".join(f"{name} {models[0].config.window_size}" for name, models in sides.items())
     if common.size == 0:
         raise DataError("The models share no forecast time in the test split: it is too short for their windows "
-                        f"({', '.join(f'{n} {m[0].config.window_size} steps' for n, m in sides.items())}).")
+                        f"({windows} steps).")
     if all(t.size == common.size for t in times):
         return predicted, []
-    windows = ", ".join(f"{name} {models[0].config.window_size}" for name, models in sides.items())
     note = (f"Scored on the {common.size} forecast times every model forecasts ({describe_coordinate(common)}); "
             f"{max(t.size for t in times) - common.size} more were forecast by some only (windows: {windows} steps).")
     logger.info(note)

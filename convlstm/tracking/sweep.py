@@ -233,8 +233,9 @@ def _parent_run(study: optuna.Study, label: str, tags: dict[str, str], run_name:
     """
     client = MlflowClient()
     named = study.user_attrs.get(PARENT_ATTR)
-    if named and _run_exists(named):
-        return named, client.get_run(named).info.status == "RUNNING"
+    existing = _active_run(named) if named else None
+    if existing is not None:
+        return named, existing.info.status == "RUNNING"
     launcher = os.environ.get("MLFLOW_RUN_ID")
     if launcher:
         own = client.get_run(launcher)
@@ -305,11 +306,13 @@ def make_pruner(settings: SweepSettings) -> optuna.pruners.BasePruner:
                                        n_warmup_steps=settings.pruner_warmup_epochs + 1)
 
 
-def _run_exists(run_id: str) -> bool:
+def _active_run(run_id: str) -> Any | None:
+    """The run, unless it is deleted or not in this tracking store."""
     try:
-        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+        run = MlflowClient().get_run(run_id)
     except Exception:  # noqa: BLE001 - an id of another store, or deleted for good
-        return False
+        return None
+    return run if run.info.lifecycle_stage == "active" else None
 
 
 def _trial_runs(experiment_id: str, study_name: str) -> list[Any]:
