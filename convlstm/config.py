@@ -237,6 +237,9 @@ class TrainSettings(Settings):
     experiment_name: str | None = _experiment_name("$MLFLOW_EXPERIMENT_NAME, else MLflow's Default, as for `mlflow run`")
     registered_model_name: str = _registered_model_name(
         "Register the best model under this name in the MLflow model registry ('' to skip).")
+    upload_wait: int = setting(600, "Seconds to wait at the end for a tracking server that went away during training; "
+                                    "what it has not taken stays in <output dir>/tracking for `python -m "
+                                    "entrypoints.sync`.", low=0, group=_TRACKING)
     log_level: str = _log_level()
 
     def __post_init__(self) -> None:

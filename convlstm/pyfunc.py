@@ -172,9 +172,10 @@ def requirements() -> list[str]:
             f"pandas=={pandas.__version__}", f"xarray=={xarray.__version__}"]
 
 
-def log_pyfunc_model(checkpoint: Path, normalizer: Path, input_example: np.ndarray,
-                     registered_model_name: str | None = None) -> mlflow.models.model.ModelInfo:
-    """Log (and register) the model in the active run, with signature, example and metadata.
+def log_pyfunc_model(checkpoint: Path, normalizer: Path, input_example: np.ndarray, run_id: str,
+                     tags: dict[str, str] | None = None) -> mlflow.models.model.ModelInfo:
+    """Log the model to ``run_id``, with signature, example and metadata (registering is a separate step:
+    :func:`convlstm.tracking.registry.register_run_model`).
 
     Parameters
     ----------
@@ -184,17 +185,28 @@ def log_pyfunc_model(checkpoint: Path, normalizer: Path, input_example: np.ndarr
         The run's ``normalizer.pkl``.
     input_example : numpy.ndarray
         One raw window ``[1, T, C, H, W]``.
-    registered_model_name : str, optional
-        Register the model under this name (None: log it only).
+    run_id : str
+        The training run (given, not the active run: the journal's sender logs it from its own thread).
+    tags : dict of str to str, optional
+        Tags of the logged model.
 
     Returns
     -------
     mlflow.models.model.ModelInfo
-        Where it was logged, and the registered version if any.
+        Where it was logged.
     """
     forecast = load_forecast_model(checkpoint, device="cpu", normalizer_path=normalizer)
-    return mlflow.pyfunc.log_model(
+    # mlflow.pyfunc.log_model logs to the active run only, and Model.log given a run id would create the model
+    # in the process's active experiment (Default), not the run's: create it in the run's experiment first
+    run = mlflow.MlflowClient().get_run(run_id)
+    model = mlflow.initialize_logged_model(name=MODEL_ARTIFACT_PATH, source_run_id=run_id,
+                                           experiment_id=run.info.experiment_id, params=run.data.params, tags=tags)
+    return mlflow.models.Model.log(
+        artifact_path=None,
         name=MODEL_ARTIFACT_PATH,
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
+        model_id=model.model_id,
         python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
         artifacts={"checkpoint": str(checkpoint), "normalizer": str(normalizer)},
         code_paths=[str(Path(convlstm.__file__).parent)],
@@ -202,5 +214,4 @@ def log_pyfunc_model(checkpoint: Path, normalizer: Path, input_example: np.ndarr
         input_example=input_example.astype(np.float32),
         pip_requirements=requirements(),
         metadata=forecast.describe(),
-        registered_model_name=registered_model_name,
     )

@@ -11,6 +11,7 @@ import click
 
 from convlstm.cli import given_on_command_line, run_cli, settings_command
 from convlstm.config import TrainSettings
+from convlstm.tracking.journal import SYNC_HINT
 
 EPILOG = """
 \b
@@ -43,6 +44,12 @@ def train(settings: TrainSettings) -> None:
         return
     # with --resume, --num-epochs only counts when given: it continues a run that ended
     outcome = train_tracked(settings, settings.model.num_epochs if given_on_command_line("num_epochs") else None)
+    if outcome.pending:
+        click.echo(f"Finished training {outcome.settings.experiment_type}; outputs in {outcome.output_dir}. The "
+                   f"tracking server has not taken {outcome.pending} entries of the run's record "
+                   f"({'run ' + outcome.run_id if outcome.run_id else 'the run is not on it yet'}): send them with "
+                   f"{SYNC_HINT.format(outcome.output_dir)}")
+        return
     click.echo(f"Finished {outcome.settings.experiment_type} run {outcome.run_id}; outputs in {outcome.output_dir}")
 
 

@@ -29,8 +29,46 @@ def describe_version(name: str, version: str, run_id: str, experiment_type: str,
     client.set_model_version_tag(name, version, "experiment_type", experiment_type)
     client.update_model_version(name, version, description=f"{experiment_type} model from run {run_id} "
                                                           f"(test RMSE {test_rmse_mm:.3f} mm)")
-    mlflow.set_tag("registered_model", f"{name}/{version}")
     logger.info("Registered model %s version %s.", name, version)
+
+
+def register_run_model(run_id: str, name: str, experiment_type: str, test_rmse_mm: float,
+                       model_id: str | None = None) -> str | None:
+    """Register a model the run logged under ``name``, once: a version already made from that model is returned
+    as it is (a record sent again after an outage, a sweep rerun with the same best trial).
+
+    Parameters
+    ----------
+    run_id : str
+        The training run.
+    name : str
+        The registered model.
+    experiment_type : str
+        ``baseline`` or ``upstream``.
+    test_rmse_mm : float
+        The run's test RMSE, for the version's description.
+    model_id : str, optional
+        The logged model (default: the run's first; a continued run logs one per training).
+
+    Returns
+    -------
+    str or None
+        The version; None when the run logged no model.
+    """
+    if model_id is None:
+        logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+        if not logged:
+            logger.warning("Run %s has no logged model; nothing registered.", run_id)
+            return None
+        model_id = logged[0].model_id
+    source = f"models:/{model_id}"  # a version's model_id stays unset in this MLflow; its source names the model
+    versions = [int(v.version) for v in MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+                if v.source == source]
+    if versions:
+        return str(max(versions))
+    version = str(mlflow.register_model(source, name).version)
+    describe_version(name, version, run_id, experiment_type, test_rmse_mm)
+    return version
 
 
 def set_champion(run_ids: dict[str, str], rmse: dict[str, float], registered_model_name: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from convlstm.errors import Interrupted
@@ -62,7 +63,7 @@ def settings_params(settings: Any) -> dict[str, str]:
     return {f.name: as_text(values[f.name]) for f in fields_of(type(settings)) if f.spec.cli and f.spec.mlproject}
 
 
-def log_new_params(run_id: str, params: dict[str, Any]) -> None:
+def log_new_params(run_id: str, params: dict[str, Any], client: MlflowClient | None = None) -> None:
     """Log the params the run does not have yet.
 
     Under ``mlflow run`` the launcher has already logged the -P values and MLflow refuses to change a
@@ -75,11 +76,14 @@ def log_new_params(run_id: str, params: dict[str, Any]) -> None:
         The run.
     params : dict
         Candidate params.
+    client : MlflowClient, optional
+        The client to use (default: one for the current tracking URI).
     """
-    existing = MlflowClient().get_run(run_id).data.params
-    new = {key: value for key, value in params.items() if key not in existing}
+    client = client or MlflowClient()
+    existing = client.get_run(run_id).data.params
+    new = [Param(key, str(value)) for key, value in params.items() if key not in existing]
     if new:
-        mlflow.log_params(new)
+        client.log_batch(run_id, params=new)
     quoted = [f"{key}={existing[key]}" for key in params if key in existing and _shell_quoted(existing[key])]
     if quoted:
         logger.warning("MLflow logged these params shell-quoted: %s (it quotes a -P value with spaces or an empty "
@@ -133,6 +137,21 @@ def fail_pending_run(message: str, status: str = "FAILED") -> None:
             client.set_terminated(run_id, status)
     except Exception:  # noqa: BLE001 - the store itself may be what failed; the error is shown anyway
         logger.debug("Could not mark run %s as FAILED.", run_id, exc_info=True)
+
+
+def point_launcher_run_to(launcher_run_id: str, run_id: str) -> None:
+    """Tag the run ``mlflow run`` made for a launch that resumed another run, so its page says where the results are.
+
+    Parameters
+    ----------
+    launcher_run_id : str
+        ``mlflow run``'s run (``MLFLOW_RUN_ID``).
+    run_id : str
+        The run resumed.
+    """
+    client = MlflowClient()
+    client.set_tag(launcher_run_id, "resumed_run_id", run_id)
+    client.set_tag(launcher_run_id, "mlflow.note.content", f"This launch resumed run {run_id}; its results are there.")
 
 
 def experiment_of_run(run_id: str) -> str | None:
@@ -213,10 +232,7 @@ def managed_run(run_id: str | None, run_name: str | None, experiment_name: str |
         mlflow.set_experiment(experiment_name)
     if run_id and env_run_id:
         if env_run_id != run_id:
-            client = MlflowClient()
-            client.set_tag(env_run_id, "resumed_run_id", run_id)
-            client.set_tag(env_run_id, "mlflow.note.content",
-                           f"This launch resumed run {run_id}; its results are there.")
+            point_launcher_run_to(env_run_id, run_id)
         os.environ.pop("MLFLOW_RUN_ID")  # start_run consumes it only when it picks the run itself; nested runs must not
     if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):  # MLflow's own setting wins
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)

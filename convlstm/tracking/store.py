@@ -28,7 +28,7 @@ from mlflow.environment_variables import (
     MLFLOW_TRACKING_INSECURE_TLS,
     MLFLOW_TRACKING_SERVER_CERT_PATH,
 )
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
 from convlstm.cli import run_cli
@@ -95,6 +95,45 @@ def _connection_failure(exc: requests.RequestException) -> str:
     return type(exc).__name__
 
 
+class StoreUnreachable(TrackingError):
+    """Nothing answers at the tracking server's address (refused, unknown host, timed out): a training may go
+    on offline, keeping its record for ``sync`` (:mod:`convlstm.tracking.journal`)."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the server did not answer, or answered that it is not up (a 5xx from a proxy
+    or a restarting server, 429): worth asking again later, unlike a refusal (401, 403, a bad value).
+
+    Parameters
+    ----------
+    exc : BaseException
+        What an MLflow call raised.
+
+    Returns
+    -------
+    bool
+        True for a connection failure, a timeout, HTTP 5xx or 429.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+                              ConnectionError, TimeoutError, StoreUnreachable)):
+            return True
+        if isinstance(cause, RestException) and (cause.get_http_status_code() >= 500
+                                                 or cause.get_http_status_code() == 429):
+            return True
+    return False
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """Why a server did not answer, in a few words (``connection refused``), for a failure :func:`is_unreachable`."""
+    for cause in _causes(exc):
+        if isinstance(cause, requests.RequestException):
+            return _connection_failure(cause)
+        if isinstance(cause, RestException):
+            return f"HTTP {cause.get_http_status_code()}"
+    return _first_line(exc)[:200]
+
+
 def _probe_server(uri: str) -> None:
     """One plain request: is anything answering at ``uri``? (Any HTTP answer counts; the API call after
     it tells about credentials.)"""
@@ -102,7 +141,7 @@ def _probe_server(uri: str) -> None:
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S, verify=verify)
     except requests.RequestException as exc:
-        raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({_connection_failure(exc)}): "
+        raise StoreUnreachable(f"cannot reach the MLflow tracking server at {uri} ({_connection_failure(exc)}): "
                             f"{CHECK_HINT}.") from exc
 
 

@@ -35,7 +35,7 @@ from convlstm.data.schema import open_dataset  # noqa: E402
 from convlstm.errors import ConfigError, TrainingDiverged  # noqa: E402
 from convlstm.settings import as_text  # noqa: E402
 from convlstm.training.trainer import TrainingCallback  # noqa: E402
-from convlstm.tracking.registry import describe_version  # noqa: E402
+from convlstm.tracking.registry import register_run_model  # noqa: E402
 from convlstm.tracking.runs import ended_status, log_new_params, managed_run, settings_params, timestamped  # noqa: E402
 from convlstm.tracking.store import check_tracking_store  # noqa: E402
 from convlstm.tracking.training import train_tracked  # noqa: E402
@@ -68,6 +68,7 @@ class PrunedTrial(optuna.TrialPruned):
     """Optuna's pruning signal; the trial's MLflow run ends KILLED (``run_status``), tagged ``sweep_state=pruned``."""
 
     run_status = "KILLED"
+    run_tags = {STATE_TAG: "pruned"}
 
 
 class PruningCallback(TrainingCallback):
@@ -98,7 +99,6 @@ class PruningCallback(TrainingCallback):
         value = metrics[self.metric]
         self.trial.report(value, epoch)
         if self.trial.should_prune():
-            mlflow.set_tag(STATE_TAG, "pruned")
             raise PrunedTrial(f"trial {self.trial.number} pruned after epoch {epoch}: {self.metric} {value:.4g} is worse "
                               "than the median of earlier trials at that epoch")
 
@@ -450,18 +450,10 @@ def _register_best(run_id: str, base: TrainSettings, study_name: str) -> str | N
     name = base.registered_model_name
     if not name:
         return None
-    client = MlflowClient()
-    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    if versions:
-        version = max(versions, key=lambda v: int(v.version)).version
-        mlflow.set_tag("registered_model", f"{name}/{version}")
-        return f"{name}/{version}"
-    logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
-    if not logged:
-        logger.warning("Best trial run %s has no logged model; nothing registered.", run_id)
+    rmse = MlflowClient().get_run(run_id).data.metrics.get("test_rmse_mm", float("nan"))
+    version = register_run_model(run_id, name, base.experiment_type, rmse)
+    if version is None:
         return None
-    version = mlflow.register_model(logged[0].model_uri, name).version
-    rmse = client.get_run(run_id).data.metrics.get("test_rmse_mm", float("nan"))
-    describe_version(name, str(version), run_id, base.experiment_type, rmse)
-    client.set_model_version_tag(name, str(version), "sweep_study", study_name)
+    MlflowClient().set_model_version_tag(name, version, "sweep_study", study_name)
+    mlflow.set_tag("registered_model", f"{name}/{version}")
     return f"{name}/{version}"

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.tracking import MlflowClient
 
 from convlstm.checkpoint import BEST_NAME, load_checkpoint
@@ -28,27 +26,29 @@ from convlstm.training.experiment import (
     settings_from_checkpoint,
 )
 from convlstm.training.trainer import TrainingCallback, TrainingState
-from convlstm.tracking.registry import describe_version
-from convlstm.tracking.runs import log_new_params, managed_run, settings_params, timestamped
-from convlstm.tracking.store import check_tracking_store
+from convlstm.tracking.journal import SYNC_HINT, Journal
+from convlstm.tracking.record import RunRecord, recorded_run
+from convlstm.tracking.runs import settings_params, timestamped
+from convlstm.tracking.store import StoreUnreachable, check_tracking_store
 from convlstm.tracking.uris import CHECKPOINT_ARTIFACTS, resolve_resume
 
 logger = logging.getLogger(__name__)
 
 
 class MlflowTracker(TrainingCallback):
-    """Turns trainer events into MLflow metrics (step = epoch) and checkpoint artifacts.
+    """Turns trainer events into the run's record: metrics (step = epoch) and checkpoint artifacts, appended
+    to the journal and sent in the background (:mod:`convlstm.tracking.record`), so no epoch waits for the server.
 
     Parameters
     ----------
-    run_id : str
-        The active run.
+    record : RunRecord
+        The run's record.
     settings : TrainSettings
         The run's settings (logged as params once the data is known).
     """
 
-    def __init__(self, run_id: str, settings: TrainSettings) -> None:
-        self.run_id = run_id
+    def __init__(self, record: RunRecord, settings: TrainSettings) -> None:
+        self.record = record
         self.settings = settings
 
     def on_data_ready(self, data_info: dict[str, Any]) -> None:
@@ -59,11 +59,9 @@ class MlflowTracker(TrainingCallback):
         data_info : dict
             What ``describe_data`` returned (path, digest, shapes).
         """
-        params = {**settings_params(self.settings), "data": self.settings.data or "demo", **data_info}
-        log_new_params(self.run_id, params)
-        source = LocalArtifactDatasetSource(str(Path(data_info["data_path"]).resolve()))
-        mlflow.log_input(MetaDataset(source, name=Path(data_info["data_path"]).name, digest=data_info["data_digest"]),
-                         context="training")
+        self.record.log_params({**settings_params(self.settings), "data": self.settings.data or "demo", **data_info})
+        path = Path(data_info["data_path"])
+        self.record.log_input(path, path.name, data_info["data_digest"], "training")
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """Log the epoch's metrics at step ``epoch``.
@@ -75,7 +73,7 @@ class MlflowTracker(TrainingCallback):
         metrics : dict of str to float
             Losses, scores and timings.
         """
-        mlflow.log_metrics(metrics, step=epoch)
+        self.record.log_metrics(metrics, epoch)
 
     def on_checkpoint(self, path: Path) -> None:
         """Log the checkpoint file as an artifact under ``checkpoints/``.
@@ -85,20 +83,7 @@ class MlflowTracker(TrainingCallback):
         path : pathlib.Path
             The file just written.
         """
-        mlflow.log_artifact(str(path), CHECKPOINT_ARTIFACTS)
-
-    def backfill_history(self, history: list[dict[str, float]]) -> None:
-        """Log the epochs a killed run recorded in its checkpoint but not yet in MLflow (none twice).
-
-        Parameters
-        ----------
-        history : list of dict
-            The checkpoint's ``training_state["history"]``.
-        """
-        logged = {m.step for m in MlflowClient().get_metric_history(self.run_id, "val_loss")}
-        for row in history:
-            if int(row["epoch"]) not in logged:
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        self.record.log_artifact(path, CHECKPOINT_ARTIFACTS)
 
     def log_outcome(self, outcome: TrainingOutcome) -> None:
         """Final metrics, the run's files, and the model packaged with its normalizer (and registered).
@@ -108,19 +93,16 @@ class MlflowTracker(TrainingCallback):
         outcome : TrainingOutcome
             What :func:`~convlstm.training.experiment.run_training` returned.
         """
-        from convlstm.pyfunc import log_pyfunc_model
-
         state = outcome.state
-        mlflow.log_metrics({"best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
-                            "epochs_trained": state.epoch, **outcome.test_scores})
-        mlflow.set_tag("stopped_early", str(state.stopped_early).lower())
+        self.record.log_metrics({"best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
+                                 "epochs_trained": state.epoch, **outcome.test_scores}, step=0)
+        self.record.set_tags({"stopped_early": str(state.stopped_early).lower()})
         for path in outcome.files:
-            mlflow.log_artifact(str(path))
-        output_dir, name = Path(str(self.settings.output_dir)), self.settings.registered_model_name or None
-        info = log_pyfunc_model(output_dir / BEST_NAME, output_dir / NORMALIZER_NAME, outcome.input_example, name)
-        if name and info.registered_model_version is not None:
-            describe_version(name, str(info.registered_model_version), self.run_id, self.settings.experiment_type,
-                             outcome.test_scores.get("test_rmse_mm", float("nan")))
+            self.record.log_artifact(path)
+        output_dir = Path(str(self.settings.output_dir))
+        self.record.log_model(output_dir / BEST_NAME, output_dir / NORMALIZER_NAME, outcome.input_example,
+                              self.settings.registered_model_name, self.settings.experiment_type,
+                              outcome.test_scores.get("test_rmse_mm", float("nan")))
 
 
 @dataclass
@@ -129,17 +111,20 @@ class TrackedTraining:
 
     Parameters
     ----------
-    run_id : str
-        The MLflow run.
+    run_id : str or None
+        The MLflow run; None when the tracking server never answered (the run waits in the journal for ``sync``).
     settings : TrainSettings
         The settings it ran with (paths absolute).
     outcome : TrainingOutcome
         What training produced.
+    pending : int
+        Entries of the run's record not on the server yet (0: all sent).
     """
 
-    run_id: str
+    run_id: str | None
     settings: TrainSettings
     outcome: TrainingOutcome
+    pending: int = 0
 
     @property
     def output_dir(self) -> Path:
@@ -155,7 +140,7 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None, nested
     ----------
     settings : TrainSettings
         As given on the command line; with ``resume``, the run's own settings are taken from its
-        checkpoint (only ``output_dir`` and ``log_level`` may change).
+        checkpoint (only ``output_dir``, ``log_level`` and ``upload_wait`` may change).
     num_epochs : int, optional
         With ``resume``: the epochs to train in all instead of the checkpoint's (``--num-epochs`` given),
         which continues a run that ended. A FINISHED run resumed without it is refused: there is nothing
@@ -179,31 +164,57 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None, nested
         configure_logging(settings.log_level)  # resolving may warn before the run's log file is known
         checkpoint = resolve_resume(settings.resume)
         resumed, run_id = settings_from_checkpoint(checkpoint, settings.output_dir, num_epochs)
+        run_id = run_id or _synced_run(checkpoint, settings.resume)
         trained = TrainingState(**load_checkpoint(checkpoint)["training_state"])
         extend = num_epochs is not None
         if run_id:
             ended = not extend and trained.ended(resumed.model.num_epochs)
             _check_resumable(settings.resume, run_id, trained.epoch if ended else None)
-        settings = dataclasses.replace(resumed, log_level=settings.log_level)
+        settings = dataclasses.replace(resumed, log_level=settings.log_level, upload_wait=settings.upload_wait)
     else:
         settings = new_run_settings(settings)
-    check_tracking_store()  # after the refusals (they leave nothing behind), before any work
+    unreachable = _store_unreachable(nested)  # after the refusals (they leave nothing behind), before any work
     log_path = Path(str(settings.output_dir)) / "training.log"
     configure_logging(settings.log_level, log_path)
+    if unreachable:
+        logger.warning("%s. Training goes on offline: the run's record is kept in %s/tracking and can be sent "
+                       "later with: %s", unreachable, settings.output_dir, SYNC_HINT.format(settings.output_dir))
     data = settings.data or str(demo_data_path())
     tags = {"experiment_type": settings.experiment_type, "include_upstream": str(settings.include_upstream).lower(),
             "run_type": "training", **({"num_epochs_extended_to": str(num_epochs)} if extend else {}),
             **({"seed": str(settings.model.seed)} if nested else {}), **(tags or {})}  # set before anything can fail
     name = f"{settings.experiment_type}-seed{settings.model.seed}" if nested else settings.experiment_type
-    with managed_run(run_id, None if run_id else timestamped(name), settings.experiment_name, tags,
-                     log_path, system_metrics=True, nested=nested) as run:
-        tracker = MlflowTracker(run.info.run_id, settings)
+    with recorded_run(Path(str(settings.output_dir)), run_id, None if run_id else timestamped(name),
+                      settings.experiment_name, tags, log_path, nested=nested, offline=bool(unreachable),
+                      upload_wait=settings.upload_wait) as record:
+        tracker = MlflowTracker(record, settings)
         if settings.resume:
-            tracker.backfill_history(trained.history)
-        outcome = run_training(settings, data, run_id=run.info.run_id, callbacks=[tracker, *callbacks],
+            record.backfill(trained.history)
+        outcome = run_training(settings, data, run_id=record.run_id, callbacks=[tracker, *callbacks],
                                on_data_ready=tracker.on_data_ready, extend=extend)
         tracker.log_outcome(outcome)
-    return TrackedTraining(run.info.run_id, settings, outcome)
+    return TrackedTraining(record.run_id, settings, outcome, record.pending)
+
+
+def _store_unreachable(nested: bool) -> str:
+    """Check the tracking store: '' when usable, the reason when nothing answers at a server's address (the
+    training goes on offline; a child run cannot, its parent is on the server). Other failures raise."""
+    try:
+        check_tracking_store()
+    except StoreUnreachable as exc:
+        if nested:
+            raise
+        return str(exc).rstrip(".")
+    return ""
+
+
+def _synced_run(checkpoint: Path, resume: str) -> str | None:
+    """The run of a checkpoint written offline, once its folder's record has been sent (refused before)."""
+    journal = Journal(checkpoint.parent)
+    if not journal.exists():
+        return None
+    journal.check_sent(f"--resume {resume}")
+    return journal.newest_run_id()
 
 
 def _check_resumable(resume: str, run_id: str, ended_after: int | None) -> None:

@@ -18,7 +18,6 @@ from filelock import FileLock, Timeout
 from deploy.stack import mlflow_server, objectstore, postgres
 from deploy.stack.layout import (
     AUTH_DATABASE,
-    BUCKET,
     DEFAULT_USER,
     PARTS,
     Layout,

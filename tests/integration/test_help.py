@@ -12,9 +12,11 @@ from convlstm.mlproject import ENTRY_POINTS
 from tests.helpers import REPO
 
 HEAVY = ("torch", "mlflow", "xarray", "pandas", "matplotlib")
+#: The MLproject's entry points, and the commands that are not one (sync sends a training's record afterwards).
+COMMANDS = [*ENTRY_POINTS, "sync"]
 
 
-@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+@pytest.mark.parametrize("name", COMMANDS)
 def test_help_loads_no_heavy_library_and_warns_nothing(name: str) -> None:
     probe = (f"import sys, runpy; sys.argv = ['{name}', '--help']\n"
              f"try:\n    runpy.run_module('entrypoints.{name}', run_name='__main__')\n"
@@ -27,7 +29,7 @@ def test_help_loads_no_heavy_library_and_warns_nothing(name: str) -> None:
     assert done.stderr == ""
 
 
-@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+@pytest.mark.parametrize("name", COMMANDS)
 def test_installed_command_runs_outside_the_repository(name: str, tmp_path) -> None:
     """``pip install`` puts ``convlstm-<name>`` beside the interpreter; it must not need the repository as cwd."""
     script = Path(sys.executable).parent / f"convlstm-{name.replace('_', '-')}"

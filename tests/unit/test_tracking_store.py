@@ -15,6 +15,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import requests
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
 from convlstm.errors import TrackingError
@@ -62,12 +64,13 @@ def answering(request: pytest.FixtureRequest) -> Iterator[str]:
         server.server_close()
 
 
-def test_train_fails_at_once_with_one_line_when_the_server_is_unreachable(tmp_path: Path) -> None:
+def test_an_ensemble_fails_at_once_with_one_line_when_the_server_is_unreachable(tmp_path: Path) -> None:
+    """Its parent run must be on the server (a single training goes on offline instead: test_record.py)."""
     uri = f"http://127.0.0.1:{_closed_port()}"
     env = {**subprocess_env(tmp_path), "MLFLOW_TRACKING_URI": uri}
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "entrypoints.train", "--num-epochs", "1"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-m", "entrypoints.train", "--num-epochs", "1", "--seeds", "0,1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     elapsed = time.monotonic() - start
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
@@ -145,3 +148,30 @@ def test_two_starts_on_a_new_sqlite_store_both_succeed(tmp_path: Path) -> None:
     runs = MlflowClient(uri).search_runs([experiment.experiment_id])
     assert sorted(run.info.run_name for run in runs) == ["first", "second"]
     assert all(run.data.metrics == {"loss": 1.0} for run in runs)
+
+
+def _raised_inside(outer: Exception, inner: Exception) -> Exception:
+    """``outer`` raised while handling ``inner``, as MLflow wraps a failed request."""
+    try:
+        try:
+            raise inner
+        except Exception:  # noqa: BLE001
+            raise outer  # noqa: B904 - MLflow raises without `from`: the cause is only the context
+    except Exception as exc:  # noqa: BLE001
+        return exc
+
+
+@pytest.mark.parametrize(("error", "unreachable"), [
+    (_raised_inside(MlflowException("API request to /runs/log-batch failed"), requests.ConnectionError("refused")),
+     True),
+    (_raised_inside(MlflowException("API request failed"), requests.exceptions.RetryError("too many 503 error")), True),
+    (requests.Timeout("read timed out"), True),
+    (RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "restarting"}), True),
+    (RestException({"error_code": "PERMISSION_DENIED", "message": "no"}), False),
+    (RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}), False),
+    (MlflowException("Run not found"), False),
+    (ValueError("a bug"), False),
+])
+def test_only_a_server_that_does_not_answer_is_worth_asking_again(error: Exception, unreachable: bool) -> None:
+    """The journal's sender retries an outage for as long as the training runs, and stops at a refusal."""
+    assert store.is_unreachable(error) is unreachable
