@@ -18,9 +18,11 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from convlstm.errors import Interrupted
+from convlstm.errors import Interrupted, TrackingError
 from convlstm.settings import as_text, fields_of, flatten
 from convlstm.tracking.store import bounded_requests
 
@@ -165,13 +167,22 @@ def experiment_of_run(run_id: str) -> str | None:
     Returns
     -------
     str or None
-        None for a run of another store (e.g. a checkpoint brought from elsewhere).
+        None for a run this store does not hold (a checkpoint brought from elsewhere: MLflow's default experiment).
+
+    Raises
+    ------
+    TrackingError
+        The store could not be asked (a busy or restarting server): guessing would put the results elsewhere.
     """
     client = MlflowClient()
     try:
         return client.get_experiment(client.get_run(run_id).info.experiment_id).name
-    except Exception:  # noqa: BLE001 - a checkpoint from another tracking store: use the default experiment
-        return None
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise TrackingError(f"Cannot look up the experiment of run {run_id} in {mlflow.get_tracking_uri()} "
+                            f"({(str(exc).strip().splitlines() or [''])[0][:300]}); try again, or pass "
+                            "--experiment-name.") from exc
 
 
 def ended_status(exc: BaseException) -> str:
