@@ -34,6 +34,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_PAIR] = (root, start_pair(root))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that mostly wait (marked ``waits``: a 5-minute server outage) go first, so that under xdist their
+    wait overlaps the other tests on the other workers instead of coming at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("waits") is None)  # a stable sort keeps the rest in order
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop the background training if it is still running, and remove its files."""
     if _PAIR in config.stash:

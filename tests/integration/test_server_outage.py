@@ -19,7 +19,7 @@ from convlstm.data.demo import demo_data_path
 from tests.integration.entry_processes import Process
 from tests.integration.server_stack import as_user, session_stack, user_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.waits]
 
 #: How long the server stays down (CONVLSTM_TEST_OUTAGE_S shortens it while working on this test).
 OUTAGE_S = float(os.environ.get("CONVLSTM_TEST_OUTAGE_S", "300"))
