@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 WORKER_MODULE = "convlstm.commands.train"
 
 
-def train_distributed(settings: TrainSettings, args: list[str]) -> str | None:
+def train_distributed(settings: TrainSettings, args: list[str]) -> str:
     """Train in ``settings.nproc_per_node`` processes on this machine, recorded in one MLflow run.
 
     Parameters
@@ -51,8 +51,8 @@ def train_distributed(settings: TrainSettings, args: list[str]) -> str | None:
 
     Returns
     -------
-    str or None
-        The run trained in (None: a resumed checkpoint's run, unknown until rank 0 reads it, when it had none).
+    str
+        The run trained in: the resumed checkpoint's, ``mlflow run``'s (``MLFLOW_RUN_ID``) or a new one.
 
     Raises
     ------
@@ -101,7 +101,8 @@ def _prepare_environment(nproc: int) -> None:
     machine's cores shared among them (``torchrun`` would give each one thread)."""
     package_root = str(Path(convlstm.__file__).resolve().parents[1])
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
 
 
 def new_training_run(experiment_name: str | None, experiment_type: str = "training") -> str:

@@ -23,6 +23,7 @@ them exits with an error. So a process must not fail out from under rank 0 befor
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -301,7 +302,10 @@ def process_group(device_name: str) -> Iterator[DistributedContext]:
                               f"at most {gpus} processes a machine (--nproc-per-node), or use --device cpu.",
                               "nproc_per_node")
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, device_id=torch.device("cuda", local_rank))
+        # device_id (torch 2.3+) binds the group to the GPU at once; older torch finds it from set_device
+        bound = {"device_id": torch.device("cuda", local_rank)} \
+            if "device_id" in inspect.signature(dist.init_process_group).parameters else {}
+        dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, **bound)
     else:
         dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
     context = DistributedContext.current()
@@ -461,6 +465,7 @@ def launch(nproc: int, module: str, args: Sequence[str], master_port: int | None
 
     argv = [*torchrun_args(nproc, master_port), "-m", module, *args]
     logger.info("Starting %d training processes: torchrun %s", nproc, " ".join(argv))
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}  # torchrun sets its own
     try:
         run(parse_args(argv))
     except SignalException as exc:
@@ -474,6 +479,9 @@ def launch(nproc: int, module: str, args: Sequence[str], master_port: int | None
         raise ProcessesFailed(describe_failures(exc.failures), first.exitcode if first.exitcode > 0 else 1) from None
     except Exception as exc:  # noqa: BLE001 - the rendezvous failed (a port taken meanwhile, ...): one line
         raise ProcessesFailed(f"torchrun could not start the training processes: {_gist(exc)}.") from exc
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _recorded(failure: Any) -> str:
