@@ -15,10 +15,11 @@ The real train command runs on the demo atmosphere (default settings but the epo
 Samples/s is the training split's windows over an epoch's training time (the run's ``epoch_time_s`` less its
 ``val_time_s``: optimizer steps and loading, without validation), median over epochs 2..N, rank 0's (the
 processes step together). The batch (``--batch-size``, split among the processes) is the same in every setting,
-so all three train the same model: the largest relative difference of each one's per-epoch ``train_loss`` and
-``val_loss`` from the one-thread process's is reported too (the two processes differ from it only in how a
-batch's gradient is summed: float32 rounding; another thread count sums convolutions in another order, and that
-grows over the epochs). There is no speed target: the figure is stated.
+so all three train the same model: the relative difference of each one's epoch-1 ``train_loss`` and last
+``val_loss`` from the one-thread process's is reported too. The two processes differ from it only in how a batch's
+gradient is summed, and two threads in how a convolution is summed: float32 rounding, about 1e-6 after the first
+epoch, which hundreds of AdamW steps then grow (to about 1e-2 after three epochs, alike for both). There is no
+speed target: the figure is stated.
 """
 
 from __future__ import annotations
@@ -92,19 +93,22 @@ def main(argv: list[str] | None = None) -> int:
     for result in results.values():
         result["samples_s"] = result["windows"] / statistics.median(result["train_s"][1:])  # type: ignore[index]
     rows = []
+    def relative(name: str, key: str, epoch: int) -> float:
+        ours, theirs = results[name][key][epoch], results[arithmetic][key][epoch]  # type: ignore[index]
+        return abs(ours - theirs) / abs(theirs)
+
     for name, result in results.items():
-        differences = [abs(a - b) / abs(b) for key in ("train_loss", "val_loss")
-                       for a, b in zip(result[key], results[arithmetic][key])]  # type: ignore[arg-type]
-        result["max_rel_loss_difference"] = max(differences)
+        result["rel_train_loss_epoch1"] = relative(name, "train_loss", 0)
+        result["rel_val_loss_last"] = relative(name, "val_loss", -1)
         ratio = result["samples_s"] / results[reference]["samples_s"]  # type: ignore[operator]
         rows.append([name, f"{result['samples_s']:.2f}", f"{ratio:.2f}x", f"{result['run_s']:.0f}",
-                     f"{max(differences):.1e}"])
-    print(fmt_table(["setting", "samples/s", "vs 1 process, all cores", "run s", "loss vs 1 thread"], rows))
+                     f"{result['rel_train_loss_epoch1']:.1e}", f"{result['rel_val_loss_last']:.1e}"])
+    print(fmt_table(["setting", "samples/s", "vs 1 process, all cores", "run s", "train_loss 1", "val_loss N"], rows))
     print(f"samples/s: {results[reference]['windows']} training windows over the epoch's training time, median of "
           f"epochs 2..{args.epochs}; batch {args.batch_size} in every setting (2 processes: {args.batch_size // 2} "
-          "windows each a step).\nrun s: the whole command (start, data, epochs, test, model logging). loss vs 1 "
-          "thread: the largest relative\ndifference of the per-epoch train_loss and val_loss from the one-process, "
-          "one-thread run's.")
+          "windows each a step).\nrun s: the whole command (start, data, epochs, test, model logging). train_loss 1, "
+          "val_loss N: relative difference\nof epoch 1's train_loss and the last epoch's val_loss from the "
+          "one-process, one-thread run's.")
     out["settings"] = vars(args)
     out["results"] = results
     return finish([], out, args.json)
