@@ -18,7 +18,7 @@ processes step together). The batch (``--batch-size``, split among the processes
 so all three train the same model: the relative difference of each one's epoch-1 ``train_loss`` and last
 ``val_loss`` from the one-thread process's is reported too. The two processes differ from it only in how a batch's
 gradient is summed, and two threads in how a convolution is summed: float32 rounding, about 1e-6 after the first
-epoch, which hundreds of AdamW steps then grow (to about 1e-2 after three epochs, alike for both). There is no
+epoch, which hundreds of AdamW steps then grow (to 1e-3 to 1e-2 after three epochs, alike for both). There is no
 speed target: the figure is stated.
 """
 
