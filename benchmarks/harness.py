@@ -98,6 +98,9 @@ def machine() -> dict[str, str]:
     return {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": f"{cpu_description()}; {os.cpu_count()} logical CPUs, torch threads = {torch.get_num_threads()}",
+        "kernels": f"torch {torch.backends.cpu.get_cpu_capability()} CPU kernels, "
+                   f"MKL {'yes' if torch.backends.mkl.is_available() else 'no'}, "
+                   f"oneDNN {'yes' if torch.backends.mkldnn.is_available() else 'no'}",
         "gpu": device,
         "torch": f"{torch.__version__}, python {platform.python_version()}",
         "load": "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()),

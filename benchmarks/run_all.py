@@ -19,7 +19,7 @@ from pathlib import Path
 from harness import machine
 
 SCRIPTS = ["bench_cli.py", "bench_model.py", "bench_data.py", "bench_epoch.py", "bench_serving.py",
-           "bench_serving_load.py", "bench_store.py"]
+           "bench_serving_load.py", "bench_store.py", "bench_ddp.py"]
 #: Extra arguments: bench_store.py at full size takes ~30 min, so run_all runs its smaller version by default.
 QUICK = {"bench_store.py": ["--quick"]}
 

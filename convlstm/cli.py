@@ -8,9 +8,11 @@ This module imports neither torch nor mlflow nor xarray, so ``--help`` answers a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -198,6 +200,23 @@ def given_on_command_line(name: str) -> bool:
     return not os.environ.get("MLFLOW_RUN_ID") or context.params[name] != default
 
 
+def given_args() -> list[str]:
+    """The running command's flags that were given on its command line, each with its value as the flag takes
+    it (``--hidden-channels 16,32,64``): the same command for another process (a distributed training's).
+
+    Returns
+    -------
+    list of str
+        Flags and values, in the command's order of options.
+    """
+    context = click.get_current_context()
+    args: list[str] = []
+    for param in context.command.params:
+        if param.name and context.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            args += [flag_of(param.name), as_text(context.params[param.name])]
+    return args
+
+
 def run_cli(command: click.Command, argv: Sequence[str] | None = None) -> None:
     """Run a click command; turn usage and user errors into one line and an exit status, and fail the
     run ``mlflow run`` created for us when we stop before starting it.
@@ -233,7 +252,22 @@ def run_cli(command: click.Command, argv: Sequence[str] | None = None) -> None:
             raise
         message, code, status = f"{exc.strerror}: {exc.filename or 'a file'}", 1, "FAILED"
         click.echo(f"Error: {message}", err=True)
-    from convlstm.tracking.runs import fail_pending_run
+    _record_for_torchrun(message)
+    if os.environ.get("RANK", "0") == "0":  # a training process other than rank 0 never touches the MLflow run
+        from convlstm.tracking.runs import fail_pending_run
 
-    fail_pending_run(message, status)
+        fail_pending_run(message, status)
     sys.exit(code)
+
+
+def _record_for_torchrun(message: str) -> None:
+    """Under ``torchrun``, leave the one-line reason where its agent reads a failed process's error: the
+    ``train`` command's launcher (``--nproc-per-node``) then names each failed process with its reason."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"message": message, "timestamp": int(time.time())}), encoding="utf-8")
+    except OSError:
+        pass  # the reason is on stderr all the same

@@ -68,7 +68,8 @@ class ConvLSTMConfig(Settings):
     kernel_size: int = setting(3, "Odd convolution kernel size.", low=1, group=_MODEL)
     learning_rate: float = setting(1e-3, "AdamW learning rate (cosine-annealed).", group=_TRAINING, **_POSITIVE)
     weight_decay: float = setting(1e-2, "AdamW weight decay.", low=0.0, group=_TRAINING)
-    batch_size: int = setting(4, "Windows per batch.", low=1, group=_TRAINING)
+    batch_size: int = setting(4, "Windows per optimizer step (split among the processes with --nproc-per-node).",
+                              low=1, group=_TRAINING)
     num_epochs: int = setting(12, "Maximum number of epochs.", low=1, group=_TRAINING)
     time_step: int = _time_step()
     window_size: int = setting(6, "Input time steps per window (6 = 3 days of 12-hourly data).", low=1, group=_DATA)
@@ -232,6 +233,11 @@ class TrainSettings(Settings):
     num_workers: int = setting(0, "DataLoader worker processes; 0 reads windows in the training loop, fastest on CPU "
                                "from memory and from a store alike.", low=0, group=_SYSTEM)
     pin_memory: bool = setting(True, "Pinned host memory for faster GPU copies (CUDA only).", group=_SYSTEM)
+    nproc_per_node: int = setting(1, "Training processes on this machine (torchrun --standalone, PyTorch DDP): one per "
+                                     "GPU on CUDA, else CPU processes (gloo); --batch-size is split among them.",
+                                  low=1, group=_SYSTEM)
+    master_port: int | None = setting(None, "With --nproc-per-node > 1: the port the processes meet on (default: a "
+                                            "free one).", low=1, high=65535, group=_SYSTEM)
     resume: str | None = setting(None, "Continue a run: its MLflow run id, output directory or a checkpoint file.",
                                  group=_TRACKING)
     experiment_name: str | None = _experiment_name("$MLFLOW_EXPERIMENT_NAME, else MLflow's Default, as for `mlflow run`")
@@ -293,6 +299,9 @@ class SweepSettings(TrainSettings):
     seeds: list[int] | None = setting(None, "Not used by a sweep.", low=0, cli=False, mlproject=False)
     resume: str | None = setting(None, "Not used by a sweep: rerun the same command to continue it.", cli=False,
                                  mlproject=False)
+    nproc_per_node: int = setting(1, "Not used by a sweep: each trial trains in one process.", low=1, cli=False,
+                                  mlproject=False)
+    master_port: int | None = setting(None, "Not used by a sweep.", cli=False, mlproject=False)
     registered_model_name: str = _registered_model_name(
         "Register the best trial's model under this name ('' to skip); trials themselves register nothing.")
     experiments: str = setting("one", "one: the experiment --include-upstream chooses; both: the baseline, then the "

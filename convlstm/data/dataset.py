@@ -270,7 +270,8 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def window_batches(self, batch_size: int) -> Iterator[tuple[WindowBatch, torch.Tensor]]:
+    def window_batches(self, batch_size: int,
+                       part: tuple[int, int] = (0, 1)) -> Iterator[tuple[WindowBatch, torch.Tensor]]:
         """Every window in order, ``batch_size`` at a time, with its targets ``[B, H_down, W_down]``.
 
         The windows of a batch arrive as the stretch of frames they span (read once; in memory a view),
@@ -280,16 +281,22 @@ class WindowDataset(Dataset):
         ----------
         batch_size : int
             Windows per batch (the last batch may be smaller).
+        part : tuple of int
+            ``(k, parts)``: only the ``k``-th of ``parts`` consecutive stretches of the windows (as equal as
+            can be; possibly empty), which is what one of ``parts`` processes scores. Consecutive, so that
+            the batches still share their frames.
 
         Yields
         ------
         WindowBatch, torch.Tensor
             The windows, and their normalized targets.
         """
-        for first in range(0, len(self), batch_size):
-            starts = self.starts[first:first + batch_size]
+        k, parts = part
+        for first in range(len(self) * k // parts, len(self) * (k + 1) // parts, batch_size):
+            end = min(first + batch_size, len(self) * (k + 1) // parts)
+            starts = self.starts[first:end]
             low, high = int(starts[0]), int(starts[-1]) + self.window_size
-            targets = self._precipitation(self.target_indices[first:first + batch_size])[..., self.downstream_columns]
+            targets = self._precipitation(self.target_indices[first:end])[..., self.downstream_columns]
             batch = WindowBatch(torch.from_numpy(self._frames(low, high)), torch.from_numpy(starts - low), self.window_size)
             yield batch, torch.from_numpy(np.ascontiguousarray(targets))
 

@@ -162,6 +162,17 @@ class ContinuousScores(_Accumulator):
         sse = np.einsum("ti,ti->t", by_time, by_time)
         return np.stack([sse, np.full(sse.shape, by_time.shape[1], dtype=np.float64)], axis=1)
 
+    def error_totals(self) -> np.ndarray:
+        """``[squared error, absolute error, cells]`` summed so far: what processes that each scored a part of the
+        data add up (an all-reduce) before :func:`rmse_mae_from_totals`, so the RMSE of the whole is exact.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64, shape ``(3,)``.
+        """
+        return np.array([self._sums[0], self._sums[1], float(self._n)])
+
     def compute(self) -> dict[str, float]:
         """The scores over everything accumulated; NaN when nothing was, or when a score is undefined.
 
@@ -178,6 +189,26 @@ class ContinuousScores(_Accumulator):
             values = {"rmse_mm": np.sqrt(mse), "mae_mm": mae, "bias_mm": bias, "correlation": correlation,
                       "rmse_latw_mm": np.sqrt(wsse / wsum)}
         return {key: float(v) if np.isfinite(v) else math.nan for key, v in values.items()}
+
+
+def rmse_mae_from_totals(totals: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """RMSE and MAE from :meth:`ContinuousScores.error_totals` (summed over parts), as ``compute`` gives them.
+
+    Parameters
+    ----------
+    totals : sequence of float
+        Squared error, absolute error and cells.
+
+    Returns
+    -------
+    dict of str to float
+        ``rmse_mm`` and ``mae_mm``; NaN without cells.
+    """
+    sse, sae, n = np.asarray(totals, dtype=np.float64)
+    if not n:
+        return {"rmse_mm": math.nan, "mae_mm": math.nan}
+    rmse, mae = float(np.sqrt(sse / n)), float(sae / n)
+    return {"rmse_mm": rmse if math.isfinite(rmse) else math.nan, "mae_mm": mae if math.isfinite(mae) else math.nan}
 
 
 def contingency_scores(counts: np.ndarray) -> dict[str, np.ndarray]:

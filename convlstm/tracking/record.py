@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from convlstm.atomic import atomic_path
 from convlstm.errors import Interrupted, TrackingError
 from convlstm.tracking.journal import SYNC_HINT, Journal, now_ms
-from convlstm.tracking.runs import SYSTEM_METRICS_INTERVAL_S, ended_status, point_launcher_run_to
+from convlstm.tracking.runs import SYSTEM_METRICS_INTERVAL_S, ended_status, new_run_experiment, point_launcher_run_to
 from convlstm.tracking.store import bounded_requests
 from convlstm.tracking.upload import BackgroundSender, Sender
 
@@ -155,10 +155,7 @@ def _start_entry(journal: Journal, run_id: str | None, run_name: str | None, exp
     user_tags = {**tags, MLFLOW_RUN_NAME: run_name or ""}
     if parent is not None:
         user_tags[MLFLOW_PARENT_RUN_ID] = parent.info.run_id
-    where = ({"experiment_id": parent.info.experiment_id} if parent is not None else
-             {"experiment_name": experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME")}
-             if experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") else
-             {"experiment_id": os.environ.get("MLFLOW_EXPERIMENT_ID", "0")})
+    where = {"experiment_id": parent.info.experiment_id} if parent is not None else new_run_experiment(experiment_name)
     return {**entry, **where, "run_name": run_name, "tags": context_registry.resolve_tags(user_tags)}
 
 

@@ -141,6 +141,59 @@ def fail_pending_run(message: str, status: str = "FAILED") -> None:
         logger.debug("Could not mark run %s as FAILED.", run_id, exc_info=True)
 
 
+def new_run_experiment(experiment_name: str | None) -> dict[str, str]:
+    """Where a new run goes, as ``mlflow run`` chooses: ``--experiment-name``, else ``MLFLOW_EXPERIMENT_NAME``, else
+    ``MLFLOW_EXPERIMENT_ID``, else MLflow's Default (named, not found by process state, so it can be written down
+    and resolved later: :func:`resolve_experiment`).
+
+    Parameters
+    ----------
+    experiment_name : str, optional
+        The experiment asked for.
+
+    Returns
+    -------
+    dict of str to str
+        ``{"experiment_name": ...}`` or ``{"experiment_id": ...}``.
+    """
+    name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if name:
+        return {"experiment_name": name}
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return {"experiment_id": os.environ["MLFLOW_EXPERIMENT_ID"]}
+    return {"experiment_name": "Default"}
+
+
+def resolve_experiment(client: MlflowClient, where: dict[str, Any]) -> str:
+    """The id of the experiment :func:`new_run_experiment` named, created when missing (as ``mlflow.set_experiment``).
+
+    Parameters
+    ----------
+    client : MlflowClient
+        The store's client.
+    where : dict
+        ``{"experiment_id": ...}`` or ``{"experiment_name": ...}``.
+
+    Returns
+    -------
+    str
+        The experiment id.
+    """
+    if where.get("experiment_id"):
+        return str(where["experiment_id"])
+    name = where["experiment_name"]
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another process created it in between
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 def point_launcher_run_to(launcher_run_id: str, run_id: str) -> None:
     """Tag the run ``mlflow run`` made for a launch that resumed another run, so its page says where the results are.
 

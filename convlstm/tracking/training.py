@@ -159,6 +159,10 @@ def train_tracked(settings: TrainSettings, num_epochs: int | None = None, nested
     TrackedTraining
         The run id, the settings it ran with and the training outcome.
     """
+    from convlstm.tracking.distributed import follow_training, is_follower
+
+    if is_follower():  # a training process other than rank 0: trains what rank 0 trains, logs nothing
+        return follow_training(settings)
     run_id, extend = None, False
     if settings.resume:
         configure_logging(settings.log_level)  # resolving may warn before the run's log file is known

@@ -22,13 +22,12 @@ import numpy as np
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import DatasetInput, InputTag, Metric, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from convlstm.errors import TrackingError
 from convlstm.tracking.journal import SYNC_HINT, Journal, JournalState
 from convlstm.tracking.registry import register_run_model
-from convlstm.tracking.runs import log_new_params
+from convlstm.tracking.runs import log_new_params, resolve_experiment
 from convlstm.tracking.store import bounded_requests, check_tracking_store, is_unreachable, unreachable_reason
 
 logger = logging.getLogger(__name__)
@@ -107,23 +106,6 @@ def _superseded(entry: dict[str, Any], later: list[dict[str, Any]]) -> bool:
                for other in later)
 
 
-def _experiment_id(client: MlflowClient, entry: dict[str, Any]) -> str:
-    """The run's experiment: its id, or its name (created when missing, as ``mlflow.set_experiment`` does)."""
-    if entry.get("experiment_id"):
-        return str(entry["experiment_id"])
-    name = entry["experiment_name"]
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:  # another process created it in between
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
-
-
 def _start(client: MlflowClient, entry: dict[str, Any], unsure: bool) -> str:
     """Create the run (or continue the given one), with the start time and tags the training recorded."""
     tags = entry["tags"]
@@ -132,7 +114,7 @@ def _start(client: MlflowClient, entry: dict[str, Any], unsure: bool) -> str:
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return str(run_id)
-    experiment_id = _experiment_id(client, entry)
+    experiment_id = resolve_experiment(client, entry)
     if unsure:
         found = client.search_runs([experiment_id], f"tags.{RUN_KEY_TAG} = '{entry['run']}'", max_results=1)
         if found:

@@ -2,6 +2,9 @@
 
 ``convlstm.tracking.training`` calls ``run_training`` inside an MLflow run; the tests call it directly.
 MLflow is not imported here: the tracker is one of the trainer's callbacks.
+
+With several training processes (``torchrun``) every process calls ``run_training``; rank 0's settings, data and
+run id are the ones used (the others' arguments are replaced by them), and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from convlstm.device import select_device
 from convlstm.errors import ConfigError
 from convlstm.forecast import predict_windows
 from convlstm.model import ConvLSTMUNet
+from convlstm.training.distributed import DistributedContext
 from convlstm.training.trainer import Trainer, TrainingCallback, TrainingState
 
 logger = logging.getLogger(__name__)
@@ -58,7 +62,8 @@ def checkpoint_metadata(settings: TrainSettings, run_id: str | None) -> dict[str
         ``data``, ``output_dir``, the remaining settings as ``options``, and ``run_id``.
     """
     options = settings.to_dict()
-    options.pop("resume")
+    for launch_only in ("resume", "nproc_per_node", "master_port"):  # how this launch ran, not what the run is
+        options.pop(launch_only, None)
     return {"config": options.pop("model"), "region_config": options.pop("regions"),
             "include_upstream": options.pop("include_upstream"), "data": options.pop("data"),
             "output_dir": options.pop("output_dir"), "options": options, "run_id": run_id}
@@ -137,6 +142,10 @@ class TrainingOutcome:
         What :func:`describe_data` returned.
     input_example : numpy.ndarray
         One raw window ``[1, T, C, H, W]`` in physical units, for the served model's signature.
+    settings : TrainSettings, optional
+        The settings it ran with (shapes and split from the data; rank 0's with several processes).
+    run_id : str, optional
+        The MLflow run it was recorded in (rank 0's).
     """
 
     state: TrainingState
@@ -144,6 +153,8 @@ class TrainingOutcome:
     files: list[Path]
     data_info: dict[str, Any]
     input_example: np.ndarray  # one raw window [1, T, C, H, W] in physical units, for the served model
+    settings: TrainSettings | None = None
+    run_id: str | None = None
 
 
 def describe_data(source: str, prepared: PreparedData) -> dict[str, Any]:
@@ -230,14 +241,37 @@ def run_training(settings: TrainSettings, data: str, *, run_id: str | None = Non
     -------
     TrainingOutcome
         The final state, the best model's test scores, the files written and a raw input window.
+
+    Raises
+    ------
+    LostProcess
+        With several processes, when another of them stopped.
     """
+    processes = DistributedContext.current()
+    with processes.naming_lost_processes():
+        return _run_training(processes, settings, data, run_id, callbacks, on_data_ready, extend)
+
+
+def _run_training(processes: DistributedContext, settings: TrainSettings, data: str, run_id: str | None,
+                  callbacks: Sequence[TrainingCallback], on_data_ready: Callable[[dict[str, Any]], None] | None,
+                  extend: bool) -> TrainingOutcome:
+    """:func:`run_training` in one of ``processes`` (rank 0 decides what is trained and writes the files)."""
+    settings, data, run_id, extend = processes.share((settings, data, run_id, extend))
     output_dir = Path(str(settings.output_dir))
-    output_dir.mkdir(parents=True, exist_ok=True)
+    main = processes.is_main
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
     config = settings.model
+    if config.batch_size < processes.world_size:  # every process would meet it: refused by all alike
+        raise ConfigError(f"--batch-size {config.batch_size} is smaller than the {processes.world_size} training "
+                          "processes: each optimizer step's batch is split among them; use a larger --batch-size or "
+                          "fewer processes.", "batch_size")
     torch.manual_seed(config.seed)
-    device = select_device(settings.device)
+    device = processes.device(select_device(settings.device))
     resume_from = Path(settings.resume) if settings.resume else None
-    resumed_normalizer = ConvLSTMNormalizer.from_dict(load_checkpoint(resume_from)["normalizer"]) if resume_from else None
+    # rank 0 reads the checkpoint (it may have been fetched from the run's artifacts where only rank 0 can see it)
+    resumed = processes.share(load_checkpoint(resume_from) if resume_from and main else None)
+    resumed_normalizer = ConvLSTMNormalizer.from_dict(resumed["normalizer"]) if resumed else None
     prepared = prepare_data(
         data, settings.regions, settings.include_upstream, config.window_size, config.target_offset,
         config.train_ratio, config.val_ratio, normalizer=resumed_normalizer, nan_policy=settings.nan_policy,  # type: ignore[arg-type]
@@ -251,40 +285,45 @@ def run_training(settings: TrainSettings, data: str, *, run_id: str | None = Non
     config = settings.model
     if on_data_ready is not None:
         on_data_ready(data_info)
-    logger.info("%s experiment on %s: input %s×%s×%s, windows train/val/test = %s/%s/%s, device %s",
+    where = f" (rank {processes.rank} of {processes.world_size} processes, {processes.backend})"
+    logger.info("%s experiment on %s: input %s×%s×%s, windows train/val/test = %s/%s/%s, device %s%s",
                 settings.experiment_type, data, data_info["input_channels"], data_info["input_height"],
                 data_info["input_width"], data_info["n_windows_train"], data_info["n_windows_val"],
-                data_info["n_windows_test"], device)
+                data_info["n_windows_test"], device, where if processes.is_distributed else "")
 
     model = ConvLSTMUNet(config.input_channels, config.hidden_channels, config.output_channels, config.kernel_size)
-    check_writable(output_dir, checkpoint_space(model, config.num_epochs, config.checkpoint_frequency), "output_dir")
-    prepared.normalizer.save(output_dir / NORMALIZER_NAME)
     metadata = checkpoint_metadata(settings, run_id)
-    atomic_write_bytes(output_dir / CONFIG_NAME, json.dumps({**metadata, "data_info": data_info}, indent=2, default=str).encode())
+    if main:
+        space = checkpoint_space(model, config.num_epochs, config.checkpoint_frequency)
+        check_writable(output_dir, space, "output_dir")
+        prepared.normalizer.save(output_dir / NORMALIZER_NAME)
+        atomic_write_bytes(output_dir / CONFIG_NAME,
+                           json.dumps({**metadata, "data_info": data_info}, indent=2, default=str).encode())
 
     trainer = Trainer(
         model, config, prepared.normalizer, prepared.train.downstream_columns, device, output_dir,
         metadata={**metadata, "normalizer": prepared.normalizer.to_dict(),
                   "data_digest": data_info["data_digest"], "input_grid": input_grid(prepared.train)},
-        callbacks=callbacks, num_workers=settings.num_workers, pin_memory=settings.pin_memory,
+        callbacks=callbacks, num_workers=settings.num_workers, pin_memory=settings.pin_memory, distributed=processes,
     )
     if resume_from:
-        trainer.restore(resume_from)
+        trainer.restore(resume_from, resumed)
         if extend:
             trainer.extend()
     state = trainer.fit(prepared.train, prepared.val)
 
-    best = load_checkpoint(output_dir / BEST_NAME, map_location=device)
-    model.load_state_dict(best["model_state_dict"])
+    if main:
+        model.load_state_dict(load_checkpoint(output_dir / BEST_NAME, map_location=device)["model_state_dict"])
+    processes.share_weights(model)
     test_scores = {}
     if prepared.test is not None:
         test_scores = {f"test_{key}": value for key, value in trainer.evaluate(prepared.test).items()}
         logger.info("Best model (epoch %d) on the test split: RMSE %.3f mm, MAE %.3f mm",
                     state.best_epoch, test_scores["test_rmse_mm"], test_scores["test_mae_mm"])
-    files = [output_dir / NORMALIZER_NAME, output_dir / CONFIG_NAME]
-    if settings.visualize:
+    files = [output_dir / NORMALIZER_NAME, output_dir / CONFIG_NAME] if main else []
+    if settings.visualize and main:
         files += _figures(output_dir, state, prepared, model, trainer, settings)
-    return TrainingOutcome(state, test_scores, files, data_info, raw_window(prepared, settings))
+    return TrainingOutcome(state, test_scores, files, data_info, raw_window(prepared, settings), settings, run_id)
 
 
 def raw_window(prepared: PreparedData, settings: TrainSettings) -> np.ndarray:

@@ -4,12 +4,21 @@ It imports no MLflow: after each epoch and each checkpoint it calls its callback
 ``convlstm.tracking`` turns those events into MLflow metrics and artifacts. Loss and metrics are
 computed on the downstream columns only, so the baseline and the upstream experiment are scored on
 the same cells.
+
+The same loop trains in several processes (DDP under ``torchrun``; ``convlstm.training.distributed``): each
+process takes its share of every batch (``EpochBatches``) and of the validation windows, gradients are averaged
+by DDP with each process's loss weighted by its share (so a step equals one process's step on the whole batch),
+losses and scores are summed over the processes before they are divided, rank 0 decides the best epoch and
+early stopping and shares them, and only rank 0 writes checkpoints and calls the callbacks. With one process
+all of that is the identity.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,14 +32,15 @@ from tqdm.auto import tqdm
 
 from convlstm.config import ConvLSTMConfig
 from convlstm.data.dataset import WindowBatch, WindowDataset
-from convlstm.data.epoch_order import EpochOrder
+from convlstm.data.epoch_order import EpochBatches
 from convlstm.data.normalizer import ConvLSTMNormalizer
 from convlstm.errors import DataError, Interrupted, TrainingDiverged
 from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, periodic_name, save_checkpoint
 from convlstm.device import amp_dtype
-from convlstm.evaluation.scores import ContinuousScores
+from convlstm.evaluation.scores import ContinuousScores, rmse_mae_from_totals
 from convlstm.forecast import forward_downstream
 from convlstm.interrupt import SignalCatcher, catching_signals
+from convlstm.training.distributed import DistributedContext
 from convlstm.training.loss import WeightedPrecipitationLoss
 from convlstm.training.progress import PROGRESS_INTERVAL_S, ProgressLog
 
@@ -149,6 +159,9 @@ class Trainer:
         Pinned host memory for the batches (used on CUDA only).
     progress_interval_s : float
         Seconds between progress lines within an epoch when no progress bar is shown (not a terminal).
+    distributed : DistributedContext, optional
+        This process among the training processes (default: the process group joined, else one process).
+        ``config.batch_size`` is each step's batch over all processes.
 
     Attributes
     ----------
@@ -171,8 +184,11 @@ class Trainer:
         num_workers: int = 0,
         pin_memory: bool = False,
         progress_interval_s: float = PROGRESS_INTERVAL_S,
+        distributed: DistributedContext | None = None,
     ) -> None:
+        self.dist = distributed or DistributedContext.current()
         self.model = model.to(device)
+        self.train_model = self.dist.wrap(self.model)  # what the training steps call: DDP with several processes
         self.config = config
         self.normalizer = normalizer
         self.downstream_columns = downstream_columns
@@ -229,6 +245,11 @@ class Trainer:
                 self._fit_epoch(loader, val_data, stop)
         return self.state
 
+    @property
+    def process_batch_size(self) -> int:
+        """The most windows a process takes of a batch: ``batch_size`` split among the processes."""
+        return -(-self.config.batch_size // self.dist.world_size)
+
     def _fit_epoch(self, loader: DataLoader, val_data: WindowDataset, stop: SignalCatcher) -> None:
         """Train, validate, checkpoint and report one epoch; stop after it if a signal came."""
         epoch = self.state.epoch + 1
@@ -265,17 +286,21 @@ class Trainer:
         )
         for callback in self.callbacks:
             callback.on_epoch_end(epoch, metrics)
-        if stop.received:
-            self._stop(stop.received, f"after epoch {epoch}/{self.config.num_epochs}", save=False)
+        signum = self._agreed_stop(stop)
+        if signum:
+            self._stop(signum, f"after epoch {epoch}/{self.config.num_epochs}", save=False)
 
     @torch.no_grad()
     def evaluate(self, data: WindowDataset) -> dict[str, float]:
         """Weighted loss (normalized space) and RMSE / MAE in mm on the downstream cells.
 
+        Each of several processes scores a consecutive part of the windows; the sums are added up over the
+        processes before they are divided, so every process returns the scores of all the windows.
+
         Parameters
         ----------
         data : WindowDataset
-            The windows to score, ``EVAL_BATCH_FACTOR`` times the training batch size at a time.
+            The windows to score, ``EVAL_BATCH_FACTOR`` times a process's training batch at a time.
 
         Returns
         -------
@@ -285,14 +310,14 @@ class Trainer:
         self.model.eval()
         loss_sum, n_windows, scores = 0.0, 0, ContinuousScores()
         # No activations are kept for backward here, so a larger batch fits in a training batch's memory.
-        for inputs, targets in data.window_batches(EVAL_BATCH_FACTOR * self.config.batch_size):
+        for inputs, targets in data.window_batches(EVAL_BATCH_FACTOR * self.process_batch_size, self.dist.part):
             inputs, targets = self._to_device(inputs, targets)
             prediction = self._forward(inputs)
             loss_sum += float(self.criterion(prediction, targets)) * len(targets)
             scores.accumulate(*(self.normalizer.denormalize_precipitation(x).float().cpu().numpy() for x in (prediction, targets)))
             n_windows += len(targets)
-        computed = scores.compute()
-        return {"loss": loss_sum / n_windows if n_windows else math.nan, "rmse_mm": computed["rmse_mm"], "mae_mm": computed["mae_mm"]}
+        loss_sum, n_windows, *errors = self.dist.sum([loss_sum, n_windows, *scores.error_totals()])
+        return {"loss": loss_sum / n_windows if n_windows else math.nan, **rmse_mae_from_totals(errors)}
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything needed to resume or to rebuild the model, as plain values and tensors.
@@ -313,15 +338,17 @@ class Trainer:
             "training_state": vars(self.state).copy(),
         }
 
-    def restore(self, path: Path) -> None:
+    def restore(self, path: Path, state: dict[str, Any] | None = None) -> None:
         """Continue from a checkpoint written by this trainer (weights, optimizer, schedule, RNG, history).
 
         Parameters
         ----------
         path : pathlib.Path
             A checkpoint a trainer wrote (``last.pt`` to continue where a run stopped).
+        state : dict, optional
+            Its content, already read (by rank 0, and shared with the other processes, which may not see the file).
         """
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path, map_location=self.device) if state is None else state
         self.model.load_state_dict(state["model_state_dict"])
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
@@ -350,15 +377,17 @@ class Trainer:
 
     # ---- internals --------------------------------------------------------------------------
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        """Batches of ``data``, each epoch in an order drawn in this process from the seeded generator (the
-        same with worker processes or without, and after a resume; see ``EpochOrder``). Worker processes, when
-        asked for, live as long as the loader. By default there are none, from memory as from a store: in the
-        epoch's order a store's windows come from cached blocks, and a worker's hand-over of a batch through
-        its pipe (``_numpy_batch``) cost more than reading it (0.25°: 18 against 60–80 windows/s)."""
+        """This process's share of each batch of ``data``, each epoch in an order drawn in this process from the
+        seeded generator (the same with worker processes or without, after a resume, and in every one of several
+        processes; see ``EpochBatches``). Worker processes, when asked for, live as long as the loader and each
+        reads whole batches. By default there are none, from memory as from a store: in the epoch's order a
+        store's windows come from cached blocks, and a worker's hand-over of a batch through its pipe
+        (``_numpy_batch``) cost more than reading it (0.25°: 18 against 60–80 windows/s)."""
+        batches = EpochBatches(len(data), self.config.batch_size,  # type: ignore[arg-type]
+                               self.generator if shuffle else None, *self.dist.part)
         return DataLoader(
-            data, batch_size=self.config.batch_size, sampler=EpochOrder(len(data), self.generator if shuffle else None),  # type: ignore[arg-type]
-            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=bool(self.num_workers),
-            collate_fn=_numpy_batch if self.num_workers else None,
+            data, batch_sampler=batches, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=bool(self.num_workers), collate_fn=_numpy_batch if self.num_workers else None,
         )
 
     def _to_device(self, inputs: torch.Tensor | WindowBatch | np.ndarray, targets: torch.Tensor | np.ndarray
@@ -368,8 +397,28 @@ class Trainer:
         non_blocking = self.pin_memory
         return inputs.to(self.device, non_blocking=non_blocking), targets.to(self.device, non_blocking=non_blocking)
 
-    def _forward(self, inputs: torch.Tensor | WindowBatch) -> torch.Tensor:
-        return forward_downstream(self.model, inputs, self.downstream_columns, self.amp_dtype)
+    def _forward(self, inputs: torch.Tensor | WindowBatch, module: torch.nn.Module | None = None) -> torch.Tensor:
+        return forward_downstream(module or self.model, inputs, self.downstream_columns, self.amp_dtype)
+
+    def _agree(self, loss_value: float, counts: bool, stop: SignalCatcher) -> tuple[bool, int | None]:
+        """Whether the loss of any process stopped being finite, and the stop signal any process received: asked
+        of all processes at each step before the backward pass, so that all raise, or stop, at the same step
+        (one process stopping alone would leave the others waiting in the next collective)."""
+        diverged, sigterm, sigint = self.dist.sum([counts and not math.isfinite(loss_value),
+                                                   stop.received == signal.SIGTERM, stop.received == signal.SIGINT])
+        return diverged > 0, signal.SIGINT if sigint else signal.SIGTERM if sigterm else None
+
+    def _agreed_stop(self, stop: SignalCatcher) -> int | None:
+        """The stop signal any process received (this process's own with one process)."""
+        if not self.dist.is_distributed:
+            return stop.received
+        return self._agree(0.0, False, stop)[1]
+
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager[None]:
+        """DDP's averaging of gradients is needed at the last batch of an optimizer step only (accumulation)."""
+        if sync or not self.dist.is_distributed:
+            return contextlib.nullcontext()
+        return self.train_model.no_sync()  # type: ignore[operator]
 
     def _train_epoch(self, loader: DataLoader, epoch: int, stop: SignalCatcher) -> tuple[float, float]:
         """One pass of optimizer steps over ``loader``: the mean loss, and the seconds spent in the steps
@@ -377,42 +426,55 @@ class Trainer:
         else a progress line every ``progress_interval_s``; stops after the step during which a signal came."""
         self.model.train()
         accumulate = self.config.gradient_accumulation_steps
+        batches: EpochBatches = loader.batch_sampler  # type: ignore[assignment]
+        distributed, world = self.dist.is_distributed, self.dist.world_size
         total, count, step_time = 0.0, 0, 0.0
         self.optimizer.zero_grad(set_to_none=True)
         label = f"epoch {epoch}/{self.config.num_epochs}"
         # One iterator, made here: tqdm.auto would call iter(loader) twice, and a loader with worker processes
-        # starts reading (and draws the epoch's order) on each call.
-        progress = tqdm(iter(loader), total=len(loader), desc=label, leave=False, dynamic_ncols=True, disable=None)
-        progress_log = ProgressLog(label, len(loader), self.progress_interval_s) if progress.disable else None
+        # starts reading (and draws the epoch's order) on each call. Progress is rank 0's to show.
+        progress = tqdm(iter(loader), total=len(loader), desc=label, leave=False, dynamic_ncols=True,
+                        disable=None if self.dist.is_main else True)
+        progress_log = (ProgressLog(label, len(loader), self.progress_interval_s)
+                        if progress.disable and self.dist.is_main else None)
         for batch_index, (inputs, targets) in enumerate(progress):
             inputs, targets = self._to_device(inputs, targets)
+            mine, batch_windows = batches.shares(batch_index)  # with one process: len(targets), twice
+            steps = (batch_index + 1) % accumulate == 0 or batch_index + 1 == len(loader)
             step_started = time.perf_counter()
-            loss = self.criterion(self._forward(inputs), targets)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(
-                    f"The loss became {loss_value} at epoch {epoch}, batch {batch_index + 1}. Training stopped; the last good "
-                    f"checkpoint is {self.output_dir / LAST_NAME} (if an epoch completed). Lower --learning-rate or "
-                    "--gradient-clip-norm, or check the data for extreme values."
-                )
-            self.scaler.scale(loss / accumulate).backward()
-            if (batch_index + 1) % accumulate == 0 or batch_index + 1 == len(loader):
+            with self._gradient_sync(steps):
+                loss = self.criterion(self._forward(inputs, self.train_model), targets)
+                loss_value = float(loss.detach())
+                diverged, agreed_stop = self._agree(loss_value, mine > 0, stop)
+                if diverged:
+                    value = loss_value if not math.isfinite(loss_value) else "non-finite (in another training process)"
+                    raise TrainingDiverged(
+                        f"The loss became {value} at epoch {epoch}, batch {batch_index + 1}. Training stopped; the "
+                        f"last good checkpoint is {self.output_dir / LAST_NAME} (if an epoch completed). Lower "
+                        "--learning-rate or --gradient-clip-norm, or check the data for extreme values."
+                    )
+                if distributed:  # DDP averages over the processes: weigh each by its share, for the whole batch's mean
+                    loss = loss * (mine * world / batch_windows)
+                self.scaler.scale(loss / accumulate).backward()
+            if steps:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip_norm)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.state.global_step += 1
-                if stop.received:
-                    self._stop(stop.received, f"in epoch {epoch}, batch {batch_index + 1}/{len(loader)}", save=True)
+                signum = agreed_stop if distributed else stop.received
+                if signum:
+                    self._stop(signum, f"in epoch {epoch}, batch {batch_index + 1}/{len(loader)}", save=True)
             # Each step ends in float(loss), which waits for the device, so on a GPU too the sum is right
             # to within the last step's backward.
             step_time += time.perf_counter() - step_started
-            total += loss_value * len(targets)
-            count += len(targets)
-            progress.set_postfix(loss=f"{total / count:.4f}")
+            total += loss_value * mine
+            count += mine
+            progress.set_postfix(loss=f"{total / max(count, 1):.4f}")
             if progress_log is not None:
-                progress_log.update(batch_index + 1, count, total / count)
+                progress_log.update(batch_index + 1, count, total / max(count, 1))
+        total, count = self.dist.sum([total, count])
         return total / count, step_time
 
     def _stop(self, signum: int, where: str, save: bool) -> NoReturn:
@@ -424,16 +486,36 @@ class Trainer:
         path = self.output_dir / LAST_NAME
         error = Interrupted(signum, f"training stopped {where}; {path} holds the progress (epoch {self.state.epoch} "
                                     f"completed). Continue with: convlstm-train --resume {path}")
-        logger.warning("%s received %s: %s.", error.signal_name, where, f"writing {path}" if save else "stopping")
-        if save:
+        logger.warning("%s received %s: %s.", error.signal_name, where,
+                       f"writing {path}" if save and self.dist.is_main else "stopping")
+        if save and self.dist.is_main:
             save_checkpoint(path, self.checkpoint_state())
             for callback in self.callbacks:
                 callback.on_checkpoint(path)
         raise error
 
     def _end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Update the state and write checkpoints: best (on improvement), periodic, and last."""
-        state = self.state
+        """Update the state and write checkpoints: best (on improvement), periodic, and last.
+
+        Rank 0 decides (best epoch, early stopping) and shares its state, so every process goes on alike; only rank
+        0 writes the checkpoints.
+        """
+        state, improved = self.state, False
+        if self.dist.is_main:
+            improved = self._update_state(state, epoch, metrics)
+        improved, self.state = self.dist.share((improved, state))
+        if not self.dist.is_main:
+            return
+        periodic = epoch % self.config.checkpoint_frequency == 0
+        names = ([BEST_NAME] if improved else []) + ([periodic_name(epoch)] if periodic else [])
+        checkpoint = self.checkpoint_state()
+        for name in [*names, LAST_NAME]:  # last.pt last: once it says epoch N, the others for N exist
+            path = save_checkpoint(self.output_dir / name, checkpoint)
+            for callback in self.callbacks:
+                callback.on_checkpoint(path)
+
+    def _update_state(self, state: TrainingState, epoch: int, metrics: dict[str, float]) -> bool:
+        """Record the epoch in ``state``: best validation loss, patience, early stopping; whether it improved."""
         state.epoch = epoch
         state.history.append({"epoch": epoch, **metrics})
         improved = metrics["val_loss"] < state.best_val_loss
@@ -446,9 +528,4 @@ class Trainer:
             state.stopped_early = True
             logger.info("Early stopping: val_loss has not improved for %d epochs (best %.4f at epoch %d).",
                         patience, state.best_val_loss, state.best_epoch)
-        names = ([BEST_NAME] if improved else []) + ([periodic_name(epoch)] if epoch % self.config.checkpoint_frequency == 0 else [])
-        checkpoint = self.checkpoint_state()
-        for name in [*names, LAST_NAME]:  # last.pt last: once it says epoch N, the others for N exist
-            path = save_checkpoint(self.output_dir / name, checkpoint)
-            for callback in self.callbacks:
-                callback.on_checkpoint(path)
+        return improved

@@ -34,3 +34,28 @@ def test_num_epochs_counts_as_given_only_when_the_user_chose_it(monkeypatch: pyt
     if under_mlflow_run:
         monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef")
     assert num_epochs_given(args) is expected
+
+
+def test_the_given_flags_rebuild_the_same_settings_in_another_process() -> None:
+    """``given_args`` (what the training processes of ``--nproc-per-node`` get): only the flags given, each as the
+    flag takes it, so that they build the same settings, and a default left out stays left out."""
+    from convlstm.cli import given_args
+    from convlstm.settings import build
+
+    seen: list[tuple[TrainSettings, list[str]]] = []
+
+    @settings_command(TrainSettings)
+    def command(settings: TrainSettings) -> None:
+        seen.append((settings, given_args()))
+
+    args = ["--hidden-channels", "8", "16", "--include-upstream", "--learning-rate", "1e-05", "--member", "none",
+            "--registered-model-name", "", "--nproc-per-node", "2"]
+    command.main(args=args, standalone_mode=False)
+    settings, given = seen[0]
+    pairs = dict(zip(given[::2], given[1::2]))
+    assert pairs == {"--include-upstream": "true", "--hidden-channels": "8,16", "--learning-rate": "1e-05",
+                     "--member": "none", "--nproc-per-node": "2", "--registered-model-name": ""}
+    command.main(args=given, standalone_mode=False)
+    assert seen[1][0] == settings and seen[1][1] == given
+    assert "--num-epochs" not in given  # left out: a resumed run keeps its own
+    assert build(TrainSettings, command.make_context("train", given).params) == settings
