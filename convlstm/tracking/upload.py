@@ -36,6 +36,7 @@ RUN_KEY_TAG = "journal_run"  # finds the run an interrupted send created, so it 
 MODEL_ENTRY_TAG = "journal_entry"  # the same for a logged model
 RETRY_START_S = 2.0
 RETRY_MAX_S = 30.0
+REFUSALS_RETRIED = 3  # a refusal asked again this many times before the sender stops (an outage: for ever)
 WAIT_REPORT_S = 30.0
 
 
@@ -203,8 +204,9 @@ class BackgroundSender(threading.Thread):
     """Sends the journal while the training appends to it; never raises into the training.
 
     A server that does not answer (refused, timed out, 5xx) is asked again after :data:`RETRY_START_S`,
-    doubling to :data:`RETRY_MAX_S`. Any other refusal (credentials withdrawn, a bad value) stops sending:
-    the entries stay in the journal for ``sync``.
+    doubling to :data:`RETRY_MAX_S`, for as long as the training runs. Any other refusal is asked again
+    :data:`REFUSALS_RETRIED` times, then stops sending (credentials withdrawn, a bad value): the entries stay in
+    the journal for ``sync``.
 
     Parameters
     ----------
@@ -223,25 +225,38 @@ class BackgroundSender(threading.Thread):
 
     def run(self) -> None:
         """Send whatever is pending, then wait for new entries, until :meth:`finish` says stop."""
-        delay = RETRY_START_S
+        delay, refusals = RETRY_START_S, 0
         while not self._stopping.is_set():
             try:
                 self.sender.send_pending(self._stopping)
             except Exception as exc:  # noqa: BLE001 - the training must go on whatever the server does
-                if not is_unreachable(exc):
-                    self.error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
-                    logger.error("Sending the run's record stopped (%s); training goes on, and the record stays in %s "
-                                 "for sync.", self.error, self.sender.journal.folder)
-                    logger.debug("Send failure.", exc_info=True)
-                    return
-                self._note_down(exc)
+                if is_unreachable(exc):
+                    self._note_down(exc)
+                else:
+                    refusals += 1
+                    if self._refused(exc, refusals):
+                        return
                 self._stopping.wait(delay)
                 delay = min(2 * delay, RETRY_MAX_S)
                 continue
             self._note_up()
-            delay = RETRY_START_S
+            delay, refusals = RETRY_START_S, 0
             if not self.sender.journal.pending():
                 self.sender.journal.wait_for_entries(RETRY_MAX_S)
+
+    def _refused(self, exc: BaseException, refusals: int) -> bool:
+        """Whether to stop after the store refused an entry ``refusals`` times in a row: a refusal may pass (two
+        trainings registering the same dataset at once collide in MLflow's SQL store), a wrong credential or a
+        bug does not."""
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        if refusals <= REFUSALS_RETRIED:
+            logger.warning("The tracking server refused an entry of the run's record (%s); asking again.", reason)
+            return False
+        self.error = reason
+        logger.error("Sending the run's record stopped (%s); training goes on, and the record stays in %s for sync.",
+                     reason, self.sender.journal.folder)
+        logger.debug("Send failure.", exc_info=True)
+        return True
 
     def _note_down(self, exc: BaseException) -> None:
         if self._down_since is None:

@@ -1,0 +1,107 @@
+"""Why the model's CPU speed against the textbook ConvLSTM U-Net depends on the CPU: the ``bench_model.py``
+training step (the 64 x 128 grid) and one-window inference, each as the fast/ref ratio of one run, under the
+choices the library makes for a CPU, one changed at a time:
+
+* ``oneDNN off`` - convolutions by PyTorch's own kernels instead of oneDNN's (``torch.backends.mkldnn``), for both
+  models;
+* ``projection N MiB`` - the cap on the input projection batched over timesteps (``convlstm.model``'s
+  ``_CPU_PROJECTION_BYTES``, 32 MiB: glibc's largest mmap threshold);
+* ``contiguous`` - the library's activations and weights in PyTorch's default (NCHW) layout instead of channels-last.
+
+Run from the repository root::
+
+    python benchmarks/bench_cpu_variants.py [--repeats 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from bench_model import CASES, bench_inference, bench_training
+from harness import fmt_table, print_header, set_threads
+from torch import Tensor
+
+import convlstm.model as model_module
+
+TRAIN_CASE = CASES[-1]  # the 64 x 128 grid, the one below target on AMD EPYC
+
+
+@contextlib.contextmanager
+def projection_cap(mib: float) -> Iterator[None]:
+    """The input projection batched over at most ``mib`` MiB of timesteps."""
+    saved = model_module._CPU_PROJECTION_BYTES
+    model_module._CPU_PROJECTION_BYTES = int(mib * 2**20)
+    try:
+        yield
+    finally:
+        model_module._CPU_PROJECTION_BYTES = saved
+
+
+@contextlib.contextmanager
+def contiguous_layout() -> Iterator[None]:
+    """The library's model in NCHW memory: sequences laid out ``[B, T, C, H, W]``, weights contiguous."""
+    saved = model_module._channels_last, model_module._stack_time, model_module.ConvLSTMUNet.__init__
+    original_init = model_module.ConvLSTMUNet.__init__
+
+    def init(self: model_module.ConvLSTMUNet, *args: object, **kwargs: object) -> None:
+        original_init(self, *args, **kwargs)
+        self.to(memory_format=torch.contiguous_format)
+
+    model_module._channels_last = lambda seq: seq.contiguous()
+    model_module._stack_time = lambda frames: torch.stack([f.contiguous() for f in frames], dim=1)
+    model_module.ConvLSTMUNet.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        model_module._channels_last, model_module._stack_time, model_module.ConvLSTMUNet.__init__ = saved
+
+
+VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+    "as shipped": contextlib.nullcontext,
+    "oneDNN off": lambda: torch.backends.mkldnn.flags(enabled=False),
+    "projection 8 MiB": lambda: projection_cap(8),
+    "projection 128 MiB": lambda: projection_cap(128),
+    "projection unlimited": lambda: projection_cap(2**20),
+    "contiguous": contiguous_layout,
+}
+
+
+def measure(repeats: int) -> list[list[str]]:
+    """One row a variant: training samples/s of both models and their ratio; one-window latency and ratio."""
+    rows = []
+    for name, variant in VARIANTS.items():
+        with variant():
+            train = bench_training(TRAIN_CASE, repeats)
+            infer = bench_inference({"1 window": 20 * repeats})["1 window"]
+        rows.append([name, f"{train.samples_per_s['fast']:.1f}", f"{train.samples_per_s['ref']:.1f}",
+                     f"{train.speedup:.2f}x", f"{1e3 * infer['fast_s']:.1f}", f"{1e3 * infer['ref_s']:.1f}",
+                     f"{infer['ref_s'] / infer['fast_s']:.2f}x"])
+        print(f"  {name}: training {train.speedup:.2f}x, inference {infer['ref_s'] / infer['fast_s']:.2f}x", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="training steps timed per model and variant")
+    parser.add_argument("--json", type=Path, help="also write the table to this JSON file")
+    args = parser.parse_args(argv)
+    set_threads(None)
+    info = print_header("ConvLSTMUNet on this CPU: the library's CPU choices, one at a time (fast/ref of one run)")
+    headers = ["variant", "train fast/s", "train ref/s", "fast/ref", "1 window fast ms", "ref ms", "ref/fast"]
+    rows = measure(args.repeats)
+    print()
+    print(fmt_table(headers, rows))
+    if args.json is not None:
+        import json
+
+        args.json.write_text(json.dumps({"machine": info, "headers": headers, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
