@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from convlstm.atomic import atomic_write_bytes
 from convlstm.errors import TrackingError
@@ -84,16 +84,6 @@ class Journal:
         """The lock a process holds while it appends to or sends this journal (one at a time)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.folder / LOCK_NAME), timeout=0)
-
-    def held_by_another(self) -> bool:
-        """Whether another process (a training still running) holds the journal."""
-        lock = self.writer_lock()
-        try:
-            lock.acquire()
-        except Timeout:
-            return True
-        lock.release()
-        return False
 
     def new_run_key(self) -> str:
         """A key for a run not known to any server yet."""

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from convlstm.errors import Interrupted, TrackingError
 from convlstm.settings import as_text, fields_of, flatten
-from convlstm.tracking.store import bounded_requests
+from convlstm.tracking.store import bounded_requests, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def experiment_of_run(run_id: str) -> str | None:
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return None
         raise TrackingError(f"Cannot look up the experiment of run {run_id} in {mlflow.get_tracking_uri()} "
-                            f"({(str(exc).strip().splitlines() or [''])[0][:300]}); try again, or pass "
+                            f"({first_line(exc)[:300]}); try again, or pass "
                             "--experiment-name.") from exc
 
 

@@ -131,7 +131,7 @@ def unreachable_reason(exc: BaseException) -> str:
             return _connection_failure(cause)
         if isinstance(cause, RestException):
             return f"HTTP {cause.get_http_status_code()}"
-    return _first_line(exc)[:200]
+    return first_line(exc)[:200]
 
 
 def _probe_server(uri: str) -> None:
@@ -145,7 +145,7 @@ def _probe_server(uri: str) -> None:
                             f"{CHECK_HINT}.") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The first line of an error's message (MLflow's and the database drivers' run to many lines)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:600]
 
@@ -159,7 +159,7 @@ def _server_error(uri: str, exc: MlflowException) -> TrackingError:
     if status == 403:
         return TrackingError(f"the MLflow tracking server at {uri} denied access (HTTP 403): ask its administrator "
                              "for permission for the user in MLFLOW_TRACKING_USERNAME, or use another account.")
-    return TrackingError(f"the MLflow tracking server at {uri} answered with an error ({_first_line(exc)}): "
+    return TrackingError(f"the MLflow tracking server at {uri} answered with an error ({first_line(exc)}): "
                          f"{CHECK_HINT} (is it an MLflow server, with the right path and port?).")
 
 
@@ -184,7 +184,7 @@ def _open_store(uri: str) -> None:
     except Exception as exc:  # noqa: BLE001 - MLflow's errors and a database driver's own (SQLAlchemy, sqlite3, ...)
         if isinstance(exc, MlflowException) and urlparse(uri).scheme in ("http", "https"):
             raise _server_error(uri, exc) from exc
-        raise TrackingError(f"cannot open the MLflow tracking store {uri} ({_first_line(exc)}): "
+        raise TrackingError(f"cannot open the MLflow tracking store {uri} ({first_line(exc)}): "
                             "check MLFLOW_TRACKING_URI.") from exc
 
 

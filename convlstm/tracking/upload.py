@@ -28,7 +28,13 @@ from convlstm.errors import TrackingError
 from convlstm.tracking.journal import SYNC_HINT, Journal, JournalState
 from convlstm.tracking.registry import register_run_model
 from convlstm.tracking.runs import log_new_params, resolve_experiment
-from convlstm.tracking.store import bounded_requests, check_tracking_store, is_unreachable, unreachable_reason
+from convlstm.tracking.store import (
+    bounded_requests,
+    check_tracking_store,
+    first_line,
+    is_unreachable,
+    unreachable_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +254,7 @@ class BackgroundSender(threading.Thread):
         """Whether to stop after the store refused an entry ``refusals`` times in a row: a refusal may pass (two
         trainings registering the same dataset at once collide in MLflow's SQL store), a wrong credential or a
         bug does not."""
-        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        reason = f"{type(exc).__name__}: {first_line(exc)[:300]}"
         if refusals <= REFUSALS_RETRIED:
             logger.warning("The tracking server refused an entry of the run's record (%s); asking again.", reason)
             return False
@@ -339,7 +345,7 @@ def sync(output_dir: Path) -> tuple[str | None, int]:
         except Exception as exc:  # noqa: BLE001 - MLflow's, requests' and the store's errors alike
             left = len(journal.pending())
             raise TrackingError(f"{output_dir}: the tracking server {mlflow.get_tracking_uri()} stopped taking the "
-                                f"run's record ({(str(exc).strip().splitlines() or [''])[0][:300]}); {left} entries "
+                                f"run's record ({first_line(exc)[:300]}); {left} entries "
                                 f"are left: run {SYNC_HINT.format(output_dir)} again.") from exc
         return journal.newest_run_id(), sent
     finally:
