@@ -77,12 +77,13 @@ class Sender:
         """
         state, entries = self.journal.state(), self.journal.entries()
         state.tracking_uri = self.client.tracking_uri
+        newest = _newest_uploads(entries)
         sent = 0
         for index in range(state.applied, len(entries)):
             if stop is not None and stop.is_set():
                 break
             entry = entries[index]
-            if not _superseded(entry, entries[index + 1:]):
+            if entry["op"] != "artifact" or newest[_upload_target(entry)] == index:
                 try:
                     self._apply(entry, state)
                 except BaseException:
@@ -104,13 +105,15 @@ class Sender:
         APPLY[entry["op"]](self.client, run_id, entry, self.journal, self._unsure)
 
 
-def _superseded(entry: dict[str, Any], later: list[dict[str, Any]]) -> bool:
-    """Whether a later entry uploads the same file to the same place (``last.pt`` is rewritten every epoch:
-    after an outage only its newest copy is sent)."""
-    if entry["op"] != "artifact":
-        return False
-    return any(other["op"] == "artifact" and all(other[k] == entry[k] for k in ("run", "path", "artifact_path"))
-               for other in later)
+def _upload_target(entry: dict[str, Any]) -> tuple[str, str, str | None]:
+    """Which file an artifact entry uploads, and where to."""
+    return entry["run"], entry["path"], entry["artifact_path"]
+
+
+def _newest_uploads(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str | None], int]:
+    """The index of the last entry uploading each file to each place: ``last.pt`` is rewritten every epoch, so after
+    an outage only its newest copy is sent (one pass, not a scan of the later entries per entry)."""
+    return {_upload_target(entry): index for index, entry in enumerate(entries) if entry["op"] == "artifact"}
 
 
 def _start(client: MlflowClient, entry: dict[str, Any], unsure: bool) -> str:
