@@ -70,6 +70,10 @@ class Journal:
         self.folder = self.output_dir / JOURNAL_DIR
         self._append_lock = threading.Lock()
         self._appended = threading.Event()
+        self._read_lock = threading.Lock()
+        self._read: list[dict[str, Any]] = []  # the entries parsed so far, from the file's first _read_bytes
+        self._read_bytes = 0
+        self._cut = False  # a line cut short by a crash: nothing after it is read
 
     @property
     def entries_path(self) -> Path:
@@ -116,16 +120,24 @@ class Journal:
         self._appended.set()
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every entry, in order (a last line cut short by a crash is left out)."""
+        """Every entry, in order (a last line cut short by a crash is left out). Only the lines appended since the
+        last call are read and parsed: the sender and the end of training ask often, the file only grows."""
         if not self.exists():
             return []
-        entries = []
-        for line in self.entries_path.read_text(encoding="utf-8").splitlines():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:  # only the last line can be partial: it was never complete
-                break
-        return entries
+        with self._read_lock:
+            if not self._cut:
+                with open(self.entries_path, "rb") as handle:
+                    handle.seek(self._read_bytes)
+                    data = handle.read()
+                complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next call
+                self._read_bytes += len(complete)
+                for line in complete.splitlines():
+                    try:
+                        self._read.append(json.loads(line))
+                    except json.JSONDecodeError:  # only a line cut short by a crash: it was never complete
+                        self._cut = True
+                        break
+            return list(self._read)
 
     def state(self) -> JournalState:
         """How far the journal has been sent."""
