@@ -149,26 +149,16 @@ def test_two_processes_train_what_one_process_trains_with_the_same_batch(two_pro
     assert_same_training(two_processes.output, one_process(tmp_path / "alone", tiny_nc, FLAGS), epochs=2)
 
 
-@pytest.mark.slow
-def test_uneven_shares_of_a_batch_train_what_one_process_trains(tiny_nc: Path, tmp_path: Path) -> None:
-    """Batches of 7 split 4 + 3 (the last one, of 3 windows, 2 + 1): each process's loss is weighted by its share."""
-    flags = {**FLAGS, "batch_size": "7", "num_epochs": "1", "registered_model_name": ""}
-    result = run_module(tmp_path, "entrypoints.train", "--data", tiny_nc, "--output-dir", "out", *args_of(flags),
-                        "--nproc-per-node", "2", timeout=LAUNCH_TIMEOUT_S)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert_same_training(tmp_path / "out", one_process(tmp_path / "alone", tiny_nc, flags), epochs=1)
-    (run,) = all_runs(client_of(tmp_path))  # created by the launcher, joined by rank 0
-    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
-
-
 # ---------------------------------------------------------------------------------------------- resume
 
 
 @pytest.mark.slow
 def test_a_run_trained_in_one_process_resumes_in_two(tracked: Path, tiny_nc: Path, tmp_path: Path) -> None:
     """One epoch in one process, the second in two: the same run, each epoch logged once, and the weights of a
-    two-epoch training in one process."""
-    first = {**FLAGS, "num_epochs": "1"}
+    two-epoch training in one process. Batches of 7 split 4 + 3 (the last, of 3 windows, 2 + 1): each process's
+    loss is weighted by its share."""
+    flags = {**FLAGS, "batch_size": "7"}
+    first = {**flags, "num_epochs": "1"}
     assert invoke(train, ["--data", tiny_nc, "--output-dir", "out", *args_of(first)]) == 0
     (run,) = all_runs(MlflowClient())
     result = run_module(tracked, "entrypoints.train", "--resume", run.info.run_id, "--num-epochs", "2",
@@ -181,7 +171,7 @@ def test_a_run_trained_in_one_process_resumes_in_two(tracked: Path, tiny_nc: Pat
         assert steps(client, run.info.run_id, key) == [1, 2], key
     # one version when the first process ended, one for the continuation
     assert len(client.search_model_versions(f"name='{DEFAULT_REGISTERED_NAME}'")) == 2
-    assert_same_training(tracked / "out", one_process(tmp_path / "alone", tiny_nc, FLAGS), epochs=2)
+    assert_same_training(tracked / "out", one_process(tmp_path / "alone", tiny_nc, flags), epochs=2)
 
 
 # ---------------------------------------------------------------------------------------------- a process killed
