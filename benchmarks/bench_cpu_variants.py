@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from bench_model import CASES, bench_inference, bench_training
 from harness import fmt_table, print_header, set_threads
-from torch import Tensor
 
 import convlstm.model as model_module
 

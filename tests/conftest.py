@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 import xarray as xr
 
 from tests.helpers import REPO, make_dataset
@@ -19,10 +20,15 @@ def small_dataset() -> xr.Dataset:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """When integration tests will run, start training their shared model pair at once, in the background,
+    """One torch thread in every test process and in the processes tests start: the suite runs three workers on
+    two cores, where a second thread per process only contends (and OpenMP's waiting threads spin).
+
+    When integration tests will run, start training their shared model pair at once, in the background,
     so that it is ready (or nearly) when the first of them needs it (``tests/integration/conftest.py``)."""
     from tests.integration.workspace import PAIR_ENV, start_pair
 
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
     if os.environ.get("PYTEST_XDIST_WORKER") or PAIR_ENV in os.environ or config.option.collectonly:
         return
     paths = [Path(arg.split("::")[0]).resolve() for arg in config.args]

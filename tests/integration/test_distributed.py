@@ -63,12 +63,7 @@ def one_process(directory: Path, data: Path, flags: dict[str, str]) -> Path:
     """The same training in this process, untracked: its output directory (the reference)."""
     settings = build(TrainSettings, train.make_context("train", ["--data", str(data), "--output-dir",
                                                                  str(directory), *args_of(flags)]).params)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_training(new_run_settings(settings), str(data))
-    finally:
-        torch.set_num_threads(threads)
+    run_training(new_run_settings(settings), str(data))
     return directory
 
 

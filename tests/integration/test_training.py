@@ -50,14 +50,10 @@ def tiny_nc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Own working directory, demo cache and tracking store; one torch thread (restored afterwards)."""
+    """Own working directory, demo cache and tracking store."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CONVLSTM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_settings(output_dir: Path, data: Path, include_upstream: bool = False, visualize: bool = False,
@@ -108,13 +104,7 @@ class StopAfter(TrainingCallback):
 def trained(tiny_nc: Path, tmp_path_factory: pytest.TempPathFactory):
     """One 3-epoch run keeping a periodic checkpoint every 2 epochs."""
     output_dir = tmp_path_factory.mktemp("trained") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        outcome = train(output_dir, tiny_nc, num_epochs=3, checkpoint_frequency=2, visualize=True)
-    finally:
-        torch.set_num_threads(threads)
-    return output_dir, outcome
+    return output_dir, train(output_dir, tiny_nc, num_epochs=3, checkpoint_frequency=2, visualize=True)
 
 
 # ---------------------------------------------------------------------------------------------- outputs

@@ -23,7 +23,6 @@ from pathlib import Path
 import mlflow
 import mlflow.tracking._tracking_service.utils as tracking_utils
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from convlstm.cli import run_cli
@@ -38,14 +37,13 @@ PAIR_EPOCHS = {"baseline": 2, "upstream": 3}
 
 def subprocess_env(directory: Path) -> dict[str, str]:
     """Environment for entry-point subprocesses: a private tracking store, demo cache and temp dir,
-    the repo importable, this venv's executables first, one thread (the machine is shared)."""
+    the repo importable, this venv's executables first (one torch thread, from ``tests/conftest.py``)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env.update({
         "MLFLOW_TRACKING_URI": f"sqlite:///{directory}/mlflow.db",
         "CONVLSTM_CACHE_DIR": str(directory / "cache"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "OMP_NUM_THREADS": "1",
         "TMPDIR": str(directory / "tmp"),  # downloaded models land here, not in the machine's /tmp
     })
     (directory / "tmp").mkdir(parents=True, exist_ok=True)
@@ -95,8 +93,6 @@ def tracking_environment(directory: Path, mp: pytest.MonkeyPatch) -> Iterator[Pa
     mp.delenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # much faster than 2 threads on a busy 2-core machine
     try:
         yield directory
     finally:
@@ -107,7 +103,6 @@ def tracking_environment(directory: Path, mp: pytest.MonkeyPatch) -> Iterator[Pa
                 handler.close()
         root.handlers[:] = handlers
         root.setLevel(level)
-        torch.set_num_threads(threads)
 
 
 def invoke(command: object, args: list[object]) -> int:

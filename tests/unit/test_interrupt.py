@@ -27,14 +27,6 @@ def tiny_nc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_demo_dataset(tmp_path_factory.mktemp("data") / "tiny.nc", years=0.1, resolution=5.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class SignalOnItem(Dataset):
     """The training windows; fetching window ``at`` sends ``signum`` to this process (as ``kill`` would)."""
 

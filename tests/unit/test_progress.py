@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from convlstm.data.demo import write_demo_dataset
 from convlstm.training.progress import ProgressLog, format_duration
@@ -46,7 +45,6 @@ def test_a_line_per_interval_with_rate_and_eta(caplog: pytest.LogCaptureFixture)
 
 
 def test_trainer_logs_progress_when_output_is_not_a_terminal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    torch.set_num_threads(1)
     prepared = prepare(write_demo_dataset(tmp_path / "tiny.nc", years=0.1, resolution=5.0))
     trainer = make_trainer(prepared, tmp_path / "run", num_epochs=1)
     trainer.progress_interval_s = 0.0  # a line after every batch
