@@ -100,11 +100,22 @@ def machine() -> dict[str, str]:
         "cpu": f"{cpu_description()}; {os.cpu_count()} logical CPUs, torch threads = {torch.get_num_threads()}",
         "kernels": f"torch {torch.backends.cpu.get_cpu_capability()} CPU kernels, "
                    f"MKL {'yes' if torch.backends.mkl.is_available() else 'no'}, "
-                   f"oneDNN {'yes' if torch.backends.mkldnn.is_available() else 'no'}",
+                   f"oneDNN {'yes' if torch.backends.mkldnn.is_available() else 'no'}" + _isa_limits(),
         "gpu": device,
         "torch": f"{torch.__version__}, python {platform.python_version()}",
         "load": "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+
+
+#: Variables that make PyTorch, oneDNN and MKL use narrower instructions than the CPU has: with all three at AVX2,
+#: an AVX-512 machine runs the kernels an AVX2-only one would (benchmarks/README.md).
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def _isa_limits() -> str:
+    """``; limited by NAME=value, ...`` for the ISA_LIMITS set in this process's environment, else nothing."""
+    limits = [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
+    return f"; limited by {', '.join(limits)}" if limits else ""
 
 
 def print_header(title: str) -> dict[str, str]:

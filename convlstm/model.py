@@ -20,13 +20,15 @@ timestep), measured in ``benchmarks/``, with the same outputs:
 * ``forward_windows`` forecasts overlapping (sliding) windows from the frames they share, so the
   first level projects each frame once, not once per window it appears in;
 * at small batches a step's cost is mostly operator overhead and memory traffic, so a step makes few
-  calls, works in place where autograd allows, and intermediates are released as soon as used.
+  calls, works in place where autograd allows, and intermediates are released as soon as used;
+* on an AMD CPU a single sequence's state convolution runs on oneDNN, where PyTorch would pick its
+  im2col kernel, whose MKL matrix product is slower there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -130,8 +132,8 @@ class ConvLSTMCell(nn.Module):
         """
         hd = self.hidden_dim
         # in place where autograd allows it: neither the convolution's nor the product's backward needs its output
-        gates = projected_t if state is None else F.conv2d(
-            state[0], self.hidden_conv.weight, None, padding=self.hidden_conv.padding).add_(projected_t)
+        gates = projected_t if state is None else _state_conv(
+            state[0], self.hidden_conv.weight, self.hidden_conv.padding).add_(projected_t)
         # split, not slicing: backward joins the pieces' gradients in one cat instead of zero-filling
         # a full-size gradient per slice
         # (the C++ methods: ``Tensor.split``'s Python wrapper costs as much as a small gate op)
@@ -223,6 +225,31 @@ class ConvLSTMCell(nn.Module):
         # zero-filling a full-size gradient per chunk and per step.
         for part in x_seq.split(chunk, dim=1):
             yield from self.project_inputs(part).unbind(1)
+
+
+def _state_conv(h: Tensor, weight: Tensor, padding: tuple[int, ...]) -> Tensor:
+    """The state-to-state convolution; for a single sequence on an AMD CPU, by oneDNN.
+
+    PyTorch sends a float32 CPU convolution of a batch of one and under 20480 input values (the state of a
+    one-window forecast, 32 x 20 x 20, at every step) to its im2col kernel, whose matrix product is MKL's
+    (``use_mkldnn`` in ATen's ``Convolution.cpp``). That is the faster kernel on Intel CPUs; on AMD ones MKL
+    runs slower code, and oneDNN's kernel, with the same result, took the one-window forecast from 1.09-1.11x
+    to 1.33-1.38x the textbook model on an AMD EPYC (benchmarks/README.md).
+    """
+    if (h.size(0) == 1 and h.device.type == "cpu" and h.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and _amd_cpu()):
+        return torch.ops.aten.mkldnn_convolution(h, weight, None, list(padding), [1, 1], [1, 1], 1)
+    return F.conv2d(h, weight, None, padding=padding)
+
+
+@cache
+def _amd_cpu() -> bool:
+    """Whether this machine's CPU is AMD's (Linux's ``/proc/cpuinfo``; elsewhere, taken as not)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in cpuinfo)
+    except OSError:
+        return False
 
 
 def _map_frames(fn: Callable[[Tensor], Tensor], seq: Tensor) -> Tensor:

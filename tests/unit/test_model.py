@@ -137,6 +137,30 @@ def test_cpu_projection_is_chunked_by_bytes_with_identical_results(monkeypatch: 
     torch.testing.assert_close(chunked, whole)
 
 
+@pytest.mark.parametrize("amd", [True, False], ids=["amd", "other"])
+def test_a_single_sequence_on_a_cpu_gives_the_same_outputs_and_gradients_whichever_state_kernel(
+        monkeypatch: pytest.MonkeyPatch, amd: bool) -> None:
+    """On an AMD CPU a batch of one convolves its state with oneDNN's kernel, not PyTorch's choice (im2col)."""
+    monkeypatch.setattr("convlstm.model._amd_cpu", lambda: amd)
+    calls = []
+    original = torch.ops.aten.mkldnn_convolution
+    monkeypatch.setattr(torch.ops.aten, "mkldnn_convolution", lambda *args: calls.append(1) or original(*args))
+    torch.manual_seed(0)
+    model = ConvLSTMUNet(3, (8, 16))
+    x = torch.randn(1, 4, 3, 20, 20, requires_grad=True)
+    ours = model(x)
+    ours.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert len(calls) == (3 * 3 if amd else 0)  # 3 levels, 3 steps each from the zero state
+    monkeypatch.setattr("convlstm.model._amd_cpu", lambda: not amd)
+    model.zero_grad()
+    theirs = model(x)
+    theirs.sum().backward()
+    torch.testing.assert_close(ours, theirs)
+    for mine, other in zip(grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(mine, other)
+
+
 def test_sequences_stay_channels_last() -> None:
     cell = ConvLSTMCell(3, 4)
     outputs, _ = cell.forward_sequence(torch.randn(2, 3, 3, 5, 6))
