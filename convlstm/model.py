@@ -233,7 +233,7 @@ def _state_conv(h: Tensor, weight: Tensor, padding: tuple[int, ...]) -> Tensor:
     PyTorch sends a float32 CPU convolution of a batch of one and under 20480 input values (the state of a
     one-window forecast, 32 x 20 x 20, at every step) to its im2col kernel, whose matrix product is MKL's
     (``use_mkldnn`` in ATen's ``Convolution.cpp``). That is the faster kernel on Intel CPUs; on AMD ones MKL
-    runs slower code, and oneDNN's kernel, with the same result, took the one-window forecast from 1.09-1.11x
+    runs slower code, and oneDNN's kernel, with the same result, took the one-window forecast from 1.09-1.14x
     to 1.33-1.38x the textbook model on an AMD EPYC (benchmarks/README.md).
     """
     if (h.size(0) == 1 and h.device.type == "cpu" and h.dtype == torch.float32 and weight.dtype == torch.float32
