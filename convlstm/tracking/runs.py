@@ -19,7 +19,7 @@ from typing import Any
 import mlflow
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from convlstm.errors import Interrupted, TrackingError
@@ -231,11 +231,28 @@ def experiment_of_run(run_id: str) -> str | None:
     try:
         return client.get_experiment(client.get_run(run_id).info.experiment_id).name
     except MlflowException as exc:
-        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+        if names_no_run(exc):
             return None
         raise TrackingError(f"Cannot look up the experiment of run {run_id} in {mlflow.get_tracking_uri()} "
                             f"({first_line(exc)[:300]}); try again, or pass "
                             "--experiment-name.") from exc
+
+
+def names_no_run(exc: MlflowException) -> bool:
+    """Whether the store answered that what was asked for is not one of its runs (unknown or malformed id), as
+    opposed to not answering or refusing: only then may a caller take the reference for something else.
+
+    Parameters
+    ----------
+    exc : MlflowException
+        What ``MlflowClient.get_run`` raised.
+
+    Returns
+    -------
+    bool
+        True for an unknown or malformed run id.
+    """
+    return exc.error_code in (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE))
 
 
 def ended_status(exc: BaseException) -> str:

@@ -10,11 +10,13 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from convlstm.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 from convlstm.errors import ModelError, TrackingError
-from convlstm.tracking.store import check_tracking_store
+from convlstm.tracking.runs import names_no_run
+from convlstm.tracking.store import check_tracking_store, first_line
 from convlstm.training.experiment import NORMALIZER_NAME
 
 CHECKPOINT_ARTIFACTS = "checkpoints"
@@ -157,8 +159,11 @@ def _children_or_self(reference: str) -> list[str]:
     client = MlflowClient()
     try:
         run = client.get_run(reference)
-    except Exception:  # noqa: BLE001 - not a run: resolve_model says what it may be
-        return [reference]
+    except MlflowException as exc:
+        if names_no_run(exc):  # not a run: resolve_model says what it may be
+            return [reference]
+        raise TrackingError(f"Cannot tell whether {reference!r} is a run of {mlflow.get_tracking_uri()} "
+                            f"({first_line(exc)[:300]}); try again, or name a checkpoint file.") from exc
     if run.data.tags.get("run_type") == "sweep":  # a sweep's trials are not an ensemble: its best trial stands for it
         if not run.data.tags.get("best_run_id"):
             raise ModelError(f"Sweep run {reference} has no complete trial yet; continue the sweep, or name a trial run.")

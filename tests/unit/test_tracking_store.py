@@ -23,7 +23,7 @@ from convlstm.errors import TrackingError
 from convlstm.tracking import store
 from convlstm.tracking.runs import fail_pending_run
 from convlstm.tracking.store import check_tracking_store
-from convlstm.tracking.uris import resolve_resume
+from convlstm.tracking.uris import resolve_members, resolve_resume
 from tests.integration.workspace import subprocess_env
 
 #: Hang guards, not speed targets: without the check these cases wait out MLflow's retries (about 4 minutes).
@@ -120,6 +120,20 @@ def test_resuming_a_run_id_checks_the_store_first(monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(tmp_path)  # the run id is not a local path either
     with pytest.raises(TrackingError, match=f"cannot reach the MLflow tracking server at {uri} "):
         resolve_resume("0123456789abcdef")
+
+
+def test_a_comparison_side_is_taken_for_a_file_only_when_the_store_says_it_is_no_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A store that answers "no such run" leaves the reference to resolve_model (a file, a URI); one that
+    cannot be asked is an error naming it, not a misleading "no such file"."""
+    monkeypatch.chdir(tmp_path)  # the run id is not a local path
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert resolve_members("0123456789abcdef") == ["0123456789abcdef"]
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(TrackingError, match=f"Cannot tell whether '0123456789abcdef' is a run of {uri} "):
+        resolve_members("0123456789abcdef")
 
 
 def _start_tracked(uri: str, barrier: multiprocessing.synchronize.Barrier, name: str) -> None:
