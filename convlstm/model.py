@@ -236,15 +236,19 @@ def _state_conv(h: Tensor, weight: Tensor, padding: tuple[int, ...]) -> Tensor:
     runs slower code, and oneDNN's kernel, with the same result, took the one-window forecast from 1.09-1.14x
     to 1.33-1.38x the textbook model on an AMD EPYC (benchmarks/README.md).
     """
-    if (h.size(0) == 1 and h.device.type == "cpu" and h.dtype == torch.float32 and weight.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and _amd_cpu()):
-        return torch.ops.aten.mkldnn_convolution(h, weight, None, list(padding), [1, 1], [1, 1], 1)
+    # torch.backends.mkldnn.enabled is asked each time: torch.backends.mkldnn.flags may change it at run time
+    if (h.size(0) == 1 and _onednn_beats_im2col() and h.device.type == "cpu"
+            and h.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.enabled):
+        return torch.ops.aten.mkldnn_convolution(h, weight, None, padding, (1, 1), (1, 1), 1)
     return F.conv2d(h, weight, None, padding=padding)
 
 
 @cache
-def _amd_cpu() -> bool:
-    """Whether this machine's CPU is AMD's (Linux's ``/proc/cpuinfo``; elsewhere, taken as not)."""
+def _onednn_beats_im2col() -> bool:
+    """Whether this machine has oneDNN and an AMD CPU (Linux's ``/proc/cpuinfo``; elsewhere, taken as not): asked
+    once, not at every step of the time loop."""
+    if not torch.backends.mkldnn.is_available():
+        return False
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
             return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in cpuinfo)

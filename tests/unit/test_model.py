@@ -141,7 +141,7 @@ def test_cpu_projection_is_chunked_by_bytes_with_identical_results(monkeypatch: 
 def test_a_single_sequence_on_a_cpu_gives_the_same_outputs_and_gradients_whichever_state_kernel(
         monkeypatch: pytest.MonkeyPatch, amd: bool) -> None:
     """On an AMD CPU a batch of one convolves its state with oneDNN's kernel, not PyTorch's choice (im2col)."""
-    monkeypatch.setattr("convlstm.model._amd_cpu", lambda: amd)
+    monkeypatch.setattr("convlstm.model._onednn_beats_im2col", lambda: amd)
     calls = []
     original = torch.ops.aten.mkldnn_convolution
     monkeypatch.setattr(torch.ops.aten, "mkldnn_convolution", lambda *args: calls.append(1) or original(*args))
@@ -152,7 +152,7 @@ def test_a_single_sequence_on_a_cpu_gives_the_same_outputs_and_gradients_whichev
     ours.sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     assert len(calls) == (3 * 3 if amd else 0)  # 3 levels, 3 steps each from the zero state
-    monkeypatch.setattr("convlstm.model._amd_cpu", lambda: not amd)
+    monkeypatch.setattr("convlstm.model._onednn_beats_im2col", lambda: not amd)
     model.zero_grad()
     theirs = model(x)
     theirs.sum().backward()
