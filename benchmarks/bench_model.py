@@ -227,16 +227,17 @@ def bench_inference(repeats: dict[str, int], case: Case = CASES[0]) -> dict[str,
             model.forward_windows(series[low:int(batch[-1]) + STEPS], batch - low, STEPS)
 
     results: dict[str, dict[str, float]] = {}
-    for label, batches in workloads.items():
+    for label, count in repeats.items():  # the workloads asked for
+        batches = workloads[label]
         fns = {"fast": lambda b=batches: spanned(models["fast"], b), "ref": lambda b=batches: collated(models["ref"], b),
                "fast (stacked)": lambda b=batches: collated(models["fast"], b)}
         with torch.no_grad():
-            times = time_interleaved(fns, repeats[label])
+            times = time_interleaved(fns, count)
         n_windows = sum(len(b) for b in batches)
         results[label] = {f"{n}_s": statistics.median(ts) for n, ts in times.items()}
         results[label].update({f"{n}_spread_pct": iqr_pct(ts) for n, ts in times.items()})
         results[label]["flops"] = forward_conv_flops(case.hidden, 1, STEPS, case.height, case.width) * n_windows
-        results[label]["repeats"] = repeats[label]
+        results[label]["repeats"] = count
     return results
 
 
