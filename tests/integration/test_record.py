@@ -15,16 +15,12 @@ from mlflow.tracking import MlflowClient
 from convlstm.commands.sync import sync
 from convlstm.commands.train import train
 from convlstm.config import DEFAULT_REGISTERED_NAME
+from convlstm.scoring_client import free_port
 from convlstm.tracking import upload
 from convlstm.tracking.journal import Journal
-from deploy.stack.processes import port_is_free
 from tests.integration.workspace import EPOCH_METRICS, TINY_ARGS, all_runs, invoke, steps, tracking_environment
 
 EPOCHS = 2
-
-
-def _free_port() -> int:
-    return next(port for port in range(47100, 47200) if port_is_free(port))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +28,7 @@ def offline_dir(tmp_path_factory: pytest.TempPathFactory, tiny_nc: Path) -> Path
     """A tiny training whose tracking server never answered: its output folder."""
     folder = tmp_path_factory.mktemp("offline") / "out"
     with pytest.MonkeyPatch.context() as mp, tracking_environment(folder.parent, mp):
-        mp.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+        mp.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
         args = ["--data", tiny_nc, "--output-dir", folder, *TINY_ARGS, "--num-epochs", str(EPOCHS)]
         assert invoke(train, args) == 0
     return folder

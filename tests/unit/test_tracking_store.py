@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
 from convlstm.errors import TrackingError
+from convlstm.scoring_client import free_port
 from convlstm.tracking import store
 from convlstm.tracking.runs import fail_pending_run
 from convlstm.tracking.store import check_tracking_store
@@ -30,13 +31,6 @@ from tests.integration.workspace import subprocess_env
 HANG_GUARD_S = 30
 #: A new process also imports torch and mlflow first, which alone takes half a minute on a busy 2-core machine.
 PROCESS_HANG_GUARD_S = 120
-
-
-def _closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -66,7 +60,7 @@ def answering(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def test_an_ensemble_fails_at_once_with_one_line_when_the_server_is_unreachable(tmp_path: Path) -> None:
     """Its parent run must be on the server (a single training goes on offline instead: test_record.py)."""
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     env = {**subprocess_env(tmp_path), "MLFLOW_TRACKING_URI": uri}
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "entrypoints.train", "--num-epochs", "1", "--seeds", "0,1"],
@@ -107,7 +101,7 @@ def test_a_server_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch) 
 def test_failing_the_pending_run_gives_up_when_the_store_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under ``mlflow run`` a failed start marks the launcher's run FAILED; with the store gone that must
     not wait out MLflow's default retries (minutes)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef")
     start = time.monotonic()
     fail_pending_run("the store check failed")
@@ -115,7 +109,7 @@ def test_failing_the_pending_run_gives_up_when_the_store_is_unreachable(monkeypa
 
 
 def test_resuming_a_run_id_checks_the_store_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # the run id is not a local path either
     with pytest.raises(TrackingError, match=f"cannot reach the MLflow tracking server at {uri} "):
@@ -129,7 +123,7 @@ def test_a_comparison_side_is_taken_for_a_file_only_when_the_store_says_it_is_no
     monkeypatch.chdir(tmp_path)  # the run id is not a local path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     assert resolve_members("0123456789abcdef") == ["0123456789abcdef"]
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with pytest.raises(TrackingError, match=f"Cannot tell whether '0123456789abcdef' is a run of {uri} "):
