@@ -8,7 +8,13 @@ choices the library makes for a CPU, one changed at a time:
   ``_CPU_PROJECTION_BYTES``, 32 MiB: glibc's largest mmap threshold);
 * ``contiguous`` - the library's activations and weights in PyTorch's default (NCHW) layout instead of channels-last;
 * ``state kernel PyTorch's`` - a single sequence's state convolution by the kernel PyTorch picks (im2col) also on
-  an AMD CPU, where the library asks for oneDNN's (``_onednn_beats_im2col``; the same as shipped elsewhere).
+  an AMD CPU, where the library asks for oneDNN's (``convlstm.kernels._onednn_beats_im2col``; the same as shipped
+  elsewhere);
+* ``weight gradient channels-last`` / ``weight gradient NCHW`` - training convolutions' weight gradients always
+  from the channels-last frames, or from NCHW copies whatever the CPU and frame size (as shipped: NCHW where
+  oneDNN is AVX2 at most and the frames take 4 MiB or more, ``convlstm.kernels.conv``);
+* ``gates by autograd`` - the cell's gate arithmetic differentiated by autograd instead of the hand-written
+  backward (``convlstm.model._Gates``).
 
 Run from the repository root::
 
@@ -27,6 +33,7 @@ import torch
 from bench_model import CASES, bench_inference, bench_training
 from harness import fmt_table, print_header, set_threads
 
+import convlstm.kernels as kernels_module
 import convlstm.model as model_module
 
 TRAIN_CASE = CASES[-1]  # the 64 x 128 grid, the one below target on AMD EPYC
@@ -59,7 +66,12 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "projection 128 MiB": lambda: projection_cap(128),
     "projection unlimited": lambda: projection_cap(2**20),
     "contiguous": contiguous_layout,
-    "state kernel PyTorch's": lambda: mock.patch.object(model_module, "_onednn_beats_im2col", lambda: False),
+    "state kernel PyTorch's": lambda: mock.patch.object(kernels_module, "_onednn_beats_im2col", lambda: False),
+    "weight gradient channels-last": lambda: mock.patch.object(kernels_module, "_onednn_avx2_at_most", lambda: False),
+    "weight gradient NCHW": lambda: mock.patch.multiple(
+        kernels_module, _onednn_avx2_at_most=lambda: True, _PLAIN_WEIGHT_GRAD_BYTES=0),
+    "gates by autograd": lambda: mock.patch.object(
+        model_module._Gates, "apply", lambda gates, c, dtype: model_module._gates_forward(gates, c, dtype)[:2]),
 }
 
 

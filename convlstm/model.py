@@ -21,14 +21,13 @@ timestep), measured in ``benchmarks/``, with the same outputs:
   first level projects each frame once, not once per window it appears in;
 * at small batches a step's cost is mostly operator overhead and memory traffic, so a step makes few
   calls, works in place where autograd allows, and intermediates are released as soon as used;
-* on an AMD CPU a single sequence's state convolution runs on oneDNN, where PyTorch would pick its
-  im2col kernel, whose MKL matrix product is slower there.
+* on some CPUs PyTorch's kernel choice is not the fastest for these convolutions: see ``convlstm.kernels``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import cache, partial
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 
 from convlstm.checks import require_odd_kernel, require_positive_int
 from convlstm.errors import ConfigError, DataError
+from convlstm.kernels import conv, state_conv
 
 __all__ = ["ConvLSTMCell", "ConvLSTMUNet"]
 
@@ -100,21 +100,6 @@ class ConvLSTMCell(nn.Module):
         shape, dtype = (batch_size, self.hidden_dim, height, width), self.input_conv.weight.dtype
         return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 
-    def project_inputs(self, x_seq: Tensor) -> Tensor:
-        """Apply the input-to-state convolution to all timesteps in one batched call.
-
-        Parameters
-        ----------
-        x_seq : torch.Tensor
-            ``[B, T, input_dim, H, W]``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[B, T, 4*hidden_dim, H, W]``, the gates' input terms.
-        """
-        return _map_frames(self.input_conv, x_seq)
-
     def step(self, projected_t: Tensor, state: State | None) -> State:
         """Advance one timestep given an already-projected input.
 
@@ -130,23 +115,15 @@ class ConvLSTMCell(nn.Module):
         tuple of torch.Tensor
             The next ``(h, c)``, each ``[B, hidden_dim, H, W]``.
         """
-        hd = self.hidden_dim
-        # in place where autograd allows it: neither the convolution's nor the product's backward needs its output
-        gates = projected_t if state is None else _state_conv(
+        # in place where autograd allows it: neither the convolution's nor the sum's backward needs its output
+        gates = projected_t if state is None else state_conv(
             state[0], self.hidden_conv.weight, self.hidden_conv.padding).add_(projected_t)
-        # split, not slicing: backward joins the pieces' gradients in one cat instead of zero-filling
-        # a full-size gradient per slice
-        # (the C++ methods: ``Tensor.split``'s Python wrapper costs as much as a small gate op)
-        ifo, g = gates.split_with_sizes([3 * hd, hd], dim=1)
-        i, f, o = torch.sigmoid(ifo).chunk(3, dim=1)  # i, f, o in one call
-        g = torch.tanh(g)
-        if state is None:
-            # In the parameters' dtype, as the zero state would have been: under autocast the cell state
-            # stays in full precision while the convolutions run in low precision.
-            c_next = (i * g).to(self.input_conv.weight.dtype)
-        else:
-            c_next = (f * state[1]).addcmul_(i, g)
-        return o * torch.tanh(c_next), c_next
+        c = None if state is None else state[1]
+        dtype = self.input_conv.weight.dtype
+        if torch.is_grad_enabled() and (gates.requires_grad or (c is not None and c.requires_grad)):
+            return _Gates.apply(gates, c, dtype)
+        h, c_next, _ = _gates_forward(gates, c, dtype)
+        return h, c_next
 
     def forward(self, input_tensor: Tensor, cur_state: State) -> State:
         """Advance one timestep from a raw input (the textbook interface; sequences use :meth:`forward_sequence`).
@@ -221,50 +198,80 @@ class ConvLSTMCell(nn.Module):
         if x_seq.device.type == "cpu":
             frame_bytes = b * 4 * self.hidden_dim * h * w * x_seq.element_size()
             chunk = max(1, min(t, _CPU_PROJECTION_BYTES // frame_bytes))
-        # split and unbind, not indexing: backward then joins the gradients once instead of
-        # zero-filling a full-size gradient per chunk and per step.
-        for part in x_seq.split(chunk, dim=1):
-            yield from self.project_inputs(part).unbind(1)
+        # split, not indexing: backward then joins the gradients once instead of zero-filling a full-size
+        # gradient per chunk and per step; and split over the frames' leading axis, so that each step is a
+        # contiguous channels-last slice and the joined gradient is already in the layout the convolution wants
+        for part in _frames(x_seq).split(chunk * b):
+            yield from conv(part, self.input_conv.weight, self.input_conv.bias, self.input_conv.padding).split(b)
 
 
-def _state_conv(h: Tensor, weight: Tensor, padding: tuple[int, ...]) -> Tensor:
-    """The state-to-state convolution; for a single sequence on an AMD CPU, by oneDNN.
+def _gates_forward(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype) -> tuple[Tensor, Tensor, tuple]:
+    """The gate arithmetic of a step: ``(h, c_next)`` from the gates' pre-activations and the cell state.
 
-    PyTorch sends a float32 CPU convolution of a batch of one and under 20480 input values (the state of a
-    one-window forecast, 32 x 20 x 20, at every step) to its im2col kernel, whose matrix product is MKL's
-    (``use_mkldnn`` in ATen's ``Convolution.cpp``). That is the faster kernel on Intel CPUs; on AMD ones MKL
-    runs slower code, and oneDNN's kernel, with the same result, took the one-window forecast from 1.09-1.14x
-    to 1.33-1.38x the textbook model on an AMD EPYC (benchmarks/README.md).
+    ``c`` None is the zero state, whose forget term ``f * 0`` is skipped; the new cell state is then made in
+    ``state_dtype``, as the zero state would have been: under autocast the cell state stays in full precision
+    while the convolutions run in low precision. Also returns what :class:`_Gates` keeps for backward.
     """
-    # torch.backends.mkldnn.enabled is asked each time: torch.backends.mkldnn.flags may change it at run time
-    if (h.size(0) == 1 and _onednn_beats_im2col() and h.device.type == "cpu"
-            and h.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.enabled):
-        return torch.ops.aten.mkldnn_convolution(h, weight, None, padding, (1, 1), (1, 1), 1)
-    return F.conv2d(h, weight, None, padding=padding)
+    hd = gates.shape[1] // 4
+    # the C++ methods: ``Tensor.split``'s Python wrapper costs as much as a small gate op
+    ifo, g = gates.split_with_sizes([3 * hd, hd], dim=1)
+    ifo, g = torch.sigmoid(ifo), torch.tanh(g)  # i, f, o in one call
+    i, f, o = ifo.chunk(3, dim=1)
+    c_next = (i * g).to(state_dtype) if c is None else (f * c).addcmul_(i, g)
+    tanh_c = torch.tanh(c_next)
+    return o * tanh_c, c_next, (ifo, g, tanh_c)
 
 
-@cache
-def _onednn_beats_im2col() -> bool:
-    """Whether this machine has oneDNN and an AMD CPU (Linux's ``/proc/cpuinfo``; elsewhere, taken as not): asked
-    once, not at every step of the time loop."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in cpuinfo)
-    except OSError:
-        return False
+class _Gates(torch.autograd.Function):
+    """:func:`_gates_forward` with a backward written out, that fills one gradient of the gates in place.
+
+    Autograd's own backward of the same arithmetic joins the four gates' gradients with two concatenations
+    per step (of the sigmoid's chunks, then of the split), each a full copy of the gates; in channels-last
+    memory a channel concatenation is a strided copy, and a gate left unused (the forget gate from the zero
+    state) gets a zero gradient in the default layout, which the convolutions' backward then copies back.
+    """
+
+    @staticmethod
+    def forward(ctx, gates: Tensor, c: Tensor | None, state_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        h, c_next, (ifo, g, tanh_c) = _gates_forward(gates, c, state_dtype)
+        ctx.save_for_backward(ifo, g, c, tanh_c)
+        ctx.layout = (gates.shape, gates.dtype, torch.channels_last
+                      if gates.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        return h, c_next
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh: Tensor, dc_next: Tensor) -> tuple[Tensor, Tensor | None, None]:
+        ifo, g, c, tanh_c = ctx.saved_tensors
+        shape, dtype, memory_format = ctx.layout
+        d_gates = torch.empty(shape, dtype=dtype, device=g.device, memory_format=memory_format)
+        d_i, d_f, d_o, d_g = d_gates.chunk(4, dim=1)
+        i, f, o = ifo.chunk(3, dim=1)
+        # h = o * tanh(c_next); c_next = f * c + i * g
+        d_c = torch.ops.aten.tanh_backward(dh * o, tanh_c).add_(dc_next)
+        torch.ops.aten.sigmoid_backward(dh * tanh_c, o, grad_input=d_o)
+        torch.ops.aten.sigmoid_backward(d_c * g, i, grad_input=d_i)
+        torch.ops.aten.tanh_backward(d_c * i, g, grad_input=d_g)
+        if c is None:
+            d_f.zero_()
+            return d_gates, None, None
+        torch.ops.aten.sigmoid_backward(d_c * c, f, grad_input=d_f)
+        return d_gates, d_c.mul_(f) if ctx.needs_input_grad[1] else None, None
 
 
-def _map_frames(fn: Callable[[Tensor], Tensor], seq: Tensor) -> Tensor:
-    """Apply a 4-D spatial op to every frame of ``[B, T, C, H, W]`` in one call.
+def _frames(seq: Tensor) -> Tensor:
+    """The frames of ``[B, T, C, H, W]`` as ``[T * B, C, H, W]``, time-major.
 
     The library's sequences are laid out ``[T, B, H, W, C]`` in memory, so the frames of a whole
     sequence, or of any stretch of its timesteps, are a view, not a copy.
     """
-    frames = seq.transpose(0, 1)
-    t, b = frames.shape[:2]
-    out = fn(frames.reshape(t * b, *frames.shape[2:]))
+    return seq.transpose(0, 1).flatten(0, 1)
+
+
+def _map_frames(fn: Callable[[Tensor], Tensor], seq: Tensor) -> Tensor:
+    """Apply a 4-D spatial op to every frame of ``[B, T, C, H, W]`` in one call."""
+    b, t = seq.shape[:2]
+    out = fn(_frames(seq))
     return out.reshape(t, b, *out.shape[1:]).transpose(0, 1)
 
 
@@ -418,13 +425,17 @@ class ConvLSTMUNet(nn.Module):
 
     def _run(self, first_projections: Iterable[Tensor]) -> Tensor:
         """The U-Net from the first level's projected inputs (one ``[B, 4*hidden, H, W]`` per step)."""
-        seq, _ = self.encoders[0].recur(first_projections)
+        seq, (last, _) = self.encoders[0].recur(first_projections)
         skips = []
         for encoder in self.encoders[1:]:
             skips.append(seq)
-            seq, _ = encoder.forward_sequence(_map_frames(partial(F.max_pool2d, kernel_size=2, ceil_mode=True), seq))
+            seq, (last, _) = encoder.forward_sequence(
+                _map_frames(partial(F.max_pool2d, kernel_size=2, ceil_mode=True), seq))
         # Each intermediate is released as soon as it is used (a smaller working set is faster on a CPU):
         # the skips are popped, and the upsampled sequence lives only until it is concatenated.
         for decoder in reversed(self.decoders):
-            seq, _ = decoder.forward_sequence(_upsample_onto(seq, skips.pop()))
-        return F.relu(self.head(seq[:, -1]))
+            seq, (last, _) = decoder.forward_sequence(_upsample_onto(seq, skips.pop()))
+        # the last hidden state itself, not the sequence's last step: its gradient then stays channels-last, where
+        # a step selected from the sequence gets a gradient zero-filled in the default layout, which every
+        # convolution's backward would copy into channels-last
+        return F.relu(self.head(last))

@@ -141,7 +141,7 @@ def test_cpu_projection_is_chunked_by_bytes_with_identical_results(monkeypatch: 
 def test_a_single_sequence_on_a_cpu_gives_the_same_outputs_and_gradients_whichever_state_kernel(
         monkeypatch: pytest.MonkeyPatch, amd: bool) -> None:
     """On an AMD CPU a batch of one convolves its state with oneDNN's kernel, not PyTorch's choice (im2col)."""
-    monkeypatch.setattr("convlstm.model._onednn_beats_im2col", lambda: amd)
+    monkeypatch.setattr("convlstm.kernels._onednn_beats_im2col", lambda: amd)
     calls = []
     original = torch.ops.aten.mkldnn_convolution
     monkeypatch.setattr(torch.ops.aten, "mkldnn_convolution", lambda *args: calls.append(1) or original(*args))
@@ -152,7 +152,7 @@ def test_a_single_sequence_on_a_cpu_gives_the_same_outputs_and_gradients_whichev
     ours.sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     assert len(calls) == (3 * 3 if amd else 0)  # 3 levels, 3 steps each from the zero state
-    monkeypatch.setattr("convlstm.model._onednn_beats_im2col", lambda: not amd)
+    monkeypatch.setattr("convlstm.kernels._onednn_beats_im2col", lambda: not amd)
     model.zero_grad()
     theirs = model(x)
     theirs.sum().backward()
@@ -167,9 +167,11 @@ def test_sequences_stay_channels_last() -> None:
     assert outputs.permute(1, 0, 3, 4, 2).is_contiguous()  # [T, B, H, W, C] memory
 
 
-def test_project_inputs_shape() -> None:
-    cell = ConvLSTMCell(2, 3)
-    assert cell.project_inputs(torch.randn(2, 4, 2, 5, 6)).shape == (2, 4, 12, 5, 6)
+def test_projected_steps_are_contiguous_channels_last_frames() -> None:
+    cell = ConvLSTMCell(2, 3).to(memory_format=torch.channels_last)
+    steps = list(cell.projected_steps(torch.randn(2, 4, 2, 5, 6)))
+    assert len(steps) == 4
+    assert all(s.shape == (2, 12, 5, 6) and s.is_contiguous(memory_format=torch.channels_last) for s in steps)
 
 
 @pytest.mark.parametrize(
@@ -373,7 +375,8 @@ def test_forward_windows_projects_each_frame_once() -> None:
         ((9, 5, 5, 5), [0], 0, "window_size"),
     ],
 )
-def test_forward_windows_refuses_bad_arguments(frames: tuple[int, ...], starts: list[int], window: int, match: str) -> None:
+def test_forward_windows_refuses_bad_arguments(
+        frames: tuple[int, ...], starts: list[int], window: int, match: str) -> None:
     model = ConvLSTMUNet(input_channels=5, hidden_channels=[4])
     with pytest.raises(ValueError, match=match):
         model.forward_windows(torch.randn(frames), torch.tensor(starts, dtype=torch.long), window)

@@ -1,0 +1,109 @@
+"""The model's convolutions, with the CPU kernel that is fastest for them where PyTorch's own choice is not.
+
+Two choices, each measured against the textbook model in ``benchmarks/`` and each giving the same results
+to float32 rounding (``tests/unit/test_kernels.py``):
+
+* on an AMD CPU, a single sequence's state convolution runs on oneDNN, where PyTorch would pick its im2col
+  kernel, whose MKL matrix product is slower there (:func:`state_conv`);
+* on a CPU whose oneDNN kernels are AVX2 at most, a training convolution's weight gradient is computed from
+  NCHW copies, where oneDNN's channels-last weight-gradient kernel runs at half its speed (:func:`conv`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["conv", "state_conv"]
+
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) that stop below AVX-512
+_BELOW_AVX512 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"}
+# Below about this size of a convolution's input the NCHW copies cost more than the faster kernel saves: the
+# 20 x 20 training step went from 1.11x to 0.99x the textbook model with every weight gradient so computed, while
+# the 64 x 128 one (inputs of 4-24 MiB) went from 1.10x to 1.18-1.31x (imitated AVX2, benchmarks/README.md).
+_PLAIN_WEIGHT_GRAD_BYTES = 4 * 2**20
+
+
+def conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, ...]) -> Tensor:
+    """A stride-1 convolution of ``[N, C, H, W]`` frames, as ``F.conv2d``.
+
+    On a CPU whose oneDNN kernels are AVX2 at most, oneDNN computes the weight gradient of channels-last
+    frames with a kernel half as fast as its blocked one (77 against 166 GFLOP/s for the decoder's projection
+    at 64 x 128, imitated AVX2 on an AMD EPYC); there the weight gradient of a float32 training convolution
+    is computed from NCHW copies of the frames and of the output's gradient, which oneDNN reorders to its
+    blocked layout itself, when the input takes ``_PLAIN_WEIGHT_GRAD_BYTES`` or more. The input gradient and the
+    forward stay channels-last, where they are fastest.
+    """
+    if (weight.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.numel() * x.element_size() >= _PLAIN_WEIGHT_GRAD_BYTES
+            and not torch.is_autocast_enabled("cpu") and _onednn_avx2_at_most() and torch.backends.mkldnn.enabled):
+        return _PlainWeightGradConv.apply(x, weight, bias, padding)
+    return F.conv2d(x, weight, bias, padding=padding)
+
+
+def state_conv(h: Tensor, weight: Tensor, padding: tuple[int, ...]) -> Tensor:
+    """The state-to-state convolution (no bias); for a single sequence on an AMD CPU, by oneDNN.
+
+    PyTorch sends a float32 CPU convolution of a batch of one and under 20480 input values (the state of a
+    one-window forecast, 32 x 20 x 20, at every step) to its im2col kernel, whose matrix product is MKL's
+    (``use_mkldnn`` in ATen's ``Convolution.cpp``). That is the faster kernel on Intel CPUs; on AMD ones MKL
+    runs slower code, and oneDNN's kernel, with the same result, took the one-window forecast from 1.09-1.14x
+    to 1.33-1.38x the textbook model on an AMD EPYC (benchmarks/README.md).
+    """
+    # torch.backends.mkldnn.enabled is asked each time: torch.backends.mkldnn.flags may change it at run time
+    if (h.size(0) == 1 and _onednn_beats_im2col() and h.device.type == "cpu"
+            and h.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.enabled):
+        return torch.ops.aten.mkldnn_convolution(h, weight, None, padding, (1, 1), (1, 1), 1)
+    return conv(h, weight, None, padding)
+
+
+class _PlainWeightGradConv(torch.autograd.Function):
+    """``F.conv2d`` whose backward computes the weight and bias gradients from NCHW copies (see :func:`conv`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, ...]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        return F.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor | None, None]:
+        x, weight = ctx.saved_tensors
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        ones, zeros = [1] * len(ctx.padding), [0] * len(ctx.padding)
+
+        def backward(g: Tensor, inputs: Tensor, w: Tensor, mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+            return torch.ops.aten.convolution_backward(
+                g, inputs, w, bias_sizes, ones, list(ctx.padding), ones, False, zeros, 1, mask)
+
+        d_x = backward(grad, x, weight, [True, False, False])[0] if ctx.needs_input_grad[0] else None
+        _, d_weight, d_bias = backward(grad.contiguous(), x.contiguous(), weight.contiguous(),
+                                       [False, True, ctx.has_bias])
+        return d_x, d_weight, d_bias, None
+
+
+@cache
+def _onednn_avx2_at_most() -> bool:
+    """Whether oneDNN's kernels here are AVX2 at most: an x86 CPU for which PyTorch picks its AVX2 kernels (no
+    AVX-512), or oneDNN limited below AVX-512 by ``ONEDNN_MAX_CPU_ISA``. Asked once."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
+    return torch.backends.mkldnn.is_available() and (
+        torch.backends.cpu.get_cpu_capability() == "AVX2" or limit in _BELOW_AVX512)
+
+
+@cache
+def _onednn_beats_im2col() -> bool:
+    """Whether this machine has oneDNN and an AMD CPU (Linux's ``/proc/cpuinfo``; elsewhere, taken as not): asked
+    once, not at every step of the time loop."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in cpuinfo)
+    except OSError:
+        return False
