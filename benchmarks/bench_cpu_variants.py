@@ -12,9 +12,14 @@ choices the library makes for a CPU, one changed at a time:
   elsewhere);
 * ``weight gradient channels-last`` / ``weight gradient NCHW`` - training convolutions' weight gradients always
   from the channels-last frames, or from NCHW copies whatever the CPU and frame size (as shipped: NCHW where
-  oneDNN is AVX2 at most and the frames take 4 MiB or more, ``convlstm.kernels.conv``);
+  oneDNN is AVX2 at most and frames have 4096 pixels or more, ``convlstm.kernels.conv``);
 * ``gates by autograd`` - the cell's gate arithmetic differentiated by autograd instead of the hand-written
   backward (``convlstm.model._Gates``).
+
+A second table times the choices that are switches on the same model (every variant above but ``oneDNN off``,
+which changes the reference too, and ``contiguous``, which builds another model) alternated step by step with
+each other and the reference, for the 64 x 128 and 20 x 20 training steps: on a machine whose speed wanders, as
+a shared VM's does, only alternation separates effects of a few per cent.
 
 Run from the repository root::
 
@@ -25,13 +30,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
 import torch
-from bench_model import CASES, bench_inference, bench_training
-from harness import fmt_table, print_header, set_threads
+import torch.nn.functional as F
+from bench_model import BATCH, CASES, INPUT_CHANNELS, STEPS, bench_inference, bench_training, build_models
+from harness import fmt_table, print_header, set_threads, time_interleaved
 
 import convlstm.kernels as kernels_module
 import convlstm.model as model_module
@@ -69,7 +76,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "state kernel PyTorch's": lambda: mock.patch.object(kernels_module, "_onednn_beats_im2col", lambda: False),
     "weight gradient channels-last": lambda: mock.patch.object(kernels_module, "_onednn_avx2_at_most", lambda: False),
     "weight gradient NCHW": lambda: mock.patch.multiple(
-        kernels_module, _onednn_avx2_at_most=lambda: True, _PLAIN_WEIGHT_GRAD_BYTES=0),
+        kernels_module, _onednn_avx2_at_most=lambda: True, _PLAIN_WEIGHT_GRAD_PIXELS=0),
     "gates by autograd": lambda: mock.patch.object(
         model_module._Gates, "apply", lambda gates, c, dtype: model_module._gates_forward(gates, c, dtype)[:2]),
 }
@@ -89,6 +96,36 @@ def measure(repeats: int) -> list[list[str]]:
     return rows
 
 
+SWITCHES = [name for name in VARIANTS if name not in ("oneDNN off", "contiguous")]
+
+
+def alternated(repeats: int) -> list[list[str]]:
+    """One row a grid and switch: the library's training step with the switch, alternated with every other
+    switch and the reference step by step, as the reference's time over the variant's."""
+    rows = []
+    for case, rounds in ((CASES[-1], repeats), (CASES[0], 12 * repeats)):
+        models = build_models(case.hidden)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(BATCH, STEPS, INPUT_CHANNELS, case.height, case.width, generator=gen)
+        target = torch.rand(BATCH, 1, case.height, case.width, generator=gen)
+        optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+
+        def step(name: str, variant: Callable[[], contextlib.AbstractContextManager[object]]) -> None:
+            with variant():
+                optimizers[name].zero_grad(set_to_none=True)
+                F.mse_loss(models[name](x), target).backward()
+                optimizers[name].step()
+
+        fns = {name: (lambda variant=VARIANTS[name]: step("fast", variant)) for name in SWITCHES}
+        fns["reference"] = lambda: step("ref", contextlib.nullcontext)
+        medians = {name: statistics.median(times) for name, times in time_interleaved(fns, rounds).items()}
+        for name in SWITCHES:
+            rows.append([case.name, name, f"{1e3 * medians[name]:.0f}", f"{1e3 * medians['reference']:.0f}",
+                         f"{medians['reference'] / medians[name]:.2f}x"])
+        print(f"  {case.name}: " + ", ".join(f"{row[1]} {row[-1]}" for row in rows[-len(SWITCHES):]), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="training steps timed per model and variant")
@@ -100,10 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args.repeats)
     print()
     print(fmt_table(headers, rows))
+    print("\nThe switches alternated step by step (training, median ms), fast/ref = reference ms / variant ms")
+    switch_headers = ["grid", "variant", "fast ms", "ref ms", "fast/ref"]
+    switch_rows = alternated(args.repeats)
+    print()
+    print(fmt_table(switch_headers, switch_rows))
     if args.json is not None:
         import json
 
-        args.json.write_text(json.dumps({"machine": info, "headers": headers, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"machine": info, "headers": headers, "rows": rows,
+                                         "alternated": {"headers": switch_headers, "rows": switch_rows}}, indent=2))
     return 0
 
 

@@ -22,10 +22,10 @@ __all__ = ["conv", "state_conv"]
 
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) that stop below AVX-512
 _BELOW_AVX512 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"}
-# Below about this size of a convolution's input the NCHW copies cost more than the faster kernel saves: the
-# 20 x 20 training step went from 1.11x to 0.99x the textbook model with every weight gradient so computed, while
-# the 64 x 128 one (inputs of 4-24 MiB) went from 1.10x to 1.18-1.31x (imitated AVX2, benchmarks/README.md).
-_PLAIN_WEIGHT_GRAD_BYTES = 4 * 2**20
+# On smaller frames the NCHW copies cost more than the faster kernel saves. Alternated training steps under
+# imitated AVX2 (benchmarks/bench_cpu_variants.py): at 64 x 128 (8192 pixels) the library went from 1.00x to
+# 1.19x the textbook model, while at 16 x 56 (896) and 20 x 20 (400) the copies cost 7-15 %.
+_PLAIN_WEIGHT_GRAD_PIXELS = 4096
 
 
 def conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, ...]) -> Tensor:
@@ -35,11 +35,11 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, ...
     frames with a kernel half as fast as its blocked one (77 against 166 GFLOP/s for the decoder's projection
     at 64 x 128, imitated AVX2 on an AMD EPYC); there the weight gradient of a float32 training convolution
     is computed from NCHW copies of the frames and of the output's gradient, which oneDNN reorders to its
-    blocked layout itself, when the input takes ``_PLAIN_WEIGHT_GRAD_BYTES`` or more. The input gradient and the
+    blocked layout itself, for frames of ``_PLAIN_WEIGHT_GRAD_PIXELS`` or more. The input gradient and the
     forward stay channels-last, where they are fastest.
     """
     if (weight.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.numel() * x.element_size() >= _PLAIN_WEIGHT_GRAD_BYTES
+            and x.shape[-2] * x.shape[-1] >= _PLAIN_WEIGHT_GRAD_PIXELS
             and not torch.is_autocast_enabled("cpu") and _onednn_avx2_at_most() and torch.backends.mkldnn.enabled):
         return _PlainWeightGradConv.apply(x, weight, bias, padding)
     return F.conv2d(x, weight, bias, padding=padding)

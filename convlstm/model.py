@@ -21,6 +21,9 @@ timestep), measured in ``benchmarks/``, with the same outputs:
   first level projects each frame once, not once per window it appears in;
 * at small batches a step's cost is mostly operator overhead and memory traffic, so a step makes few
   calls, works in place where autograd allows, and intermediates are released as soon as used;
+* in training, the gates' backward is written out (:class:`_Gates`): it fills one gradient of the gates in
+  place where autograd's joins the gates' gradients with two concatenations per step, and every gradient
+  stays channels-last, so no convolution's backward copies its input into that layout;
 * on some CPUs PyTorch's kernel choice is not the fastest for these convolutions: see ``convlstm.kernels``.
 """
 

@@ -65,7 +65,7 @@ def test_conv_takes_the_plain_weight_gradient_only_for_large_training_frames_on_
     original = kernels._PlainWeightGradConv.apply
     monkeypatch.setattr(kernels._PlainWeightGradConv, "apply", lambda *args: calls.append(1) or original(*args))
     weight = torch.randn(4, 2, 3, 3, requires_grad=True)
-    x = torch.randn(1, 2, size, 128 * size)  # 64: 2 * 64 * 8192 floats = 4 MiB, the threshold; 8: 64 KiB
+    x = torch.randn(1, 2, size, size)  # 64 x 64: the threshold
     with torch.set_grad_enabled(grad):
         kernels.conv(x, weight, None, (1, 1))
     assert len(calls) == expected
@@ -78,7 +78,7 @@ def test_a_model_trained_with_the_plain_weight_gradient_gets_the_same_gradients(
     grads = {}
     for plain in (True, False):
         monkeypatch.setattr(kernels, "_onednn_avx2_at_most", lambda plain=plain: plain)
-        monkeypatch.setattr(kernels, "_PLAIN_WEIGHT_GRAD_BYTES", 0)
+        monkeypatch.setattr(kernels, "_PLAIN_WEIGHT_GRAD_PIXELS", 0)
         model.zero_grad()
         model(x).sum().backward()
         grads[plain] = [p.grad.clone() for p in model.parameters()]
