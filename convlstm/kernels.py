@@ -38,9 +38,10 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, ...
     blocked layout itself, for frames of ``_PLAIN_WEIGHT_GRAD_PIXELS`` or more. The input gradient and the
     forward stay channels-last, where they are fastest.
     """
-    if (weight.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.shape[-2] * x.shape[-1] >= _PLAIN_WEIGHT_GRAD_PIXELS
-            and not torch.is_autocast_enabled("cpu") and _onednn_avx2_at_most() and torch.backends.mkldnn.enabled):
+    # what is fixed for the machine first (cached, False on most): this runs at every step of the time loop
+    if (_onednn_avx2_at_most() and weight.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype == torch.float32 and x.shape[-2] * x.shape[-1] >= _PLAIN_WEIGHT_GRAD_PIXELS
+            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.enabled):
         return _PlainWeightGradConv.apply(x, weight, bias, padding)
     return F.conv2d(x, weight, bias, padding=padding)
 
@@ -77,12 +78,12 @@ class _PlainWeightGradConv(torch.autograd.Function):
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
         ones, zeros = [1] * len(ctx.padding), [0] * len(ctx.padding)
 
-        def backward(g: Tensor, inputs: Tensor, w: Tensor, mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+        def gradients(g: Tensor, inputs: Tensor, w: Tensor, mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
             return torch.ops.aten.convolution_backward(
                 g, inputs, w, bias_sizes, ones, list(ctx.padding), ones, False, zeros, 1, mask)
 
-        d_x = backward(grad, x, weight, [True, False, False])[0] if ctx.needs_input_grad[0] else None
-        _, d_weight, d_bias = backward(grad.contiguous(), x.contiguous(), weight.contiguous(),
+        d_x = gradients(grad, x, weight, [True, False, False])[0] if ctx.needs_input_grad[0] else None
+        _, d_weight, d_bias = gradients(grad.contiguous(), x.contiguous(), weight.contiguous(),
                                        [False, True, ctx.has_bias])
         return d_x, d_weight, d_bias, None
 
