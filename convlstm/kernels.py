@@ -84,7 +84,7 @@ class _PlainWeightGradConv(torch.autograd.Function):
 
         d_x = gradients(grad, x, weight, [True, False, False])[0] if ctx.needs_input_grad[0] else None
         _, d_weight, d_bias = gradients(grad.contiguous(), x.contiguous(), weight.contiguous(),
-                                       [False, True, ctx.has_bias])
+                                        [False, True, ctx.has_bias])
         return d_x, d_weight, d_bias, None
 
 
