@@ -103,6 +103,11 @@ class ConvLSTMCell(nn.Module):
         shape, dtype = (batch_size, self.hidden_dim, height, width), self.input_conv.weight.dtype
         return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 
+    def project(self, frames: Tensor) -> Tensor:
+        """The input-to-state convolution of ``[N, input_dim, H, W]`` frames (any number of timesteps at once),
+        by :func:`convlstm.kernels.conv`: every path into the cell gets the same kernel choice."""
+        return conv(frames, self.input_conv.weight, self.input_conv.bias, self.input_conv.padding)
+
     def step(self, projected_t: Tensor, state: State | None) -> State:
         """Advance one timestep given an already-projected input.
 
@@ -141,7 +146,7 @@ class ConvLSTMCell(nn.Module):
         tuple of torch.Tensor
             The next ``(h, c)``.
         """
-        return self.step(self.input_conv(input_tensor), cur_state)
+        return self.step(self.project(input_tensor), cur_state)
 
     def forward_sequence(self, x_seq: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Run the cell over a whole sequence: :meth:`recur` of :meth:`projected_steps`.
@@ -205,7 +210,7 @@ class ConvLSTMCell(nn.Module):
         # gradient per chunk and per step; and split over the frames' leading axis, so that each step is a
         # contiguous channels-last slice and the joined gradient is already in the layout the convolution wants
         for part in _frames(x_seq).split(chunk * b):
-            yield from conv(part, self.input_conv.weight, self.input_conv.bias, self.input_conv.padding).split(b)
+            yield from self.project(part).split(b)
 
 
 def _gates_forward(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype) -> tuple[Tensor, Tensor, tuple]:
@@ -424,7 +429,7 @@ class ConvLSTMUNet(nn.Module):
                              f"({len(frames)} frames, windows of {window_size}), got {starts.tolist()}")
         # not bound to a name here: the generator then holds the projection's only reference
         return self._run(_window_steps(
-            self.encoders[0].input_conv(frames.contiguous(memory_format=torch.channels_last)), starts, window_size))
+            self.encoders[0].project(frames.contiguous(memory_format=torch.channels_last)), starts, window_size))
 
     def _run(self, first_projections: Iterable[Tensor]) -> Tensor:
         """The U-Net from the first level's projected inputs (one ``[B, 4*hidden, H, W]`` per step)."""

@@ -106,12 +106,14 @@ class _ConvCalls(TorchDispatchMode):
         super().__init__()
         self.weights = {"input": cell.input_conv.weight, "hidden": cell.hidden_conv.weight}
         self.calls = {"input": 0, "hidden": 0}
+        self.frames: dict[str, list[int]] = {"input": [], "hidden": []}  # each call's number of frames
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten.convolution.default:
             for name, weight in self.weights.items():
                 if args[1] is weight:
                     self.calls[name] += 1
+                    self.frames[name].append(args[0].shape[0])
         return func(*args, **(kwargs or {}))
 
 
@@ -358,9 +360,9 @@ def test_forward_windows_equals_forward_of_the_stacked_windows(starts: list[int]
 
 def test_forward_windows_projects_each_frame_once() -> None:
     model = ConvLSTMUNet(input_channels=3, hidden_channels=[4, 6])
-    seen: list[int] = []
-    model.encoders[0].input_conv.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
-    model.forward_windows(torch.randn(10, 3, 6, 6), torch.arange(5), 6)
+    with _ConvCalls(model.encoders[0]) as counter:
+        model.forward_windows(torch.randn(10, 3, 6, 6), torch.arange(5), 6)
+    seen = counter.frames["input"]
     assert seen == [10]  # 5 windows of 6 steps: 10 distinct frames, not 30
 
 
