@@ -14,7 +14,9 @@ choices the library makes for a CPU, one changed at a time:
   from the channels-last frames, or from NCHW copies whatever the CPU and frame size (as shipped: NCHW where
   oneDNN is AVX2 at most and frames have 4096 pixels or more, ``convlstm.kernels.conv``);
 * ``gates by autograd`` - the cell's gate arithmetic differentiated by autograd instead of the hand-written
-  backward (``convlstm.model._Gates``).
+  backward (``convlstm.model._Gates``);
+* ``decoder input built`` - a decoder's input upsampled and concatenated, then convolved, instead of convolved
+  by phases at the coarse grid (``convlstm.upsampled_conv``).
 
 A second table times the choices that are switches on the same model (every variant above but ``oneDNN off``,
 which changes the reference too, and ``contiguous``, which builds another model) alternated step by step with
@@ -42,6 +44,7 @@ from harness import fmt_table, print_header, set_threads, time_interleaved
 
 import convlstm.kernels as kernels_module
 import convlstm.model as model_module
+import convlstm.upsampled_conv as upsampled_module
 
 TRAIN_CASE = CASES[-1]  # the 64 x 128 grid, the one below target on AMD EPYC
 
@@ -79,6 +82,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
         kernels_module, _onednn_avx2_at_most=lambda: True, _PLAIN_WEIGHT_GRAD_PIXELS=0),
     "gates by autograd": lambda: mock.patch.object(
         model_module._Gates, "apply", lambda gates, c, dtype: model_module._gates_forward(gates, c, dtype)[:2]),
+    "decoder input built": lambda: mock.patch.object(upsampled_module, "_by_phases", lambda *args: False),
 }
 
 

@@ -83,7 +83,8 @@ def forward_conv_flops(hidden: tuple[int, ...], batch: int, steps: int, height: 
 
     A ConvLSTM cell applies a (Cin + hidden) -> 4*hidden k x k convolution per frame. Pooling,
     upsampling and gate arithmetic are not counted. The library does less (it skips the step-0
-    state convolution over zeros), so its GFLOP/s are "reference work per second".
+    state convolution over zeros, and convolves a decoder's upsampled input at the coarse grid), so its
+    GFLOP/s are "reference work per second".
     """
     sizes = [(height, width)]
     for _ in range(1, len(hidden)):

@@ -17,6 +17,8 @@ timestep), measured in ``benchmarks/``, with the same outputs:
   convolve zeros) and no forget term (``f * c0 = 0``);
 * the input-to-state gradient of the raw input is never computed: the input needs none, and the
   split keeps it apart from the state convolution, whose gradient is needed;
+* a decoder's input, the coarser level upsampled (nearest) beside the skip, is never built: the upsampled part's
+  convolution is one 2 x 2 convolution at the coarse grid, 4/9 of the FLOPs (``convlstm.upsampled_conv``);
 * ``forward_windows`` forecasts overlapping (sliding) windows from the frames they share, so the
   first level projects each frame once, not once per window it appears in;
 * at small batches a step's cost is mostly operator overhead and memory traffic, so a step makes few
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 from convlstm.checks import require_odd_kernel, require_positive_int
 from convlstm.errors import ConfigError, DataError
 from convlstm.kernels import conv, state_conv
+from convlstm.upsampled_conv import conv_of_upsampled
 
 __all__ = ["ConvLSTMCell", "ConvLSTMUNet"]
 
@@ -107,6 +110,11 @@ class ConvLSTMCell(nn.Module):
         """The input-to-state convolution of ``[N, input_dim, H, W]`` frames (any number of timesteps at once),
         by :func:`convlstm.kernels.conv`: every path into the cell gets the same kernel choice."""
         return conv(frames, self.input_conv.weight, self.input_conv.bias, self.input_conv.padding)
+
+    def project_upsampled(self, coarse: Tensor, skip: Tensor) -> Tensor:
+        """:meth:`project` of a decoder's input frames, ``coarse`` upsampled (nearest) to the grid of ``skip`` and
+        followed by ``skip`` along C, without building them (:func:`convlstm.upsampled_conv.conv_of_upsampled`)."""
+        return conv_of_upsampled(coarse, skip, self.input_conv.weight, self.input_conv.bias, self.input_conv.padding)
 
     def step(self, projected_t: Tensor, state: State | None) -> State:
         """Advance one timestep given an already-projected input.
@@ -188,20 +196,23 @@ class ConvLSTMCell(nn.Module):
             raise DataError("A sequence needs at least one time step.")
         return _stack_time(outputs), state
 
-    def projected_steps(self, x_seq: Tensor) -> Iterator[Tensor]:
+    def projected_steps(self, x_seq: Tensor, skip: Tensor | None = None) -> Iterator[Tensor]:
         """Projected inputs step by step, computed in as few batched calls as pay (on a CPU, capped in bytes).
 
         Parameters
         ----------
         x_seq : torch.Tensor
-            ``[B, T, input_dim, H, W]``.
+            ``[B, T, input_dim, H, W]``; with ``skip``, a decoder's coarser sequence ``[B, T, C_up, h, w]``.
+        skip : torch.Tensor, optional
+            ``[B, T, input_dim - C_up, H, W]``: the input is then ``x_seq`` upsampled (nearest) to ``H x W`` and
+            followed by ``skip`` along C, projected by :meth:`project_upsampled`.
 
         Yields
         ------
         torch.Tensor
             ``[B, 4*hidden_dim, H, W]``, one per step.
         """
-        b, t, _, h, w = x_seq.shape
+        b, t, _, h, w = (x_seq if skip is None else skip).shape
         chunk = t
         if x_seq.device.type == "cpu":
             frame_bytes = b * 4 * self.hidden_dim * h * w * x_seq.element_size()
@@ -209,8 +220,11 @@ class ConvLSTMCell(nn.Module):
         # split, not indexing: backward then joins the gradients once instead of zero-filling a full-size
         # gradient per chunk and per step; and split over the frames' leading axis, so that each step is a
         # contiguous channels-last slice and the joined gradient is already in the layout the convolution wants
-        for part in _frames(x_seq).split(chunk * b):
-            yield from self.project(part).split(b)
+        parts = _frames(x_seq).split(chunk * b)
+        projections = (map(self.project, parts) if skip is None
+                       else map(self.project_upsampled, parts, _frames(skip).split(chunk * b)))
+        for projected in projections:
+            yield from projected.split(b)
 
 
 def _gates_forward(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype) -> tuple[Tensor, Tensor, tuple]:
@@ -307,17 +321,6 @@ def _channels_last(seq: Tensor) -> Tensor:
 def _stack_time(frames: list[Tensor]) -> Tensor:
     """Stack ``[B, C, H, W]`` channels-last frames into a ``[B, T, C, H, W]`` sequence, laid out as above."""
     return torch.stack([f.permute(0, 2, 3, 1) for f in frames]).permute(1, 0, 4, 2, 3)
-
-
-def _cat_channels(*seqs: Tensor) -> Tensor:
-    """Concatenate ``[B, T, C_k, H, W]`` sequences along C, laid out as above."""
-    return torch.cat([s.permute(1, 0, 3, 4, 2) for s in seqs], dim=-1).permute(1, 0, 4, 2, 3)
-
-
-def _upsample_onto(coarse: Tensor, skip: Tensor) -> Tensor:
-    """The decoder's input: ``coarse`` upsampled (nearest) to the skip's grid, then the skip, along C."""
-    up = _map_frames(partial(F.interpolate, size=skip.shape[-2:], mode="nearest"), coarse)
-    return _cat_channels(up, skip)
 
 
 class ConvLSTMUNet(nn.Module):
@@ -439,10 +442,10 @@ class ConvLSTMUNet(nn.Module):
             skips.append(seq)
             seq, (last, _) = encoder.forward_sequence(
                 _map_frames(partial(F.max_pool2d, kernel_size=2, ceil_mode=True), seq))
-        # Each intermediate is released as soon as it is used (a smaller working set is faster on a CPU):
-        # the skips are popped, and the upsampled sequence lives only until it is concatenated.
+        # Each intermediate is released as soon as it is used (a smaller working set is faster on a CPU): the skips
+        # are popped, and a decoder's input, the coarser sequence upsampled beside the skip, is never built.
         for decoder in reversed(self.decoders):
-            seq, (last, _) = decoder.forward_sequence(_upsample_onto(seq, skips.pop()))
+            seq, (last, _) = decoder.recur(decoder.projected_steps(seq, skips.pop()))
         # the last hidden state itself, not the sequence's last step: its gradient then stays channels-last, where
         # a step selected from the sequence gets a gradient zero-filled in the default layout, which every
         # convolution's backward would copy into channels-last
