@@ -34,7 +34,7 @@ CL = torch.channels_last
 # alike. _PHASE_TAPS[(a, b, u, v), (r, s)]: both at once, so the phases' weights are one small matrix product.
 _TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
 _PHASE_TAPS = torch.einsum("aur,bvs->abuvrs", _TAPS, _TAPS).reshape(16, 9)
-# In inference, a weight's two parts by weight: (the weight's version, the phases' weights, the skip's weight).
+# On a CPU in inference, by weight: (up_channels, a copy of the weight, the phases' weights, the skip's weight).
 _INFERENCE_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
@@ -77,18 +77,21 @@ def _by_phases(coarse: Tensor, skip: Tensor, weight: Tensor, padding: tuple[int,
 def _weights(weight: Tensor, up_channels: int) -> tuple[Tensor, Tensor]:
     """The phases' weights (:func:`_phase_weights`) and the skip's (contiguous), from the convolution's.
 
-    In training they are made at every call, so that gradients reach ``weight``. In inference they are made once
-    for each value of ``weight`` (its version counter moves on every in-place change: an optimizer step,
-    ``load_state_dict``): made at every call they cost 0.2 ms of the 0.4 ms the phases save a one-window forecast.
+    Made at every call in training, so that gradients reach ``weight``, and on a GPU, where they cost a small
+    kernel. In inference on a CPU, made every call they cost 0.2 ms of the 0.4 ms the phases save a one-window
+    forecast, so they are kept with a copy of the weight they came from and used while the weight still equals
+    it. Equality, not the version counter: fused optimizers and writes through ``.data`` change a weight
+    without moving its version, and weights made under ``torch.inference_mode`` have none.
     """
-    if torch.is_grad_enabled() and weight.requires_grad:
+    if torch.is_grad_enabled() or weight.device.type != "cpu":
         return _phase_weights(weight[:, :up_channels]), weight[:, up_channels:]
-    version = (weight._version, weight.data_ptr(), up_channels)
     cached = _INFERENCE_WEIGHTS.get(weight)
-    if cached is None or cached[0] != version:
-        cached = _INFERENCE_WEIGHTS[weight] = (version, _phase_weights(weight[:, :up_channels]).contiguous(
-            memory_format=CL), weight[:, up_channels:].contiguous(memory_format=CL))
-    return cached[1], cached[2]
+    if (cached is None or cached[0] != up_channels or cached[1].dtype != weight.dtype
+            or not torch.equal(cached[1], weight)):
+        cached = _INFERENCE_WEIGHTS[weight] = (
+            up_channels, weight.clone(), _phase_weights(weight[:, :up_channels]).contiguous(memory_format=CL),
+            weight[:, up_channels:].contiguous(memory_format=CL))
+    return cached[2], cached[3]
 
 
 def _phase_weights(weight: Tensor) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,12 +55,26 @@ def test_gradients_equal_those_of_the_built_input(fine: tuple[int, int]) -> None
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_inference_weights_follow_every_change_of_the_weight() -> None:
-    """In inference the phases' weights are made once per value of the weight: an optimizer step or
-    ``load_state_dict`` changes it in place, and the next call must see the new value."""
+def _step(conv: torch.nn.Conv2d, **optimizer_options: object) -> None:
+    conv(torch.randn(1, 9, 4, 4)).sum().backward()
+    torch.optim.AdamW(conv.parameters(), lr=0.5, **optimizer_options).step()
+
+
+# every way a weight changes, including those that leave its version counter where it was (a fused optimizer,
+# a write through .data)
+CHANGES = {
+    "optimizer step": _step,
+    "fused optimizer step": lambda conv: _step(conv, fused=True),
+    "load_state_dict": lambda conv: conv.load_state_dict(torch.nn.Conv2d(9, 8, 3, padding=1).state_dict()),
+    "write through .data": lambda conv: conv.weight.data.mul_(2),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+def test_inference_weights_follow_every_change_of_the_weight(change: Callable[[torch.nn.Conv2d], object]) -> None:
+    """In inference on a CPU the phases' weights are kept between calls; the next call must see a changed weight."""
     coarse, skip, _, _ = _inputs((6, 8))
     conv = torch.nn.Conv2d(9, 8, 3, padding=1).to(memory_format=CL)
-    optimizer = torch.optim.SGD(conv.parameters(), lr=0.5)
 
     def check() -> None:
         with torch.no_grad():
@@ -66,11 +82,24 @@ def test_inference_weights_follow_every_change_of_the_weight() -> None:
             torch.testing.assert_close(ours, _built(coarse, skip, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
 
     check()
-    conv(torch.randn(1, 9, 4, 4)).sum().backward()
-    optimizer.step()
+    change(conv)
     check()
-    conv.load_state_dict(torch.nn.Conv2d(9, 8, 3, padding=1).state_dict())
-    check()
+
+
+def test_inference_mode_weights_and_a_frozen_decoder_trained_after_inference_mode() -> None:
+    coarse, skip, _, _ = _inputs((6, 8))
+    with torch.inference_mode():
+        made_there = torch.nn.Conv2d(9, 8, 3, padding=1)  # an inference tensor has no version counter
+        expected = _built(coarse, skip, made_there.weight, made_there.bias)
+        torch.testing.assert_close(conv_of_upsampled(coarse, skip, made_there.weight, made_there.bias, (1, 1)),
+                                   expected, rtol=1e-5, atol=1e-5)
+    frozen = torch.nn.Conv2d(9, 8, 3, padding=1).requires_grad_(False)
+    with torch.inference_mode():
+        conv_of_upsampled(coarse, skip, frozen.weight, frozen.bias, (1, 1))
+    # training what lies before a frozen decoder: its weights must not come from inference_mode's tensors
+    leaf = coarse.clone().requires_grad_()
+    conv_of_upsampled(leaf, skip, frozen.weight, frozen.bias, (1, 1)).sum().backward()
+    assert leaf.grad is not None
 
 
 def test_weights_cached_under_autocast_still_serve_float32_inference() -> None:
