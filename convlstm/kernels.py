@@ -3,10 +3,12 @@
 Two choices, each measured against the textbook model in ``benchmarks/`` and each giving the same results
 to float32 rounding (``tests/unit/test_kernels.py``):
 
-* on an AMD CPU, a single sequence's state convolution runs on oneDNN, where PyTorch would pick its im2col
-  kernel, whose MKL matrix product is slower there (:func:`state_conv`);
+* on an AMD CPU, a convolution of a single image (a single sequence's state, at every step) runs on oneDNN,
+  where PyTorch would pick its im2col kernel, whose MKL matrix product is slower there;
 * on a CPU whose oneDNN kernels are AVX2 at most, a training convolution's weight gradient is computed from
-  NCHW copies, where oneDNN's channels-last weight-gradient kernel runs at half its speed (:func:`conv`).
+  NCHW copies, where oneDNN's channels-last weight-gradient kernel runs at half its speed.
+
+Both are made in :func:`conv`, the one way the model convolves, so every convolution gets the same choice.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["conv", "state_conv"]
+__all__ = ["conv"]
 
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) that stop below AVX-512
 _BELOW_AVX512 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"}
@@ -37,29 +39,24 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, ...
     is computed from NCHW copies of the frames and of the output's gradient, which oneDNN reorders to its
     blocked layout itself, for frames of ``_PLAIN_WEIGHT_GRAD_PIXELS`` or more. The input gradient and the
     forward stay channels-last, where they are fastest.
+
+    PyTorch sends a float32 CPU convolution of a batch of one and under 20480 input values (the state of a
+    one-window forecast, 32 x 20 x 20, at every step) to its im2col kernel, whose matrix product is MKL's
+    (``use_mkldnn`` in ATen's ``Convolution.cpp``). That is the faster kernel on Intel CPUs; on AMD ones MKL
+    runs slower code, and oneDNN's kernel, with the same result, took the one-window forecast from 1.09-1.14x
+    to 1.33-1.38x the textbook model on an AMD EPYC (benchmarks/README.md). So on an AMD CPU a batch of one
+    is convolved by oneDNN.
     """
     # what is fixed for the machine first (cached, False on most): this runs at every step of the time loop
     if (_onednn_avx2_at_most() and weight.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == torch.float32 and x.shape[-2] * x.shape[-1] >= _PLAIN_WEIGHT_GRAD_PIXELS
             and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.enabled):
         return _PlainWeightGradConv.apply(x, weight, bias, padding)
-    return F.conv2d(x, weight, bias, padding=padding)
-
-
-def state_conv(h: Tensor, weight: Tensor, padding: tuple[int, ...]) -> Tensor:
-    """The state-to-state convolution (no bias); for a single sequence on an AMD CPU, by oneDNN.
-
-    PyTorch sends a float32 CPU convolution of a batch of one and under 20480 input values (the state of a
-    one-window forecast, 32 x 20 x 20, at every step) to its im2col kernel, whose matrix product is MKL's
-    (``use_mkldnn`` in ATen's ``Convolution.cpp``). That is the faster kernel on Intel CPUs; on AMD ones MKL
-    runs slower code, and oneDNN's kernel, with the same result, took the one-window forecast from 1.09-1.14x
-    to 1.33-1.38x the textbook model on an AMD EPYC (benchmarks/README.md).
-    """
     # torch.backends.mkldnn.enabled is asked each time: torch.backends.mkldnn.flags may change it at run time
-    if (h.size(0) == 1 and _onednn_beats_im2col() and h.device.type == "cpu"
-            and h.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.enabled):
-        return torch.ops.aten.mkldnn_convolution(h, weight, None, padding, (1, 1), (1, 1), 1)
-    return conv(h, weight, None, padding)
+    if (x.size(0) == 1 and _onednn_beats_im2col() and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.enabled):
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, padding, (1, 1), (1, 1), 1)
+    return F.conv2d(x, weight, bias, padding=padding)
 
 
 class _PlainWeightGradConv(torch.autograd.Function):

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from convlstm.checks import require_odd_kernel, require_positive_int
 from convlstm.errors import ConfigError, DataError
-from convlstm.kernels import conv, state_conv
+from convlstm.kernels import conv
 from convlstm.upsampled_conv import conv_of_upsampled
 
 __all__ = ["ConvLSTMCell", "ConvLSTMUNet"]
@@ -132,8 +132,8 @@ class ConvLSTMCell(nn.Module):
             The next ``(h, c)``, each ``[B, hidden_dim, H, W]``.
         """
         # in place where autograd allows it: neither the convolution's nor the sum's backward needs its output
-        gates = projected_t if state is None else state_conv(
-            state[0], self.hidden_conv.weight, self.hidden_conv.padding).add_(projected_t)
+        gates = projected_t if state is None else conv(
+            state[0], self.hidden_conv.weight, None, self.hidden_conv.padding).add_(projected_t)
         c = None if state is None else state[1]
         dtype = self.input_conv.weight.dtype
         if torch.is_grad_enabled() and (gates.requires_grad or (c is not None and c.requires_grad)):
