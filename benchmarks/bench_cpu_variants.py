@@ -38,8 +38,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-import torch.nn.functional as F
-from bench_model import BATCH, CASES, INPUT_CHANNELS, STEPS, bench_inference, bench_training, build_models
+from bench_model import CASES, bench_inference, bench_training, build_models, train_step, training_inputs
 from harness import fmt_table, print_header, set_threads, time_interleaved
 
 import convlstm.kernels as kernels_module
@@ -109,16 +108,12 @@ def alternated(repeats: int) -> list[list[str]]:
     rows = []
     for case, rounds in ((TRAIN_CASE, repeats), (CASES[0], 12 * repeats)):
         models = build_models(case.hidden)
-        gen = torch.Generator().manual_seed(1)
-        x = torch.randn(BATCH, STEPS, INPUT_CHANNELS, case.height, case.width, generator=gen)
-        target = torch.rand(BATCH, 1, case.height, case.width, generator=gen)
+        x, target = training_inputs(case)
         optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
 
         def step(name: str, variant: Callable[[], contextlib.AbstractContextManager[object]]) -> None:
             with variant():
-                optimizers[name].zero_grad(set_to_none=True)
-                F.mse_loss(models[name](x), target).backward()
-                optimizers[name].step()
+                train_step(models[name], optimizers[name], x, target)
 
         fns = {name: (lambda variant=VARIANTS[name]: step("fast", variant)) for name in SWITCHES}
         fns["reference"] = lambda: step("ref", contextlib.nullcontext)

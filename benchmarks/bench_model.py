@@ -166,27 +166,34 @@ def check_same_outputs(models: dict[str, nn.Module], x: Tensor) -> None:
         raise AssertionError(f"ref differs from fast by {err:.2e}: the comparison would be meaningless")
 
 
-def bench_training(case: Case, repeats: int) -> Row:
-    models = build_models(case.hidden)
+def training_inputs(case: Case) -> tuple[Tensor, Tensor]:
+    """A training batch ``[B, T, C, H, W]`` and its target for ``case``, the same in every script that times it."""
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(BATCH, STEPS, INPUT_CHANNELS, case.height, case.width, generator=gen)
-    target = torch.rand(BATCH, 1, case.height, case.width, generator=gen)
+    return x, torch.rand(BATCH, 1, case.height, case.width, generator=gen)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, target: Tensor) -> None:
+    """One timed training step: forward, MSE loss, backward, optimizer step."""
+    opt.zero_grad(set_to_none=True)
+    F.mse_loss(model(x), target).backward()
+    opt.step()
+
+
+def bench_training(case: Case, repeats: int) -> Row:
+    models = build_models(case.hidden)
+    x, target = training_inputs(case)
     check_same_outputs(models, x)
 
     row = Row(case.name, repeats=repeats)
     for name, model in models.items():
         row.act_mib_per_sample[name] = saved_activation_bytes(model, x) / BATCH / 2**20
 
-    def train_step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
-        opt.zero_grad(set_to_none=True)
-        F.mse_loss(model(x), target).backward()
-        opt.step()
-
     fns = {}
     for name, model in models.items():
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        fns[name] = lambda model=model, opt=opt: train_step(model, opt)
+        fns[name] = lambda model=model, opt=opt: train_step(model, opt, x, target)
     faults: dict[str, list[int]] = {}
     times = time_interleaved(fns, repeats, faults=faults)
 
@@ -247,21 +254,13 @@ def profile_case(case: Case) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     models = build_models(case.hidden)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(BATCH, STEPS, INPUT_CHANNELS, case.height, case.width, generator=gen)
-    target = torch.rand(BATCH, 1, case.height, case.width, generator=gen)
+    x, target = training_inputs(case)
     for name, model in models.items():
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
-            opt.zero_grad(set_to_none=True)
-            F.mse_loss(model(x), target).backward()
-            opt.step()
-
-        step()
+        train_step(model, opt, x, target)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            step()
+            train_step(model, opt, x, target)
         events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
         total = sum(e.self_cpu_time_total for e in prof.key_averages())
         print(f"\n{name}: one training step, {case.name}, self CPU total {total / 1e3:.0f} ms")
