@@ -26,7 +26,8 @@ timestep), measured in ``benchmarks/``, with the same outputs:
 * in training, the gates' backward is written out (:class:`_Gates`): it fills one gradient of the gates in
   place where autograd's joins the gates' gradients with two concatenations per step, and every gradient
   stays channels-last, so no convolution's backward copies its input into that layout;
-* on some CPUs PyTorch's kernel choice is not the fastest for these convolutions: see ``convlstm.kernels``.
+* on some CPUs PyTorch's kernel choice is not the fastest for these convolutions, and on every CPU its tanh
+  is four times slower than its sigmoid: see ``convlstm.kernels``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 
 from convlstm.checks import require_odd_kernel, require_positive_int
 from convlstm.errors import ConfigError, DataError
-from convlstm.kernels import conv
+from convlstm.kernels import conv, tanh
 from convlstm.upsampled_conv import conv_of_upsampled
 
 __all__ = ["ConvLSTMCell", "ConvLSTMUNet"]
@@ -237,10 +238,10 @@ def _gates_forward(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype) ->
     hd = gates.shape[1] // 4
     # the C++ methods: ``Tensor.split``'s Python wrapper costs as much as a small gate op
     ifo, g = gates.split_with_sizes([3 * hd, hd], dim=1)
-    ifo, g = torch.sigmoid(ifo), torch.tanh(g)  # i, f, o in one call
+    ifo, g = torch.sigmoid(ifo), tanh(g)  # i, f, o in one call
     i, f, o = ifo.chunk(3, dim=1)
     c_next = (i * g).to(state_dtype) if c is None else (f * c).addcmul_(i, g)
-    tanh_c = torch.tanh(c_next)
+    tanh_c = tanh(c_next)
     return o * tanh_c, c_next, (ifo, g, tanh_c)
 
 

@@ -130,3 +130,31 @@ def test_the_gates_backward_under_autocast_keeps_each_gradient_in_its_tensors_dt
     (h.sum() + c_next.sum()).backward()
     assert gates.grad.dtype == torch.bfloat16 and c.grad.dtype == torch.float32
     assert torch.isfinite(gates.grad.float()).all() and torch.isfinite(c.grad).all()
+
+
+# --------------------------------------------------------------------------- tanh
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 3e-7), (torch.float64, 1e-15)])
+def test_tanh_through_the_sigmoid_matches_torch_tanh(dtype: torch.dtype, atol: float) -> None:
+    x = torch.cat([torch.linspace(-30, 30, 100_001, dtype=dtype), torch.logspace(-30, 1, 301, dtype=dtype),
+                   torch.tensor([0.0, -0.0, 1e4, -1e4, float("inf"), float("-inf")], dtype=dtype)])
+    ours = kernels.tanh(x)
+    torch.testing.assert_close(ours, torch.tanh(x), atol=atol, rtol=0)
+    assert ours.abs().max() <= 1  # never outside tanh's range
+    assert kernels.tanh(torch.tensor([float("nan")], dtype=dtype)).isnan().all()
+
+
+def test_tanh_keeps_a_channel_slices_layout_and_leaves_half_precision_to_torch() -> None:
+    gates = torch.randn(2, 8, 5, 4).contiguous(memory_format=CL)
+    out = kernels.tanh(gates[:, 6:])  # the cell's g gate: a strided slice of channels-last gates
+    assert out.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out, torch.tanh(gates[:, 6:]), atol=3e-7, rtol=0)
+    half = torch.randn(100, dtype=torch.bfloat16)
+    assert torch.equal(kernels.tanh(half), torch.tanh(half))  # 2 s - 1 would lose small values' digits there
+
+
+def test_tanh_under_autograd_is_torchs_own() -> None:
+    x = torch.randn(50, dtype=torch.float64, requires_grad=True)
+    kernels.tanh(x).sum().backward()
+    torch.testing.assert_close(x.grad, 1 - torch.tanh(x.detach()) ** 2)
