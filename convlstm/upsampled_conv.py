@@ -17,6 +17,7 @@ the plain way: upsample, concatenate, convolve.
 from __future__ import annotations
 
 from functools import cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,18 @@ CL = torch.channels_last
 # alike. _PHASE_TAPS[(a, b, u, v), (r, s)]: both at once, so the phases' weights are one small matrix product.
 _TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
 _PHASE_TAPS = torch.einsum("aur,bvs->abuvrs", _TAPS, _TAPS).reshape(16, 9)
-# On a CPU in inference, by weight: (up_channels, a copy of the weight, the phases' weights, the skip's weight).
-_INFERENCE_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+class _InferenceWeights(NamedTuple):
+    """What :func:`_weights` keeps for a weight on a CPU in inference, and what it was made from."""
+
+    up_channels: int
+    source: Tensor  # a copy of the weight they were made from
+    phases: Tensor
+    skip: Tensor
+
+
+_INFERENCE_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> _InferenceWeights
 
 
 def conv_of_upsampled(coarse: Tensor, skip: Tensor, weight: Tensor, bias: Tensor | None,
@@ -86,12 +97,12 @@ def _weights(weight: Tensor, up_channels: int) -> tuple[Tensor, Tensor]:
     if torch.is_grad_enabled() or weight.device.type != "cpu":
         return _phase_weights(weight[:, :up_channels]), weight[:, up_channels:]
     cached = _INFERENCE_WEIGHTS.get(weight)
-    if (cached is None or cached[0] != up_channels or cached[1].dtype != weight.dtype
-            or not torch.equal(cached[1], weight)):
-        cached = _INFERENCE_WEIGHTS[weight] = (
+    if (cached is None or cached.up_channels != up_channels or cached.source.dtype != weight.dtype
+            or not torch.equal(cached.source, weight)):
+        cached = _INFERENCE_WEIGHTS[weight] = _InferenceWeights(
             up_channels, weight.clone(), _phase_weights(weight[:, :up_channels]).contiguous(memory_format=CL),
             weight[:, up_channels:].contiguous(memory_format=CL))
-    return cached[2], cached[3]
+    return cached.phases, cached.skip
 
 
 def _phase_weights(weight: Tensor) -> Tensor:
