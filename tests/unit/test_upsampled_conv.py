@@ -28,12 +28,19 @@ def _built(coarse: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias:
     return F.conv2d(torch.cat([up, skip], dim=1), weight, bias, padding=1)
 
 
+def _assert_as_built(coarse: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """conv_of_upsampled's output, checked against the convolution of the built input."""
+    ours = conv_of_upsampled(coarse, skip, weight, bias, (1, 1))
+    torch.testing.assert_close(ours, _built(coarse, skip, weight, bias), rtol=1e-5, atol=1e-5)
+    return ours
+
+
 @pytest.mark.parametrize("fine", [(6, 8), (7, 8), (6, 9), (7, 9)], ids=["even", "odd rows", "odd columns", "odd"])
 def test_equals_the_convolution_of_the_upsampled_input_beside_the_skip(fine: tuple[int, int]) -> None:
     coarse, skip, weight, bias = _inputs(fine)
     with torch.no_grad():
-        ours = conv_of_upsampled(coarse, skip, weight, bias, (1, 1))
-    torch.testing.assert_close(ours, _built(coarse, skip, weight, bias), rtol=1e-5, atol=1e-5)
+        ours = _assert_as_built(coarse, skip, weight, bias)
     assert ours.is_contiguous(memory_format=CL)
 
 
@@ -78,8 +85,7 @@ def test_inference_weights_follow_every_change_of_the_weight(change: Callable[[t
 
     def check() -> None:
         with torch.no_grad():
-            ours = conv_of_upsampled(coarse, skip, conv.weight, conv.bias, (1, 1))
-            torch.testing.assert_close(ours, _built(coarse, skip, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
+            _assert_as_built(coarse, skip, conv.weight, conv.bias)
 
     check()
     change(conv)
@@ -90,9 +96,7 @@ def test_inference_mode_weights_and_a_frozen_decoder_trained_after_inference_mod
     coarse, skip, _, _ = _inputs((6, 8))
     with torch.inference_mode():
         made_there = torch.nn.Conv2d(9, 8, 3, padding=1)  # an inference tensor has no version counter
-        expected = _built(coarse, skip, made_there.weight, made_there.bias)
-        torch.testing.assert_close(conv_of_upsampled(coarse, skip, made_there.weight, made_there.bias, (1, 1)),
-                                   expected, rtol=1e-5, atol=1e-5)
+        _assert_as_built(coarse, skip, made_there.weight, made_there.bias)
     frozen = torch.nn.Conv2d(9, 8, 3, padding=1).requires_grad_(False)
     with torch.inference_mode():
         conv_of_upsampled(coarse, skip, frozen.weight, frozen.bias, (1, 1))
@@ -107,6 +111,5 @@ def test_weights_cached_under_autocast_still_serve_float32_inference() -> None:
     with torch.no_grad():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = conv_of_upsampled(coarse, skip, weight, bias, (1, 1))
-        full = conv_of_upsampled(coarse, skip, weight, bias, (1, 1))
+        full = _assert_as_built(coarse, skip, weight, bias)
     assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
-    torch.testing.assert_close(full, _built(coarse, skip, weight, bias), rtol=1e-5, atol=1e-5)
