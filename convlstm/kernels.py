@@ -10,7 +10,8 @@ to float32 rounding (``tests/unit/test_kernels.py``):
 * on any CPU, tanh is computed through a sigmoid (:func:`tanh`), whose kernel is four times faster per element.
 
 The first two are made in :func:`conv`, the one way the model convolves, so every convolution gets the same
-choice.
+choice. Inside code that ``torch.compile`` traces (the gate arithmetic with ``--compile-gates``) all three step
+aside: the compiler chooses its own kernels and fuses the arithmetic.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, ...
     to 1.33-1.38x the textbook model on an AMD EPYC (benchmarks/README.md). So on an AMD CPU a batch of one
     is convolved by oneDNN.
     """
+    if torch.compiler.is_compiling():
+        return F.conv2d(x, weight, bias, padding=padding)
     # what is fixed for the machine first (cached, False on most): this runs at every step of the time loop
     if (_onednn_avx2_at_most() and weight.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == torch.float32 and x.shape[-2] * x.shape[-1] >= _PLAIN_WEIGHT_GRAD_PIXELS
@@ -70,9 +73,10 @@ def tanh(x: Tensor) -> Tensor:
     sequence's step, whose calls are mostly overhead, 54 instead of 62. The absolute error stays within a few
     float32 roundings (2e-7), which is all the model needs of it. Elsewhere the plain tanh: a GPU's is a fast
     instruction, half precision would lose the small values' digits in ``2 * s - 1``, and autograd would
-    refuse the in-place steps (a training step runs the gates without autograd, in ``convlstm.model._Gates``).
+    refuse the in-place steps (a training step runs the gates without autograd, in ``convlstm.model._Gates``),
+    and ``torch.compile`` fuses its own.
     """
-    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+    if (torch.compiler.is_compiling() or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
             or (x.requires_grad and torch.is_grad_enabled())):
         return torch.tanh(x)
     return torch.mul(x, 2).sigmoid_().mul_(2).sub_(1)

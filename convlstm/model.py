@@ -27,13 +27,15 @@ timestep), measured in ``benchmarks/``, with the same outputs:
   place where autograd's joins the gates' gradients with two concatenations per step, and every gradient
   stays channels-last, so no convolution's backward copies its input into that layout;
 * on some CPUs PyTorch's kernel choice is not the fastest for these convolutions, and on every CPU its tanh
-  is four times slower than its sigmoid: see ``convlstm.kernels``.
+  is four times slower than its sigmoid: see ``convlstm.kernels``;
+* with :meth:`ConvLSTMUNet.compile_gates` a step's gate arithmetic, a dozen small operations, is compiled by
+  ``torch.compile`` into a few fused kernels (for GPUs, where each operation is a kernel launch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +92,8 @@ class ConvLSTMCell(nn.Module):
         # which avoids vanishing gradients through time (Jozefowicz et al., 2015).
         with torch.no_grad():
             self.input_conv.bias[hidden_dim : 2 * hidden_dim].fill_(1.0)
+        # the gate arithmetic by torch.compile (ConvLSTMUNet.compile_gates); a plain attribute, not in the state dict
+        self.gates_compiled = False
 
     def init_hidden(self, batch_size: int, height: int, width: int, device: torch.device | str | None = None) -> State:
         """Return zero ``(h, c)`` of shape ``[B, hidden_dim, H, W]`` in the parameters' dtype.
@@ -137,6 +141,8 @@ class ConvLSTMCell(nn.Module):
             state[0], self.hidden_conv.weight, None, self.hidden_conv.padding).add_(projected_t)
         c = None if state is None else state[1]
         dtype = self.input_conv.weight.dtype
+        if self.gates_compiled:
+            return _compiled_gates()(gates, c, dtype)
         if torch.is_grad_enabled() and (gates.requires_grad or (c is not None and c.requires_grad)):
             return _Gates.apply(gates, c, dtype)
         h, c_next, _ = _gates_forward(gates, c, dtype)
@@ -243,6 +249,20 @@ def _gates_forward(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype) ->
     c_next = (i * g).to(state_dtype) if c is None else (f * c).addcmul_(i, g)
     tanh_c = tanh(c_next)
     return o * tanh_c, c_next, (ifo, g, tanh_c)
+
+
+def _gate_outputs(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype) -> State:
+    """``(h, c_next)`` of :func:`_gates_forward`, differentiated by autograd: what ``torch.compile`` compiles."""
+    h, c_next, _ = _gates_forward(gates, c, state_dtype)
+    return h, c_next
+
+
+@cache
+def _compiled_gates() -> Callable[[Tensor, Tensor | None, torch.dtype], State]:
+    """:func:`_gate_outputs` compiled, made at first use. Shapes are dynamic: one compiled graph (two: from the zero
+    state and from any other) serves every level, batch size and grid, where static shapes would compile once for
+    each, beyond Dynamo's limit of recompilations, and then fall back to eager mode."""
+    return torch.compile(_gate_outputs, dynamic=True)
 
 
 class _Gates(torch.autograd.Function):
@@ -384,6 +404,23 @@ class ConvLSTMUNet(nn.Module):
             self.head.bias.fill_(HEAD_BIAS_INIT)
         # Weights in the layout of the activations: no conversion on every call.
         self.to(memory_format=torch.channels_last)
+
+    def compile_gates(self, enabled: bool = True) -> None:
+        """Run every cell's gate arithmetic compiled by ``torch.compile`` from now on (``--compile-gates``).
+
+        A step's gate arithmetic is a dozen elementwise operations; on a GPU each is a kernel launch, and compiled
+        they become a few fused kernels, forward and backward. The convolutions stay PyTorch's (cuDNN's), and the
+        time loop stays Python: a compiled U-Net would unroll it into one graph per sequence length. The first
+        steps take seconds to compile. On a CPU the eager arithmetic of ``convlstm.kernels`` is as fast
+        (README: *Performance*).
+
+        Parameters
+        ----------
+        enabled : bool
+            False returns to the eager arithmetic.
+        """
+        for cell in (*self.encoders, *self.decoders):
+            cell.gates_compiled = enabled
 
     def forward(self, x: Tensor) -> Tensor:
         """Forecast from a batch of sequences.

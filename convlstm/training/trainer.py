@@ -188,6 +188,10 @@ class Trainer:
     ) -> None:
         self.dist = distributed or DistributedContext.current()
         self.model = model.to(device)
+        if config.compile_gates:
+            self.model.compile_gates()
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = config.cudnn_benchmark
         self.train_model = self.dist.wrap(self.model)  # what the training steps call: DDP with several processes
         self.config = config
         self.normalizer = normalizer
