@@ -17,7 +17,8 @@ choices the library makes for a CPU, one changed at a time:
   backward (``convlstm.model._Gates``);
 * ``decoder input built`` - a decoder's input upsampled and concatenated, then convolved, instead of convolved
   by phases at the coarse grid (``convlstm.upsampled_conv``);
-* ``tanh PyTorch's`` - the gates' tanh by ``torch.tanh`` instead of through a sigmoid (``convlstm.kernels.tanh``).
+* ``tanh PyTorch's`` - the gates' tanh by ``torch.tanh`` instead of through one sigmoid of all four gates
+  (``convlstm.model._gates_forward``).
 
 A second table times the choices that are switches on the same model (every variant above but ``oneDNN off``,
 which changes the reference too, and ``contiguous``, which builds another model) alternated step by step with
@@ -83,7 +84,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "gates by autograd": lambda: mock.patch.object(
         model_module._Gates, "apply", lambda gates, c, dtype: model_module._gates_forward(gates, c, dtype)[:2]),
     "decoder input built": lambda: mock.patch.object(upsampled_module, "_by_phases", lambda *args: False),
-    "tanh PyTorch's": lambda: mock.patch.object(model_module, "tanh", torch.tanh),
+    "tanh PyTorch's": lambda: mock.patch.object(model_module, "tanh_through_sigmoid", lambda x: False),
 }
 
 

@@ -7,7 +7,8 @@ to float32 rounding (``tests/unit/test_kernels.py``):
   where PyTorch would pick its im2col kernel, whose MKL matrix product is slower there;
 * on a CPU whose oneDNN kernels are AVX2 at most, a training convolution's weight gradient is computed from
   NCHW copies, where oneDNN's channels-last weight-gradient kernel runs at half its speed;
-* on any CPU, tanh is computed through a sigmoid (:func:`tanh`), whose kernel is four times faster per element.
+* on any CPU, the gates' tanh is computed through a sigmoid (:func:`tanh_through_sigmoid`), whose kernel is four
+  times faster per element.
 
 The first two are made in :func:`conv`, the one way the model convolves, so every convolution gets the same
 choice. Inside code that ``torch.compile`` traces (the gate arithmetic with ``--compile-gates``) all three step
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["conv", "tanh"]
+__all__ = ["conv", "tanh_through_sigmoid"]
 
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) that stop below AVX-512
 _BELOW_AVX512 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"}
@@ -64,22 +65,17 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, ...
     return F.conv2d(x, weight, bias, padding=padding)
 
 
-def tanh(x: Tensor) -> Tensor:
-    """``torch.tanh(x)``; on a CPU in float32 or float64, as ``2 * sigmoid(2 * x) - 1``.
+def tanh_through_sigmoid(x: Tensor) -> bool:
+    """Whether the gates should compute ``tanh(x)`` as ``1 - 2 * sigmoid(-2 * x)`` (``convlstm.model._gates_forward``):
+    on a CPU, in float32 or float64, outside code that ``torch.compile`` traces.
 
     ATen's CPU tanh takes 2.7 ns per float32 element, AVX2 and AVX-512 alike (an accurate vector kernel), its
-    sigmoid 0.7 ns. The gate arithmetic takes two tanh a step, so through the sigmoid a step of a batch of 8
-    at 20 x 20 took 194 instead of 376 us under imitated AVX2 (139 instead of 345 on AVX-512); a single
-    sequence's step, whose calls are mostly overhead, 54 instead of 62. The absolute error stays within a few
-    float32 roundings (2e-7), which is all the model needs of it. Elsewhere the plain tanh: a GPU's is a fast
-    instruction, half precision would lose the small values' digits in ``2 * s - 1``, and autograd would
-    refuse the in-place steps (a training step runs the gates without autograd, in ``convlstm.model._Gates``),
-    and ``torch.compile`` fuses its own.
+    sigmoid 0.7 ns, and through the sigmoid the absolute error stays within a few float32 roundings (2e-7), which is
+    all the model needs of it. Elsewhere the plain tanh: a GPU's is a fast instruction, half precision would lose the
+    small values' digits in ``1 - 2 s``, and ``torch.compile`` fuses its own.
     """
-    if (torch.compiler.is_compiling() or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
-            or (x.requires_grad and torch.is_grad_enabled())):
-        return torch.tanh(x)
-    return torch.mul(x, 2).sigmoid_().mul_(2).sub_(1)
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling())
 
 
 class _PlainWeightGradConv(torch.autograd.Function):

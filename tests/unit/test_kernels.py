@@ -132,29 +132,48 @@ def test_the_gates_backward_under_autocast_keeps_each_gradient_in_its_tensors_dt
     assert torch.isfinite(gates.grad.float()).all() and torch.isfinite(c.grad).all()
 
 
-# --------------------------------------------------------------------------- tanh
+# --------------------------------------------------------------------------- the tanh through the sigmoid
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 3e-7), (torch.float64, 1e-15)])
-def test_tanh_through_the_sigmoid_matches_torch_tanh(dtype: torch.dtype, atol: float) -> None:
-    x = torch.cat([torch.linspace(-30, 30, 100_001, dtype=dtype), torch.logspace(-30, 1, 301, dtype=dtype),
-                   torch.tensor([0.0, -0.0, 1e4, -1e4, float("inf"), float("-inf")], dtype=dtype)])
-    ours = kernels.tanh(x)
-    torch.testing.assert_close(ours, torch.tanh(x), atol=atol, rtol=0)
-    assert ours.abs().max() <= 1  # never outside tanh's range
-    assert kernels.tanh(torch.tensor([float("nan")], dtype=dtype)).isnan().all()
+def _torch_tanh_gates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate arithmetic with ``torch.tanh``, as on a GPU."""
+    monkeypatch.setattr("convlstm.model.tanh_through_sigmoid", lambda x: False)
 
 
-def test_tanh_keeps_a_channel_slices_layout_and_leaves_half_precision_to_torch() -> None:
-    gates = torch.randn(2, 8, 5, 4).contiguous(memory_format=CL)
-    out = kernels.tanh(gates[:, 6:])  # the cell's g gate: a strided slice of channels-last gates
-    assert out.is_contiguous(memory_format=CL)
-    torch.testing.assert_close(out, torch.tanh(gates[:, 6:]), atol=3e-7, rtol=0)
-    half = torch.randn(100, dtype=torch.bfloat16)
-    assert torch.equal(kernels.tanh(half), torch.tanh(half))  # 2 s - 1 would lose small values' digits there
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 5e-7), (torch.float64, 1e-15)])
+@pytest.mark.parametrize("zero_state", [True, False], ids=["zero-state", "state"])
+def test_the_gates_through_the_sigmoid_match_torch_tanh(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype,
+                                                        atol: float, zero_state: bool) -> None:
+    """From -30 to 30, at 0 and at +-inf, in float32 and float64: within a few roundings of the arithmetic with
+    ``torch.tanh``, never outside tanh's range; a NaN stays a NaN."""
+    values = torch.cat([torch.linspace(-30, 30, 25_982, dtype=dtype), torch.logspace(-30, 1, 2_000, dtype=dtype),
+                        torch.tensor([0.0, -0.0, 1e4, -1e4, float("inf"), float("-inf")] * 3, dtype=dtype)])
+    gates = values[torch.randperm(len(values), generator=torch.Generator().manual_seed(0))].reshape(2, 4 * 7, 10, 50)
+    gates = gates.contiguous(memory_format=CL)
+    c = None if zero_state else torch.linspace(-3, 3, 2 * 7 * 10 * 50, dtype=dtype).reshape(2, 7, 10, 50)
+    h, c_next, _ = _gates_forward(gates, c, dtype)
+    with monkeypatch.context() as patch:
+        _torch_tanh_gates(patch)
+        h_torch, c_torch, _ = _gates_forward(gates, c, dtype)
+    torch.testing.assert_close(c_next, c_torch, atol=atol * 4, rtol=0)
+    torch.testing.assert_close(h, h_torch, atol=atol, rtol=0)
+    assert h.abs().max() <= 1 and h.is_contiguous(memory_format=CL) and c_next.is_contiguous(memory_format=CL)
+    gates[0, 0, 0, 0] = float("nan")
+    assert _gates_forward(gates, c, dtype)[0][0, 0, 0, 0].isnan()
 
 
-def test_tanh_under_autograd_is_torchs_own() -> None:
-    x = torch.randn(50, dtype=torch.float64, requires_grad=True)
-    kernels.tanh(x).sum().backward()
-    torch.testing.assert_close(x.grad, 1 - torch.tanh(x.detach()) ** 2)
+def test_the_gates_keep_the_tanh_values_for_the_backward() -> None:
+    gates = torch.randn(2, 4 * 3, 5, 4).contiguous(memory_format=CL)
+    c = torch.randn(2, 3, 5, 4)
+    h, c_next, (ifo, g, tanh_c) = _gates_forward(gates, c, torch.float32, keep=True)
+    torch.testing.assert_close(ifo, torch.sigmoid(gates[:, :9]), atol=3e-7, rtol=0)
+    torch.testing.assert_close(g, torch.tanh(gates[:, 9:]), atol=5e-7, rtol=0)
+    torch.testing.assert_close(tanh_c, torch.tanh(c_next), atol=5e-7, rtol=0)
+    torch.testing.assert_close(h, torch.sigmoid(gates[:, 6:9]) * torch.tanh(c_next), atol=5e-7, rtol=0)
+
+
+def test_half_precision_and_compiled_gates_keep_torch_tanh() -> None:
+    """In half precision ``1 - 2 s`` would lose the small values' digits; ``torch.compile`` fuses its own tanh."""
+    assert not kernels.tanh_through_sigmoid(torch.randn(3, dtype=torch.bfloat16))
+    assert kernels.tanh_through_sigmoid(torch.randn(3)) and kernels.tanh_through_sigmoid(torch.randn(3).double())
+    assert not torch.compile(kernels.tanh_through_sigmoid, backend="eager")(torch.randn(3))
