@@ -379,19 +379,3 @@ def test_baseline_and_upstream_train_through_run_training(tiny_nc: Path, tmp_pat
     model.load_state_dict(last["model_state_dict"])
     assert all(math.isfinite(value) for value in outcome.test_scores.values())
 
-
-def test_compiled_gates_train_as_the_eager_ones(tiny_nc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--compile-gates``: the trainer compiles every cell's gate arithmetic (the eager backward, ``_Gates``, never
-    runs), and an epoch ends at the weights and validation loss of the eager arithmetic, to float rounding."""
-    prepared = prepare(tiny_nc)
-    trainers = {name: make_trainer(prepared, tmp_path / name, num_epochs=1, compile_gates=name == "compiled")
-                for name in ("eager", "compiled")}
-    cells = {name: [*t.model.encoders, *t.model.decoders] for name, t in trainers.items()}
-    assert len(cells["compiled"]) == 3 and all(cell.gates_compiled for cell in cells["compiled"])
-    assert not any(cell.gates_compiled for cell in cells["eager"])
-    states = {"eager": trainers["eager"].fit(prepared.train, prepared.val)}
-    monkeypatch.setattr("convlstm.model._Gates.apply", lambda *args: pytest.fail("the eager gates ran"))
-    states["compiled"] = trainers["compiled"].fit(prepared.train, prepared.val)
-    assert states["compiled"].history[0]["val_loss"] == pytest.approx(states["eager"].history[0]["val_loss"], rel=1e-4)
-    for name, value in trainers["eager"].model.state_dict().items():
-        torch.testing.assert_close(trainers["compiled"].model.state_dict()[name], value, rtol=1e-4, atol=1e-5)
