@@ -18,7 +18,7 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -90,7 +90,6 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     device: torch.device
-    first_call_s: list[float] = field(default_factory=list)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -184,13 +183,11 @@ def bench_inference(configs: dict[str, Options], repeats: int,
     errors = {name: float(torch.linalg.vector_norm(run.forecast(batch) - reference)
                           / torch.linalg.vector_norm(reference)) for name, run in runs.items()}
     rows = []
-    latency = {}
     for label, x in (("1 window", batch[:1]), ("batch of 8", batch)):
         fns = {name: synchronized(device, lambda run=run, x=x: run.forecast(x)) for name, run in runs.items()}
         times = {name: statistics.median(ts) for name, ts in time_interleaved(fns, repeats, warmup=2).items()}
         lo, hi = SPEC_GPU_S[label]
         for name, seconds in times.items():
-            latency[f"{label} {name}"] = seconds
             rows.append([label, name, f"{1e3 * seconds:.2f}", f"{times['float32 (reference)'] / seconds:.2f}x",
                          f"{1e3 * lo:.0f}-{1e3 * hi:.0f}", f"{errors[name]:.1e}"])
     return rows, errors
