@@ -145,8 +145,7 @@ class ConvLSTMCell(nn.Module):
             return _compiled_gates()(gates, c, dtype)
         if torch.is_grad_enabled() and (gates.requires_grad or (c is not None and c.requires_grad)):
             return _Gates.apply(gates, c, dtype)
-        h, c_next, _ = _gates_forward(gates, c, dtype)
-        return h, c_next
+        return _gate_outputs(gates, c, dtype)
 
     def forward(self, input_tensor: Tensor, cur_state: State) -> State:
         """Advance one timestep from a raw input (the textbook interface; sequences use :meth:`forward_sequence`).
@@ -282,7 +281,8 @@ def _gate_scale(channels: int, dtype: torch.dtype) -> Tensor:
 
 
 def _gate_outputs(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype) -> State:
-    """``(h, c_next)`` of :func:`_gates_forward`, differentiated by autograd: what ``torch.compile`` compiles."""
+    """``(h, c_next)`` of :func:`_gates_forward`: inference's gates, and what ``torch.compile`` compiles (differentiated
+    by autograd)."""
     h, c_next, _ = _gates_forward(gates, c, state_dtype)
     return h, c_next
 
