@@ -81,8 +81,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "weight gradient channels-last": lambda: mock.patch.object(kernels_module, "_onednn_avx2_at_most", lambda: False),
     "weight gradient NCHW": lambda: mock.patch.multiple(
         kernels_module, _onednn_avx2_at_most=lambda: True, _PLAIN_WEIGHT_GRAD_PIXELS=0),
-    "gates by autograd": lambda: mock.patch.object(
-        model_module._Gates, "apply", lambda gates, c, dtype: model_module._gates_forward(gates, c, dtype)[:2]),
+    "gates by autograd": lambda: mock.patch.object(model_module._Gates, "apply", model_module._gate_outputs),
     "decoder input built": lambda: mock.patch.object(upsampled_module, "_by_phases", lambda *args: False),
     "tanh PyTorch's": lambda: mock.patch.object(model_module, "tanh_through_sigmoid", lambda x: False),
 }
