@@ -378,4 +378,3 @@ def test_baseline_and_upstream_train_through_run_training(tiny_nc: Path, tmp_pat
     model = ConvLSTMUNet(56, [4, 8], 1, 3)
     model.load_state_dict(last["model_state_dict"])
     assert all(math.isfinite(value) for value in outcome.test_scores.values())
-
