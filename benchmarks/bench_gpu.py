@@ -25,7 +25,7 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 from bench_cpu_variants import contiguous_layout
-from bench_model import INPUT_CHANNELS, SPEC_GPU_S, STEPS, load_from_fast
+from bench_model import INPUT_CHANNELS, SPEC_GPU_S, STEPS, load_from_fast, training_inputs
 from bench_model import ReferenceConvLSTMUNet as Textbook
 from harness import fmt_table, print_header, set_threads, time_interleaved
 from torch import Tensor, nn
@@ -150,9 +150,7 @@ def first_call_s(fn: Callable[[], None]) -> float:
 
 def bench_training(configs: dict[str, Options], case: Case, repeats: int, device: torch.device) -> list[list[str]]:
     """Samples/s, the ratio to the reference, peak memory and the first step's seconds, one row a configuration."""
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(case.batch, STEPS, INPUT_CHANNELS, case.height, case.width, generator=gen).to(device)
-    target = torch.rand(case.batch, 1, case.height, case.width, generator=gen).to(device)
+    x, target = (t.to(device) for t in training_inputs(case, case.batch))
     runs = {name: build(options, case.hidden, device) for name, options in configs.items()}
     fns = {name: synchronized(device, lambda run=run: run.train_step(x, target)) for name, run in runs.items()}
     first = {name: first_call_s(fn) for name, fn in fns.items()}

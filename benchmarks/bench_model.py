@@ -28,6 +28,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,13 @@ NAMES = ("fast", "ref")
 SPEC_GPU_S = {"1 window": (0.050, 0.100), "batch of 8": (0.200, 0.300), "100 windows": (5.0, 10.0)}
 TRAIN_TARGET = 1.0
 INFER_TARGET = 1.3
+
+
+class Grid(Protocol):
+    """What an input batch needs of a benchmark's case (this script's or another's)."""
+
+    height: int
+    width: int
 
 
 @dataclass(frozen=True)
@@ -166,11 +174,12 @@ def check_same_outputs(models: dict[str, nn.Module], x: Tensor) -> None:
         raise AssertionError(f"ref differs from fast by {err:.2e}: the comparison would be meaningless")
 
 
-def training_inputs(case: Case) -> tuple[Tensor, Tensor]:
-    """A training batch ``[B, T, C, H, W]`` and its target for ``case``, the same in every script that times it."""
+def training_inputs(case: Grid, batch: int = BATCH) -> tuple[Tensor, Tensor]:
+    """A training batch ``[B, T, C, H, W]`` and its target for ``case``'s grid, the same in every script that times
+    it."""
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(BATCH, STEPS, INPUT_CHANNELS, case.height, case.width, generator=gen)
-    return x, torch.rand(BATCH, 1, case.height, case.width, generator=gen)
+    x = torch.randn(batch, STEPS, INPUT_CHANNELS, case.height, case.width, generator=gen)
+    return x, torch.rand(batch, 1, case.height, case.width, generator=gen)
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, target: Tensor) -> None:
