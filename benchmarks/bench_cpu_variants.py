@@ -8,7 +8,7 @@ choices the library makes for a CPU, one changed at a time:
   ``_CPU_PROJECTION_BYTES``, 32 MiB: glibc's largest mmap threshold);
 * ``contiguous`` - the library's activations and weights in PyTorch's default (NCHW) layout instead of channels-last;
 * ``state kernel PyTorch's`` - a batch of one (a single sequence's state, at every step) convolved by the kernel
-  PyTorch picks (im2col) also on an AMD CPU, where the library asks for oneDNN's
+  PyTorch picks (im2col) also on an AMD CPU with oneDNN kernels above AVX2, where the library asks for oneDNN's
   (``convlstm.kernels._onednn_beats_im2col``; the same as shipped elsewhere);
 * ``weight gradient channels-last`` / ``weight gradient NCHW`` - training convolutions' weight gradients always
   from the channels-last frames, or from NCHW copies whatever the CPU and frame size (as shipped: NCHW where

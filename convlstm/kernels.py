@@ -3,8 +3,8 @@
 Three choices, each measured against the textbook model in ``benchmarks/`` and each giving the same results
 to float32 rounding (``tests/unit/test_kernels.py``):
 
-* on an AMD CPU, a convolution of a single image (a single sequence's state, at every step) runs on oneDNN,
-  where PyTorch would pick its im2col kernel, whose MKL matrix product is slower there;
+* on an AMD CPU with AVX-512, a convolution of a single image (a single sequence's state, at every step) runs on
+  oneDNN, where PyTorch would pick its im2col kernel, whose MKL matrix product is slower there;
 * on a CPU whose oneDNN kernels are AVX2 at most, a training convolution's weight gradient is computed from
   NCHW copies, where oneDNN's channels-last weight-gradient kernel runs at half its speed;
 * on any CPU, the gates' tanh is computed through a sigmoid (:func:`tanh_through_sigmoid`), whose kernel is four
@@ -48,8 +48,10 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, ...
     one-window forecast, 32 x 20 x 20, at every step) to its im2col kernel, whose matrix product is MKL's
     (``use_mkldnn`` in ATen's ``Convolution.cpp``). That is the faster kernel on Intel CPUs; on AMD ones MKL
     runs slower code, and oneDNN's kernel, with the same result, took the one-window forecast from 1.09-1.14x
-    to 1.33-1.38x the textbook model on an AMD EPYC (benchmarks/README.md). So on an AMD CPU a batch of one
-    is convolved by oneDNN.
+    to 1.33-1.38x the textbook model on an AMD EPYC with AVX-512 (benchmarks/README.md). With oneDNN's kernels
+    limited to AVX2, im2col was the faster again: the one-window forecast took 3-6 % less time with it, in five
+    alternated runs (README: *The state's kernel under AVX2*). So on an AMD CPU whose oneDNN kernels are above
+    AVX2 a batch of one is convolved by oneDNN.
     """
     if torch.compiler.is_compiling():
         return F.conv2d(x, weight, bias, padding=padding)
@@ -115,9 +117,9 @@ def _onednn_avx2_at_most() -> bool:
 
 @cache
 def _onednn_beats_im2col() -> bool:
-    """Whether this machine has oneDNN and an AMD CPU (Linux's ``/proc/cpuinfo``; elsewhere, taken as not): asked
-    once, not at every step of the time loop."""
-    if not torch.backends.mkldnn.is_available():
+    """Whether this machine has oneDNN with kernels above AVX2 and an AMD CPU (Linux's ``/proc/cpuinfo``; elsewhere,
+    taken as not): asked once, not at every step of the time loop."""
+    if not torch.backends.mkldnn.is_available() or _onednn_avx2_at_most():
         return False
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:

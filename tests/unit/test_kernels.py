@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,3 +179,16 @@ def test_half_precision_and_compiled_gates_keep_torch_tanh() -> None:
     assert not kernels.tanh_through_sigmoid(torch.randn(3, dtype=torch.bfloat16))
     assert kernels.tanh_through_sigmoid(torch.randn(3)) and kernels.tanh_through_sigmoid(torch.randn(3).double())
     assert not torch.compile(kernels.tanh_through_sigmoid, backend="eager")(torch.randn(3))
+
+
+@pytest.mark.parametrize("avx2", [True, False], ids=["avx2", "avx512"])
+def test_a_batch_of_one_goes_to_onednn_only_above_avx2(monkeypatch: pytest.MonkeyPatch, avx2: bool) -> None:
+    """Under AVX2, PyTorch's im2col kernel convolves a one-window forecast's state faster than oneDNN's, even on an
+    AMD CPU; above it, on an AMD CPU, oneDNN's is the faster."""
+    monkeypatch.setattr(kernels, "_onednn_avx2_at_most", lambda: avx2)
+    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: io.StringIO("vendor_id\t: AuthenticAMD\n"))
+    kernels._onednn_beats_im2col.cache_clear()
+    try:
+        assert kernels._onednn_beats_im2col() is (not avx2 and torch.backends.mkldnn.is_available())
+    finally:
+        kernels._onednn_beats_im2col.cache_clear()
