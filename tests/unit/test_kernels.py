@@ -186,7 +186,8 @@ def test_a_batch_of_one_goes_to_onednn_only_above_avx2(monkeypatch: pytest.Monke
     """Under AVX2, PyTorch's im2col kernel convolves a one-window forecast's state faster than oneDNN's, even on an
     AMD CPU; above it, on an AMD CPU, oneDNN's is the faster."""
     monkeypatch.setattr(kernels, "_onednn_avx2_at_most", lambda: avx2)
-    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: io.StringIO("vendor_id\t: AuthenticAMD\n"))
+    monkeypatch.setattr(kernels, "open", lambda *args, **kwargs: io.StringIO("vendor_id\t: AuthenticAMD\n"),
+                        raising=False)  # the module's own name, shadowing the builtin for this test only
     kernels._onednn_beats_im2col.cache_clear()
     try:
         assert kernels._onednn_beats_im2col() is (not avx2 and torch.backends.mkldnn.is_available())
