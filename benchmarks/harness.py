@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the library, when it is not installed
 
+from convlstm.device import cpu_info  # noqa: E402  (after the path above)
+
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                      faults: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
@@ -76,15 +78,9 @@ def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
 
 
 def cpu_description() -> str:
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "cpu family", "model", "flags") and key not in info:
-                    info[key] = value.strip()
-    except OSError:
+    """The CPU's name, family, model and widest SIMD level, which decide the kernels its figures come from."""
+    info = cpu_info()
+    if not info:
         return platform.processor() or platform.machine()
     flags = info.get("flags", "").split()
     simd = "avx512f" if "avx512f" in flags else ("avx2" if "avx2" in flags else "no avx2")

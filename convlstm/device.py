@@ -1,6 +1,10 @@
-"""Pick the compute device: the best available for ``auto``, and a clear refusal for one that is not there."""
+"""Pick the compute device: the best available for ``auto``, and a clear refusal for one that is not there; and what
+the CPU is, which the kernel choice (``convlstm.kernels``) and the benchmarks' header both need."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
 
 import torch
 
@@ -59,3 +63,25 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@cache
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in Linux's ``/proc/cpuinfo`` (``vendor_id``, ``model name``, ``cpu family``,
+    ``model``, ``flags``, ...); empty where there is none (macOS, Windows). Read once: the kernel choice asks at
+    every step of the time loop."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as lines:
+            return parse_cpuinfo(lines)
+    except OSError:
+        return {}
+
+
+def parse_cpuinfo(lines: Iterable[str]) -> dict[str, str]:
+    """``key: value`` lines as a dict, the first value of each key (every processor repeats them)."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convlstm.device import cpu_info
+
 __all__ = ["conv", "tanh_through_sigmoid"]
 
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) that stop below AVX-512
@@ -119,10 +121,5 @@ def _onednn_avx2_at_most() -> bool:
 def _onednn_beats_im2col() -> bool:
     """Whether this machine has oneDNN with kernels above AVX2 and an AMD CPU (Linux's ``/proc/cpuinfo``; elsewhere,
     taken as not): asked once, not at every step of the time loop."""
-    if not torch.backends.mkldnn.is_available() or _onednn_avx2_at_most():
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in cpuinfo)
-    except OSError:
-        return False
+    return (torch.backends.mkldnn.is_available() and not _onednn_avx2_at_most()
+            and cpu_info().get("vendor_id") == "AuthenticAMD")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from convlstm import kernels
+from convlstm.device import parse_cpuinfo
 from convlstm.model import ConvLSTMUNet, _Gates, _gates_forward
 
 CL = torch.channels_last
@@ -186,10 +185,17 @@ def test_a_batch_of_one_goes_to_onednn_only_above_avx2(monkeypatch: pytest.Monke
     """Under AVX2, PyTorch's im2col kernel convolves a one-window forecast's state faster than oneDNN's, even on an
     AMD CPU; above it, on an AMD CPU, oneDNN's is the faster."""
     monkeypatch.setattr(kernels, "_onednn_avx2_at_most", lambda: avx2)
-    monkeypatch.setattr(kernels, "open", lambda *args, **kwargs: io.StringIO("vendor_id\t: AuthenticAMD\n"),
-                        raising=False)  # the module's own name, shadowing the builtin for this test only
+    monkeypatch.setattr(kernels, "cpu_info", lambda: parse_cpuinfo(["vendor_id\t: AuthenticAMD\n"]))
     kernels._onednn_beats_im2col.cache_clear()
     try:
         assert kernels._onednn_beats_im2col() is (not avx2 and torch.backends.mkldnn.is_available())
     finally:
         kernels._onednn_beats_im2col.cache_clear()
+
+
+def test_cpuinfo_keeps_each_fields_first_value() -> None:
+    """Every processor repeats its fields in ``/proc/cpuinfo``; the first processor's are the machine's."""
+    text = ["processor\t: 0\n", "vendor_id\t: AuthenticAMD\n", "model name\t: AMD EPYC\n", "\n",
+            "processor\t: 1\n", "vendor_id\t: GenuineIntel\n", "flags\t\t: fpu avx2\n"]
+    assert parse_cpuinfo(text) == {"processor": "0", "vendor_id": "AuthenticAMD", "model name": "AMD EPYC",
+                                   "flags": "fpu avx2"}
