@@ -52,8 +52,8 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, ...
     runs slower code, and oneDNN's kernel, with the same result, took the one-window forecast from 1.09-1.14x
     to 1.33-1.38x the textbook model on an AMD EPYC with AVX-512 (benchmarks/README.md). With oneDNN's kernels
     limited to AVX2, im2col was the faster again: the one-window forecast took 3-6 % less time with it, in five
-    alternated runs (README: *The state's kernel under AVX2*). So on an AMD CPU whose oneDNN kernels are above
-    AVX2 a batch of one is convolved by oneDNN.
+    alternated runs (benchmarks/README.md: *The state's kernel under AVX2*). So on an AMD CPU whose oneDNN kernels
+    are above AVX2 a batch of one is convolved by oneDNN.
     """
     if torch.compiler.is_compiling():
         return F.conv2d(x, weight, bias, padding=padding)

@@ -249,7 +249,8 @@ def _gates_forward(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype,
     On a CPU in full precision the tanh go through the sigmoid (:func:`convlstm.kernels.tanh_through_sigmoid`),
     ``tanh(x) = 1 - 2 sigmoid(-2x)``: one sigmoid of the gates scaled per channel gives i, f, o and the candidate,
     and the sums fold into ``addcmul``. That is 8 calls a step, as many as with ``torch.tanh`` but without its two
-    slow tanh; each tanh through the sigmoid on its own made 14 (README: *The gates through one sigmoid*).
+    slow tanh; each tanh through the sigmoid on its own made 14 (benchmarks/README.md: *The gates through one
+    sigmoid*).
     """
     if not tanh_through_sigmoid(gates):
         hd = gates.shape[1] // 4

@@ -7,7 +7,7 @@ channel: 4 x 4 taps at a quarter of the pixels instead of 9 at all of them, 4/9 
 map or concatenation in memory. The phases are added into the skip's convolution in one strided add. With the
 decoder's input two thirds upsampled, this took its projection of one window's six 20 x 20 frames from 2.28 to
 1.88 ms under imitated AVX2, and every training step and batched forecast faster on AVX2 and AVX-512 alike
-(README: *The decoder's input by phases*).
+(benchmarks/README.md: *The decoder's input by phases*).
 
 Exact (to float rounding) where the skip's grid is twice the coarse one. An odd grid's last row or column would
 read the upsampled map where the convolution pads with zeros, so odd grids, and kernels other than 3 x 3, take
