@@ -4,7 +4,6 @@ the CPU is, which the kernel choice (``convlstm.kernels``) and the benchmarks' h
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import cache
 
 import torch
 
@@ -65,11 +64,10 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-@cache
 def cpu_info() -> dict[str, str]:
     """The first processor's fields in Linux's ``/proc/cpuinfo`` (``vendor_id``, ``model name``, ``cpu family``,
-    ``model``, ``flags``, ...); empty where there is none (macOS, Windows). Read once: the kernel choice asks at
-    every step of the time loop."""
+    ``model``, ``flags``, ...); empty where there is none (macOS, Windows). Read at each call: callers on a hot path
+    cache what they derive from it (``convlstm.kernels``)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as lines:
             return parse_cpuinfo(lines)
