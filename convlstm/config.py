@@ -81,7 +81,7 @@ class ConvLSTMConfig(Settings):
     high_precip_weight: float = setting(3.0, "Loss weight of cells at or above the threshold.", group=_TRAINING, **_POSITIVE)
     use_amp: bool = setting(True, "Mixed precision on CUDA (bf16, or fp16 with loss scaling).", group=_TRAINING)
     compile_gates: bool = setting(False, "Compile each step's gate arithmetic with torch.compile (fused kernels; "
-                                         "seconds to compile; slower on a CPU).", group=_TRAINING)
+                                         "seconds to compile; measured slower on CPUs and an H200).", group=_TRAINING)
     cudnn_benchmark: bool = setting(False, "Let cuDNN time its algorithms for each convolution shape once (CUDA only).",
                                     group=_TRAINING)
     gradient_accumulation_steps: int = setting(1, "Batches per optimizer step (effective batch = batch size × this).",

@@ -29,7 +29,8 @@ timestep), measured in ``benchmarks/``, with the same outputs:
 * on some CPUs PyTorch's kernel choice is not the fastest for these convolutions, and on every CPU its tanh
   is four times slower than its sigmoid: see ``convlstm.kernels``;
 * with :meth:`ConvLSTMUNet.compile_gates` a step's gate arithmetic, a dozen small operations, is compiled by
-  ``torch.compile`` into a few fused kernels (for GPUs, where each operation is a kernel launch).
+  ``torch.compile`` into a few fused kernels (meant for GPUs, where each operation is a kernel launch; off by
+  default, since it was slower where measured).
 """
 
 from __future__ import annotations
@@ -443,8 +444,9 @@ class ConvLSTMUNet(nn.Module):
         A step's gate arithmetic is a dozen elementwise operations; on a GPU each is a kernel launch, and compiled
         they become a few fused kernels, forward and backward. The convolutions stay PyTorch's (cuDNN's), and the
         time loop stays Python: a compiled U-Net would unroll it into one graph per sequence length. The first
-        steps take seconds to compile. On a CPU the eager arithmetic is faster (a training step ran at 0.85x
-        compiled on a 2-core AMD EPYC; README: *On a GPU*).
+        steps take seconds to compile. Measured, the eager arithmetic was faster on a CPU (a training step ran at
+        0.85x compiled on a 2-core AMD EPYC) and on an NVIDIA H200 (0.79x on an ERA5 0.25° grid), so it is off by
+        default (README: *On a GPU*).
 
         Parameters
         ----------

@@ -93,14 +93,16 @@ def make_dataset(
     return xr.Dataset(data_vars, coords=coords)
 
 
-def prepare(data: Path, include_upstream: bool = False) -> PreparedData:
+def prepare(data: Path | xr.Dataset, include_upstream: bool = False) -> PreparedData:
     return prepare_data(data, RegionConfig(), include_upstream, window_size=6)
 
 
 def make_trainer(prepared: PreparedData, output_dir: Path, callbacks: list[TrainingCallback] | None = None,
-                 **config: object) -> Trainer:
+                 device: torch.device = torch.device("cpu"), **config: object) -> Trainer:
+    """The TINY model's trainer, its weights drawn from the config's seed (on the CPU, then moved to ``device``)."""
     cfg = ConvLSTMConfig(**{**TINY, "num_epochs": 2, **config})  # type: ignore[arg-type]
     torch.manual_seed(cfg.seed)
     model = ConvLSTMUNet(prepared.train.input_shape[1], cfg.hidden_channels, 1, cfg.kernel_size)
-    return Trainer(model, cfg, prepared.normalizer, prepared.train.downstream_columns, torch.device("cpu"), output_dir,
-                   metadata={"normalizer": prepared.normalizer.to_dict()}, callbacks=callbacks or [])
+    return Trainer(model, cfg, prepared.normalizer, prepared.train.downstream_columns, device, output_dir,
+                   metadata={"normalizer": prepared.normalizer.to_dict()}, callbacks=callbacks or [],
+                   pin_memory=True)  # pinned on CUDA only
