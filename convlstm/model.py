@@ -445,7 +445,7 @@ class ConvLSTMUNet(nn.Module):
         they become a few fused kernels, forward and backward. The convolutions stay PyTorch's (cuDNN's), and the
         time loop stays Python: a compiled U-Net would unroll it into one graph per sequence length. The first
         steps take seconds to compile. Measured, the eager arithmetic was faster on a CPU (a training step ran at
-        0.85x compiled on a 2-core AMD EPYC) and on an NVIDIA H200 (0.79x on an ERA5 0.25° grid), so it is off by
+        0.85x compiled on a 2-core AMD EPYC) and on an NVIDIA H200 (0.75x on an ERA5 0.25° grid), so it is off by
         default (README: *On a GPU*).
 
         Parameters
