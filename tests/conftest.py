@@ -25,15 +25,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
     When integration tests will run, start training their shared model pair at once, in the background,
     so that it is ready (or nearly) when the first of them needs it (``tests/integration/conftest.py``)."""
-    from tests.integration.workspace import PAIR_ENV, start_pair
-
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    if os.environ.get("PYTEST_XDIST_WORKER") or PAIR_ENV in os.environ or config.option.collectonly:
+    if os.environ.get("PYTEST_XDIST_WORKER") or config.option.collectonly:
         return
     paths = [Path(arg.split("::")[0]).resolve() for arg in config.args]
     integration = REPO / "tests" / "integration"
     if not any(path == integration or integration in path.parents or path in integration.parents for path in paths):
+        return
+    from tests.integration.workspace import PAIR_ENV, start_pair  # MLflow: imported only when it will be used
+
+    if PAIR_ENV in os.environ:
         return
     root = Path(tempfile.mkdtemp(prefix="convlstm-test-pair-"))
     os.environ[PAIR_ENV] = str(root)  # xdist workers inherit it
