@@ -114,7 +114,7 @@ class State:
     ports : dict of str to int
         Each part's port on 127.0.0.1; kept across restarts so the tracking URI stays the same.
     processes : dict of str to dict
-        Each running part's ``pid`` and ``create_time`` (a pid alone may be reused by another program).
+        Each running part's ``pid``, ``create_time`` and ``since_boot`` (a pid alone may be reused by another program).
     workers : int
         ``mlflow server --workers``.
     job_execution : bool

@@ -64,17 +64,28 @@ def spawn(command: Sequence[str], log: Path, env: Mapping[str, str], cwd: Path) 
 
 
 def record(process: psutil.Process) -> dict[str, float]:
-    """What ``stack.json`` keeps of a process to find it again."""
-    return {"pid": process.pid, "create_time": process.create_time()}
+    """What ``stack.json`` keeps of a process to find it again: its pid and its start, both as a time of day and
+    as seconds since the machine booted."""
+    started = process.create_time()
+    return {"pid": process.pid, "create_time": started, "since_boot": started - psutil.boot_time()}
 
 
 def find(entry: Mapping[str, float] | None) -> psutil.Process | None:
-    """The recorded process if it still runs (not a zombie, not a new program under a reused pid)."""
+    """The recorded process if it still runs (not a zombie, not a new program under a reused pid).
+
+    The start is compared both ways because a step of the wall clock (NTP, a virtual machine restored) moves one of
+    them: on Linux psutil derives the time of day from the boot time, which the step moves, while the seconds since
+    boot stay; elsewhere the kernel keeps the time of day it recorded. A match on either is the same process.
+    """
     if not entry:
         return None
     try:
         process = psutil.Process(int(entry["pid"]))
-        if abs(process.create_time() - float(entry["create_time"])) > 0.01:
+        started = process.create_time()
+        same_time = abs(started - float(entry["create_time"])) <= 0.01
+        same_since_boot = "since_boot" in entry and abs(
+            started - psutil.boot_time() - float(entry["since_boot"])) <= 0.01
+        if not (same_time or same_since_boot):
             return None
         return process if is_alive(process) else None
     except (psutil.Error, KeyError, ValueError):

@@ -103,6 +103,24 @@ def test_stop_and_status_without_a_stack(tmp_path: Path) -> None:
         status(tmp_path)
 
 
+def test_a_server_is_found_again_after_the_wall_clock_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NTP or a restored virtual machine steps the wall clock; on Linux psutil's start time of every process moves
+    with it. The stack still knows its servers, and still tells a new program under a reused pid from them."""
+    import psutil
+
+    from deploy.stack.processes import find, record
+
+    server = psutil.Process()
+    entry = record(server)
+    assert find(entry).pid == server.pid
+    started, booted = psutil.Process.create_time, psutil.boot_time()
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: started(self) + 5.0)
+    monkeypatch.setattr(psutil, "boot_time", lambda: booted + 5.0)
+    assert find(entry).pid == server.pid
+    assert find({**entry, "since_boot": entry["since_boot"] - 1.0}) is None  # started a second later: another one
+    assert find({key: value for key, value in entry.items() if key != "since_boot"}) is None  # an old stack.json
+
+
 def test_the_script_fails_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run([str(REPO / "deploy" / "tracking-server"), "status", str(tmp_path)], capture_output=True,
