@@ -100,9 +100,10 @@ def prepare(data: Path | xr.Dataset, include_upstream: bool = False) -> Prepared
 def make_trainer(prepared: PreparedData, output_dir: Path, callbacks: list[TrainingCallback] | None = None,
                  device: torch.device = torch.device("cpu"), **config: object) -> Trainer:
     """The TINY model's trainer, its weights drawn from the config's seed (on the CPU, then moved to ``device``)."""
-    cfg = ConvLSTMConfig(**{**TINY, "num_epochs": 2, **config})  # type: ignore[arg-type]
+    values = {**TINY, "num_epochs": 2, "input_channels": prepared.train.input_shape[1], **config}
+    cfg = ConvLSTMConfig(**values)  # type: ignore[arg-type]
     torch.manual_seed(cfg.seed)
-    model = ConvLSTMUNet(prepared.train.input_shape[1], cfg.hidden_channels, 1, cfg.kernel_size)
+    model = ConvLSTMUNet(cfg.input_channels, cfg.hidden_channels, 1, cfg.kernel_size)
     return Trainer(model, cfg, prepared.normalizer, prepared.train.downstream_columns, device, output_dir,
                    metadata={"normalizer": prepared.normalizer.to_dict()}, callbacks=callbacks or [],
                    pin_memory=True)  # pinned on CUDA only

@@ -12,12 +12,13 @@ import torch
 import xarray as xr
 
 from convlstm.checkpoint import LAST_NAME, load_checkpoint
-from convlstm.config import RegionConfig
+from convlstm.config import TrainSettings
 from convlstm.data.demo import generate_demo_dataset
 from convlstm.data.prepare import PreparedData
 from convlstm.data.schema import PRECIPITATION
+from convlstm.device import amp_dtype
 from convlstm.forecast import load_forecast_model
-from convlstm.training.experiment import input_grid
+from convlstm.training.experiment import checkpoint_metadata, input_grid
 from tests.helpers import make_trainer, prepare
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -61,10 +62,9 @@ def test_mixed_precision_training_on_cuda_resumes_and_forecasts_on_the_cpu(demo:
     """The default on a GPU, mixed precision, trains to finite losses; its checkpoint resumes on a CPU, and the
     trained model forecasts the same millimetres on either device."""
     trainer = make_trainer(prepared, tmp_path, device=CUDA, num_epochs=2)
-    trainer.config.input_channels = prepared.train.input_shape[1]
-    trainer.metadata.update(config=trainer.config.to_dict(), region_config=RegionConfig().to_dict(),
-                            include_upstream=True, input_grid=input_grid(prepared.train))  # what a forecast reads
-    assert trainer.amp_dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    settings = TrainSettings(model=trainer.config, include_upstream=True)  # what a forecast reads, as a run records it
+    trainer.metadata.update(checkpoint_metadata(settings, None), input_grid=input_grid(prepared.train))
+    assert trainer.amp_dtype is not None and trainer.amp_dtype == amp_dtype(CUDA)
     state = trainer.fit(prepared.train, prepared.val)
     assert state.epoch == 2
     assert all(math.isfinite(row[key]) for row in state.history for key in ("train_loss", "val_loss"))

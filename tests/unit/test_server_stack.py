@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytest.importorskip("psycopg2", reason="the server extra is not installed")
@@ -21,6 +22,7 @@ from deploy.stack import StackError, start, status, stop  # noqa: E402
 from deploy.stack.layout import USERS, Layout, client_env, load_secrets, write_credentials  # noqa: E402
 from deploy.stack.mlflow_server import AUTH_CACHE_TTL_S, DEFAULT_PERMISSION, write_auth_config  # noqa: E402
 from deploy.stack.postgres import find_bin_dir, uri  # noqa: E402
+from deploy.stack.processes import find, record  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
 
 
@@ -106,10 +108,6 @@ def test_stop_and_status_without_a_stack(tmp_path: Path) -> None:
 def test_a_server_is_found_again_after_the_wall_clock_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """NTP or a restored virtual machine steps the wall clock; on Linux psutil's start time of every process moves
     with it. The stack still knows its servers, and still tells a new program under a reused pid from them."""
-    import psutil
-
-    from deploy.stack.processes import find, record
-
     server = psutil.Process()
     entry = record(server)
     assert find(entry).pid == server.pid
