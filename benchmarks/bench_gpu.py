@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     fastest = {}
     for case in cases:
         speed = {row[1]: float(row[2]) for row in train_rows if row[0] == case.name}
-        fastest[case.name] = max(safe, key=speed.__getitem__)
-        print(f"  {case.name}: {fastest[case.name]}, {speed[fastest[case.name]]:.1f} samples/s")
+        best = fastest[case.name] = max(safe, key=speed.__getitem__)
+        print(f"  {case.name}: {best}, {speed[best]:.1f} samples/s")
     if args.json is not None:
         import json
 
