@@ -18,10 +18,13 @@ choices the library makes for a CPU, one changed at a time:
 * ``decoder input built`` - a decoder's input upsampled and concatenated, then convolved, instead of convolved
   by phases at the coarse grid (``convlstm.upsampled_conv``);
 * ``tanh PyTorch's`` - the gates' tanh by ``torch.tanh`` instead of through one sigmoid of all four gates
-  (``convlstm.model._gates_forward``).
+  (``convlstm.model._gates_forward``);
+* ``not frozen`` - inference by the model itself in eval mode instead of its frozen copy, whose weights are
+  prescaled for the gates' sigmoid (``ConvLSTMUNet.frozen``, as every forecast path loads a model).
 
 A second table times the choices that are switches on the same model (every variant above but ``oneDNN off``,
-which changes the reference too, and ``contiguous``, which builds another model) alternated step by step with
+which changes the reference too, ``contiguous``, which builds another model, and ``not frozen``, which changes only
+inference) alternated step by step with
 each other and the reference, for the 64 x 128 and 20 x 20 training steps: on a machine whose speed wanders, as
 a shared VM's does, only alternation separates effects of a few per cent.
 
@@ -84,6 +87,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "gates by autograd": lambda: mock.patch.object(model_module._Gates, "apply", model_module._gate_outputs),
     "decoder input built": lambda: mock.patch.object(upsampled_module, "_by_phases", lambda *args: False),
     "tanh PyTorch's": lambda: mock.patch.object(model_module, "tanh_through_sigmoid", lambda x: False),
+    "not frozen": lambda: mock.patch.object(model_module.ConvLSTMUNet, "frozen", lambda self: self.eval()),
 }
 
 
@@ -101,7 +105,7 @@ def measure(repeats: int) -> list[list[str]]:
     return rows
 
 
-SWITCHES = [name for name in VARIANTS if name not in ("oneDNN off", "contiguous")]
+SWITCHES = [name for name in VARIANTS if name not in ("oneDNN off", "contiguous", "not frozen")]
 
 
 def alternated(repeats: int) -> list[list[str]]:

@@ -223,11 +223,11 @@ def bench_inference(repeats: dict[str, int], case: Case = CASES[0]) -> dict[str,
     Forecasts are made over a time series, so the windows slide: ``ref`` and ``fast (stacked)`` get each
     batch collated as ``[B, T, C, H, W]`` (what a DataLoader yields; the collation is timed) and run
     ``forward``; ``fast`` is the library's prediction path, ``forward_windows`` on the frames the batch
-    spans, as ``predict_windows`` does it.
+    spans, as ``predict_windows`` does it, with the model frozen as forecasts load it (``ConvLSTMUNet.frozen``).
     """
     models = build_models(case.hidden)
-    for model in models.values():
-        model.eval()
+    models["fast"] = models["fast"].frozen()  # as every forecast path loads it (load_forecast_model)
+    models["ref"].eval()
     gen = torch.Generator().manual_seed(2)
     series = torch.randn(100 + STEPS - 1, INPUT_CHANNELS, case.height, case.width, generator=gen)
     starts = torch.arange(100)

@@ -45,7 +45,8 @@ def load_model(checkpoint_path: str | os.PathLike[str], device: str | torch.devi
     Returns
     -------
     tuple
-        The network in eval mode, its ``ConvLSTMConfig`` and its ``RegionConfig``.
+        The network, frozen for forecasting (``ConvLSTMUNet.frozen``), its ``ConvLSTMConfig`` and its
+        ``RegionConfig``.
     """
     forecast = load_forecast_model(checkpoint_path, device)
     return forecast.model, forecast.config, forecast.regions

@@ -28,6 +28,9 @@ timestep), measured in ``benchmarks/``, with the same outputs:
   stays channels-last, so no convolution's backward copies its input into that layout;
 * on some CPUs PyTorch's kernel choice is not the fastest for these convolutions, and on every CPU its tanh
   is four times slower than its sigmoid: see ``convlstm.kernels``;
+* a forecast's model is :meth:`ConvLSTMUNet.frozen`: its cells keep their weights with the candidate gate's rows
+  times -2, the scale the gates' sigmoid wants (``convlstm.kernels.tanh_through_sigmoid``), so a step scales
+  nothing and works in place;
 * with :meth:`ConvLSTMUNet.compile_gates` a step's gate arithmetic, a dozen small operations, is compiled by
   ``torch.compile`` into a few fused kernels (meant for GPUs, where each operation is a kernel launch; off by
   default, since it was slower where measured).
@@ -35,17 +38,19 @@ timestep), measured in ``benchmarks/``, with the same outputs:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cache, partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convlstm.checks import require_odd_kernel, require_positive_int
-from convlstm.errors import ConfigError, DataError
+from convlstm.errors import ConfigError, DataError, ModelError
 from convlstm.kernels import conv, tanh_through_sigmoid
-from convlstm.upsampled_conv import conv_of_upsampled
+from convlstm.upsampled_conv import conv_of_upsampled, split_weights
 
 __all__ = ["ConvLSTMCell", "ConvLSTMUNet"]
 
@@ -95,6 +100,11 @@ class ConvLSTMCell(nn.Module):
             self.input_conv.bias[hidden_dim : 2 * hidden_dim].fill_(1.0)
         # the gate arithmetic by torch.compile (ConvLSTMUNet.compile_gates); a plain attribute, not in the state dict
         self.gates_compiled = False
+        self.padding = self.input_conv.padding  # both convolutions': a plain attribute, read at every step
+        # a frozen copy's (ConvLSTMUNet.frozen): plain attributes, not in the state dict, read at every step, where an
+        # nn.Module's attribute lookup costs microseconds
+        self.is_frozen = False
+        self.prescaled: _Prescaled | None = None
 
     def init_hidden(self, batch_size: int, height: int, width: int, device: torch.device | str | None = None) -> State:
         """Return zero ``(h, c)`` of shape ``[B, hidden_dim, H, W]`` in the parameters' dtype.
@@ -115,12 +125,63 @@ class ConvLSTMCell(nn.Module):
     def project(self, frames: Tensor) -> Tensor:
         """The input-to-state convolution of ``[N, input_dim, H, W]`` frames (any number of timesteps at once),
         by :func:`convlstm.kernels.conv`: every path into the cell gets the same kernel choice."""
-        return conv(frames, self.input_conv.weight, self.input_conv.bias, self.input_conv.padding)
+        return conv(frames, *self._input_weights(), self.padding)
 
     def project_upsampled(self, coarse: Tensor, skip: Tensor) -> Tensor:
         """:meth:`project` of a decoder's input frames, ``coarse`` upsampled (nearest) to the grid of ``skip`` and
         followed by ``skip`` along C, without building them (:func:`convlstm.upsampled_conv.conv_of_upsampled`)."""
-        return conv_of_upsampled(coarse, skip, self.input_conv.weight, self.input_conv.bias, self.input_conv.padding)
+        if not self._uses_prescaled():
+            return conv_of_upsampled(coarse, skip, self.input_conv.weight, self.input_conv.bias, self.padding)
+        prescaled = self.prescaled
+        return conv_of_upsampled(coarse, skip, prescaled.input_weight, prescaled.input_bias, self.padding,
+                                 prescaled.split_for(coarse.shape[1]))
+
+    def freeze(self) -> None:
+        """Keep the weights prescaled (:meth:`prescale`) from now on, after ``.to()`` and ``load_state_dict`` too:
+        :meth:`ConvLSTMUNet.frozen`'s cells."""
+        self.is_frozen = True
+        self.prescale()
+        self.register_load_state_dict_post_hook(_prescale_again)
+
+    def prescale(self) -> None:
+        """Keep the convolutions' weights with the candidate gate's rows times -2, where the gates go through the
+        sigmoid (a CPU, full precision: :func:`convlstm.kernels.tanh_through_sigmoid`); elsewhere none.
+
+        The sigmoid takes the candidate's pre-activation times -2 (``tanh(g) = 1 - 2 sigmoid(-2 g)``), which a step
+        otherwise makes with a multiplication into a new tensor. Scaling by a power of two is exact, so the forecasts
+        are the same to the bit.
+        """
+        weight = self.input_conv.weight
+        if not tanh_through_sigmoid(weight):
+            self.prescaled = None
+            return
+        with torch.no_grad():
+            scale = _gate_scale(4 * self.hidden_dim, weight.dtype).view(-1, 1, 1, 1)
+            self.prescaled = _Prescaled((weight * scale).contiguous(memory_format=torch.channels_last),
+                                        self.input_conv.bias * scale.view(-1),
+                                        (self.hidden_conv.weight * scale).contiguous(memory_format=torch.channels_last),
+                                        {})
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> ConvLSTMCell:
+        """``nn.Module._apply`` (``.to()``, ``.double()``, ...), and a frozen cell's weights prescaled again from the
+        parameters it gives."""
+        super()._apply(fn, recurse)
+        if self.is_frozen:
+            self.prescale()
+        return self
+
+    def _uses_prescaled(self) -> bool:
+        """Whether a projection or step uses the prescaled weights: where there are some and neither autograd,
+        autocast nor compiled gates are at work. None of that changes within a forward, so its projections and steps
+        agree."""
+        return (self.prescaled is not None and not torch.is_grad_enabled() and not self.gates_compiled
+                and not torch.is_autocast_enabled("cpu"))
+
+    def _input_weights(self) -> tuple[Tensor, Tensor]:
+        """The input convolution's weight and bias: prescaled where :meth:`_uses_prescaled`."""
+        if self._uses_prescaled():
+            return self.prescaled.input_weight, self.prescaled.input_bias
+        return self.input_conv.weight, self.input_conv.bias
 
     def step(self, projected_t: Tensor, state: State | None) -> State:
         """Advance one timestep given an already-projected input.
@@ -128,7 +189,8 @@ class ConvLSTMCell(nn.Module):
         Parameters
         ----------
         projected_t : torch.Tensor
-            ``[B, 4*hidden_dim, H, W]`` from ``input_conv``; may be overwritten.
+            ``[B, 4*hidden_dim, H, W]`` from ``input_conv`` (:meth:`project`); read, not overwritten: consecutive
+            windows share their frames' projections (``ConvLSTMUNet.forward_windows``).
         state : tuple of torch.Tensor or None
             ``(h, c)``; None is the zero state: ``hidden_conv(0) = 0`` and ``f * 0 = 0`` are skipped.
 
@@ -137,10 +199,15 @@ class ConvLSTMCell(nn.Module):
         tuple of torch.Tensor
             The next ``(h, c)``, each ``[B, hidden_dim, H, W]``.
         """
+        c = None if state is None else state[1]
+        if self._uses_prescaled():
+            prescaled = self.prescaled
+            gates = projected_t if state is None else conv(
+                state[0], prescaled.hidden_weight, None, self.padding).add_(projected_t)
+            return _gate_outputs(gates, c, prescaled.hidden_weight.dtype, prescaled=True)
         # in place where autograd allows it: neither the convolution's nor the sum's backward needs its output
         gates = projected_t if state is None else conv(
-            state[0], self.hidden_conv.weight, None, self.hidden_conv.padding).add_(projected_t)
-        c = None if state is None else state[1]
+            state[0], self.hidden_conv.weight, None, self.padding).add_(projected_t)
         dtype = self.input_conv.weight.dtype
         if self.gates_compiled:
             return _compiled_gates()(gates, c, dtype)
@@ -234,12 +301,33 @@ class ConvLSTMCell(nn.Module):
             yield from projected.split(b)
 
 
+class _Prescaled(NamedTuple):
+    """A frozen cell's convolution weights with the candidate gate's rows times -2 (:meth:`ConvLSTMCell.prescale`)."""
+    input_weight: Tensor
+    input_bias: Tensor
+    hidden_weight: Tensor
+    split: dict[int, tuple[Tensor, Tensor]]  # split_for's, by the number of upsampled channels
+
+    def split_for(self, up_channels: int) -> tuple[Tensor, Tensor]:
+        """The input weight split for a decoder's input by phases (:func:`convlstm.upsampled_conv.split_weights`), with
+        ``up_channels`` upsampled channels: made at the first forecast, where a live model makes it at every call."""
+        if up_channels not in self.split:
+            self.split[up_channels] = tuple(w.contiguous(memory_format=torch.channels_last)
+                                            for w in split_weights(self.input_weight, up_channels))
+        return self.split[up_channels]
+
+
+def _prescale_again(cell: ConvLSTMCell, _incompatible_keys: object) -> None:
+    """A frozen cell's hook after ``load_state_dict``: the weights prescaled from the parameters loaded."""
+    cell.prescale()
+
+
 # Tensors, not Python numbers: a number operand is made a tensor at every call (4 us, a quarter of a small step's op)
 _MINUS_TWO, _ONE = torch.tensor(-2.0), torch.tensor(1.0)
 
 
 def _gates_forward(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype,
-                   keep: bool = False) -> tuple[Tensor, Tensor, tuple]:
+                   keep: bool = False, prescaled: bool = False) -> tuple[Tensor, Tensor, tuple]:
     """The gate arithmetic of a step: ``(h, c_next)`` from the gates' pre-activations and the cell state.
 
     ``c`` None is the zero state, whose forget term ``f * 0`` is skipped; the new cell state is then made in
@@ -251,9 +339,11 @@ def _gates_forward(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype,
     ``tanh(x) = 1 - 2 sigmoid(-2x)``: one sigmoid of the gates scaled per channel gives i, f, o and the candidate,
     and the sums fold into ``addcmul``. That is 8 calls a step, as many as with ``torch.tanh`` but without its two
     slow tanh; each tanh through the sigmoid on its own made 14 (benchmarks/README.md: *The gates through one
-    sigmoid*).
+    sigmoid*). With ``prescaled`` (a frozen copy's, :meth:`ConvLSTMCell.prescale`) the gates come scaled already,
+    and past the first step, where they are a new tensor, the sigmoid overwrites them; from the zero state they are
+    the projection, which other windows may share.
     """
-    if not tanh_through_sigmoid(gates):
+    if not prescaled and not tanh_through_sigmoid(gates):
         hd = gates.shape[1] // 4
         # the C++ methods: ``Tensor.split``'s Python wrapper costs as much as a small gate op
         ifo, g = gates.split_with_sizes([3 * hd, hd], dim=1)
@@ -262,9 +352,13 @@ def _gates_forward(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype,
         c_next = (i * g).to(state_dtype) if c is None else (f * c).addcmul_(i, g)
         tanh_c = torch.tanh(c_next)
         return o * tanh_c, c_next, (ifo, g, tanh_c)
-    s = torch.mul(gates, _gate_scale(gates.shape[1], gates.dtype)).sigmoid_()
+    if not prescaled:
+        s = torch.mul(gates, _gate_scale(gates.shape[1], gates.dtype)).sigmoid_()
+    else:
+        s = torch.sigmoid(gates) if c is None else gates.sigmoid_()
     i, f, o, s_g = s.chunk(4, dim=1)  # s_g = sigmoid(-2 g): tanh(g) = 1 - 2 s_g
-    c_next = (i if c is None else torch.addcmul(i, f, c)).addcmul(i, s_g, value=-2)  # f c + i tanh(g)
+    # f c + i tanh(g); in place past the first step, where the first sum is a new tensor
+    c_next = i.addcmul(i, s_g, value=-2) if c is None else torch.addcmul(i, f, c).addcmul_(i, s_g, value=-2)
     u = torch.mul(c_next, _MINUS_TWO).sigmoid_()  # tanh(c_next) = 1 - 2 u
     h = torch.addcmul(o, o, u, value=-2)
     if not keep:
@@ -282,10 +376,10 @@ def _gate_scale(channels: int, dtype: torch.dtype) -> Tensor:
     return scale
 
 
-def _gate_outputs(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype) -> State:
+def _gate_outputs(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype, prescaled: bool = False) -> State:
     """``(h, c_next)`` of :func:`_gates_forward`: inference's gates, and what ``torch.compile`` compiles (differentiated
     by autograd)."""
-    h, c_next, _ = _gates_forward(gates, c, state_dtype)
+    h, c_next, _ = _gates_forward(gates, c, state_dtype, prescaled=prescaled)
     return h, c_next
 
 
@@ -437,6 +531,39 @@ class ConvLSTMUNet(nn.Module):
             self.head.bias.fill_(HEAD_BIAS_INIT)
         # Weights in the layout of the activations: no conversion on every call.
         self.to(memory_format=torch.channels_last)
+
+    def frozen(self) -> ConvLSTMUNet:
+        """A copy to forecast with: the same forecasts (to the bit), sooner on a CPU.
+
+        Its cells keep their weights prescaled (:meth:`ConvLSTMCell.prescale`), which no-grad forecasts on a CPU in
+        full precision use; anything else (autograd, autocast, a GPU) takes the parameters, as this model does. The
+        prescaled weights are a snapshot of the parameters, so the copy's parameters take no gradient and it refuses
+        ``train()``; ``load_state_dict`` makes them again. Every forecast path loads its model frozen
+        (``convlstm.forecast.load_forecast_model``).
+
+        Returns
+        -------
+        ConvLSTMUNet
+            A new model in eval mode; this one is left as it is.
+        """
+        model = copy.deepcopy(self).eval().requires_grad_(False)
+        for cell in (*model.encoders, *model.decoders):
+            cell.freeze()
+        return model
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whether this model is a :meth:`frozen` copy."""
+        return self.encoders[0].is_frozen
+
+    def train(self, mode: bool = True) -> ConvLSTMUNet:
+        """``nn.Module.train``, refused for a :meth:`frozen` copy, whose prescaled weights would no longer follow
+        its parameters."""
+        if mode and self.is_frozen:
+            raise ModelError("This model is a frozen copy for forecasting (ConvLSTMUNet.frozen, as load_model and "
+                             "load_forecast_model give it); train the model it was made from, or resume training "
+                             "from the checkpoint with --resume.")
+        return super().train(mode)
 
     def compile_gates(self, enabled: bool = True) -> None:
         """Run every cell's gate arithmetic compiled by ``torch.compile`` from now on (``--compile-gates``).

@@ -17,16 +17,14 @@ the plain way: upsample, concatenate, convolve.
 from __future__ import annotations
 
 from functools import cache
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.weak import WeakIdKeyDictionary
 
 from convlstm.kernels import conv
 
-__all__ = ["conv_of_upsampled"]
+__all__ = ["conv_of_upsampled", "split_weights"]
 
 CL = torch.channels_last
 
@@ -37,20 +35,8 @@ _TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0
 _PHASE_TAPS = torch.einsum("aur,bvs->abuvrs", _TAPS, _TAPS).reshape(16, 9)
 
 
-class _InferenceWeights(NamedTuple):
-    """What :func:`_weights` keeps for a weight on a CPU in inference, and what it was made from."""
-
-    up_channels: int
-    source: Tensor  # a copy of the weight they were made from
-    phases: Tensor
-    skip: Tensor
-
-
-_INFERENCE_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> _InferenceWeights
-
-
 def conv_of_upsampled(coarse: Tensor, skip: Tensor, weight: Tensor, bias: Tensor | None,
-                      padding: tuple[int, ...]) -> Tensor:
+                      padding: tuple[int, ...], split: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``conv(cat([interpolate(coarse, skip's size, nearest), skip]), weight, bias)`` of ``[N, C, H, W]`` frames.
 
     Parameters
@@ -61,6 +47,9 @@ def conv_of_upsampled(coarse: Tensor, skip: Tensor, weight: Tensor, bias: Tensor
         The convolution's, over ``C_up + C_skip`` input channels (the upsampled ones first).
     padding : tuple of int
         The convolution's ('same').
+    split : tuple of torch.Tensor, optional
+        ``split_weights(weight, C_up)``, made beforehand (a frozen model's, ``ConvLSTMCell.prescale``); else made
+        here, from ``weight`` as it is now.
 
     Returns
     -------
@@ -70,7 +59,7 @@ def conv_of_upsampled(coarse: Tensor, skip: Tensor, weight: Tensor, bias: Tensor
     if not _by_phases(coarse, skip, weight, padding):
         up = F.interpolate(coarse, size=skip.shape[-2:], mode="nearest")
         return conv(torch.cat([up, skip], dim=1), weight, bias, padding)
-    phase_weight, skip_weight = _weights(weight, coarse.shape[1])
+    phase_weight, skip_weight = split if split is not None else split_weights(weight, coarse.shape[1])
     out = conv(skip, skip_weight, bias, padding).contiguous(memory_format=CL)
     phases = conv(coarse, phase_weight, None, (1, 1)).contiguous(memory_format=CL)
     if torch.is_grad_enabled() and (out.requires_grad or phases.requires_grad):
@@ -85,24 +74,13 @@ def _by_phases(coarse: Tensor, skip: Tensor, weight: Tensor, padding: tuple[int,
             and skip.shape[-2:] == (2 * coarse.shape[-2], 2 * coarse.shape[-1]))
 
 
-def _weights(weight: Tensor, up_channels: int) -> tuple[Tensor, Tensor]:
-    """The phases' weights (:func:`_phase_weights`) and the skip's (contiguous), from the convolution's.
+def split_weights(weight: Tensor, up_channels: int) -> tuple[Tensor, Tensor]:
+    """The phases' weights (:func:`_phase_weights`) and the skip's, from the convolution's.
 
-    Made at every call in training, so that gradients reach ``weight``, and on a GPU, where they cost a small
-    kernel. In inference on a CPU, made every call they cost 0.2 ms of the 0.4 ms the phases save a one-window
-    forecast, so they are kept with a copy of the weight they came from and used while the weight still equals
-    it. Equality, not the version counter: fused optimizers and writes through ``.data`` change a weight
-    without moving its version, and weights made under ``torch.inference_mode`` have none.
+    Made at every call, so that they follow the weight through training: in a one-window forecast on a CPU that
+    costs 0.2 ms of the 0.4 ms the phases save, so a frozen model (``ConvLSTMUNet.frozen``) makes them once.
     """
-    if torch.is_grad_enabled() or weight.device.type != "cpu":
-        return _phase_weights(weight[:, :up_channels]), weight[:, up_channels:]
-    cached = _INFERENCE_WEIGHTS.get(weight)
-    if (cached is None or cached.up_channels != up_channels or cached.source.dtype != weight.dtype
-            or not torch.equal(cached.source, weight)):
-        cached = _INFERENCE_WEIGHTS[weight] = _InferenceWeights(
-            up_channels, weight.clone(), _phase_weights(weight[:, :up_channels]).contiguous(memory_format=CL),
-            weight[:, up_channels:].contiguous(memory_format=CL))
-    return cached.phases, cached.skip
+    return _phase_weights(weight[:, :up_channels]), weight[:, up_channels:]
 
 
 def _phase_weights(weight: Tensor) -> Tensor:
@@ -110,8 +88,8 @@ def _phase_weights(weight: Tensor) -> Tensor:
     (a, b) major. Made at every call, so that it follows the weight through training, as one matrix product over
     the taps: 65 us, where an einsum over the three factors took 335 us, a thirtieth of a one-window forecast."""
     out_channels, in_channels = weight.shape[:2]
-    # in the weight's own precision: autocast would round the sums to half precision, and a weight cached for
-    # inference would then no longer match a float32 input
+    # in the weight's own precision: autocast would round the sums to half precision, where the convolution casts
+    # its weights itself
     with torch.autocast(weight.device.type, enabled=False):
         taps = torch.mm(_phase_taps(weight.device, weight.dtype),
                         weight.permute(2, 3, 0, 1).reshape(9, out_channels * in_channels))

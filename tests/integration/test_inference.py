@@ -106,10 +106,10 @@ def test_load_forecast_model_from_checkpoint_file_and_output_dir(ws: Workspace) 
     assert from_dir.run_id == from_file.run_id == ws.run_ids["upstream"]
     for key, value in from_file.model.state_dict().items():
         assert torch.equal(from_dir.model.state_dict()[key], value), key
-    assert not from_dir.model.training
+    assert not from_dir.model.training and from_dir.model.is_frozen  # ConvLSTMUNet.frozen: forecasts only
 
     model, config, regions = load_model(directory / BEST_NAME)
-    assert isinstance(model, ConvLSTMUNet)
+    assert isinstance(model, ConvLSTMUNet) and model.is_frozen
     assert (config.window_size, config.input_channels, config.hidden_channels) == (WINDOW, N_CHANNELS, [4, 8])
     assert regions == from_file.regions
     assert regions.downstream_lon_min == 110.0 and regions.upstream_lon_min == 70.0

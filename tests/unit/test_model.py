@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from convlstm.errors import ModelError
 from convlstm.model import ConvLSTMCell, ConvLSTMUNet
 
 DEPTH_HIDDEN = {1: [4], 2: [4, 6], 3: [4, 6, 8]}
@@ -382,3 +383,59 @@ def test_forward_windows_refuses_bad_arguments(
     model = ConvLSTMUNet(input_channels=5, hidden_channels=[4])
     with pytest.raises(ValueError, match=match):
         model.forward_windows(torch.randn(frames), torch.tensor(starts, dtype=torch.long), window)
+
+
+# --------------------------------------------------------------------------- the frozen copy forecasts use
+
+
+def _forecasts(model: ConvLSTMUNet, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sliding windows that share frames (forward_windows), and the same windows collated (forward)."""
+    starts = torch.arange(len(frames) - 3)
+    return model.forward_windows(frames, starts, 4), model(torch.stack([frames[s:s + 4] for s in starts]))
+
+
+@pytest.mark.parametrize("grid", [(8, 12), (7, 9)], ids=["even", "odd"])
+def test_a_frozen_copy_forecasts_the_same_to_the_bit(grid: tuple[int, int]) -> None:
+    model = ConvLSTMUNet(input_channels=5, hidden_channels=[4, 6, 8])
+    frozen = model.frozen()
+    frames = torch.randn(9, 5, *grid)
+    with torch.no_grad():
+        for ours, theirs in zip(_forecasts(frozen, frames), _forecasts(model, frames), strict=True):
+            assert torch.equal(ours, theirs)
+    assert frozen.is_frozen and not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    # the model it was made from is left as it was
+    assert not model.is_frozen and model.training and all(p.requires_grad for p in model.parameters())
+    assert frozen.state_dict().keys() == model.state_dict().keys()
+
+
+def test_a_frozen_copy_uses_its_prescaled_weights_only_in_full_precision_inference() -> None:
+    model = ConvLSTMUNet(input_channels=5, hidden_channels=[4, 6]).eval()
+    frozen = model.frozen()
+    for cell in (*frozen.encoders, *frozen.decoders):  # spoiled: forecasts that read them can no longer match
+        cell.prescaled.hidden_weight.zero_()
+    frames = torch.randn(7, 5, 8, 8)
+    with torch.no_grad():
+        assert not torch.equal(_forecasts(frozen, frames)[0], _forecasts(model, frames)[0])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(_forecasts(frozen, frames)[0], _forecasts(model, frames)[0])
+    # with autograd: a saliency map of the input, say
+    leaves = [frames.clone().requires_grad_() for _ in range(2)]
+    outputs = [m.forward_windows(x, torch.arange(4), 4) for m, x in zip((frozen, model), leaves, strict=True)]
+    assert torch.equal(*outputs)
+    for out in outputs:
+        out.sum().backward()
+    assert torch.equal(leaves[0].grad, leaves[1].grad)
+
+
+def test_a_frozen_copy_follows_load_state_dict_and_dtype_and_refuses_training() -> None:
+    frozen = ConvLSTMUNet(input_channels=5, hidden_channels=[4, 6]).frozen()
+    other = ConvLSTMUNet(input_channels=5, hidden_channels=[4, 6]).eval()
+    frozen.load_state_dict(other.state_dict())
+    frames = torch.randn(7, 5, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(_forecasts(frozen, frames)[0], _forecasts(other, frames)[0])
+        frozen.double()
+        assert frozen.encoders[0].prescaled.hidden_weight.dtype == torch.float64
+        assert torch.equal(_forecasts(frozen, frames.double())[0], _forecasts(other.double(), frames.double())[0])
+    with pytest.raises(ModelError, match="frozen copy"):
+        frozen.train()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from convlstm import upsampled_conv
-from convlstm.upsampled_conv import conv_of_upsampled
+from convlstm.upsampled_conv import conv_of_upsampled, split_weights
 
 CL = torch.channels_last
 
@@ -62,54 +60,10 @@ def test_gradients_equal_those_of_the_built_input(fine: tuple[int, int]) -> None
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
-def _step(conv: torch.nn.Conv2d, **optimizer_options: object) -> None:
-    conv(torch.randn(1, 9, 4, 4)).sum().backward()
-    torch.optim.AdamW(conv.parameters(), lr=0.5, **optimizer_options).step()
-
-
-# every way a weight changes, including those that leave its version counter where it was (a fused optimizer,
-# a write through .data)
-CHANGES = {
-    "optimizer step": _step,
-    "fused optimizer step": lambda conv: _step(conv, fused=True),
-    "load_state_dict": lambda conv: conv.load_state_dict(torch.nn.Conv2d(9, 8, 3, padding=1).state_dict()),
-    "write through .data": lambda conv: conv.weight.data.mul_(2),
-}
-
-
-@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
-def test_inference_weights_follow_every_change_of_the_weight(change: Callable[[torch.nn.Conv2d], object]) -> None:
-    """In inference on a CPU the phases' weights are kept between calls; the next call must see a changed weight."""
-    coarse, skip, _, _ = _inputs((6, 8))
-    conv = torch.nn.Conv2d(9, 8, 3, padding=1).to(memory_format=CL)
-
-    def check() -> None:
-        with torch.no_grad():
-            _assert_as_built(coarse, skip, conv.weight, conv.bias)
-
-    check()
-    change(conv)
-    check()
-
-
-def test_inference_mode_weights_and_a_frozen_decoder_trained_after_inference_mode() -> None:
-    coarse, skip, _, _ = _inputs((6, 8))
-    with torch.inference_mode():
-        made_there = torch.nn.Conv2d(9, 8, 3, padding=1)  # an inference tensor has no version counter
-        _assert_as_built(coarse, skip, made_there.weight, made_there.bias)
-    frozen = torch.nn.Conv2d(9, 8, 3, padding=1).requires_grad_(False)
-    with torch.inference_mode():
-        conv_of_upsampled(coarse, skip, frozen.weight, frozen.bias, (1, 1))
-    # training what lies before a frozen decoder: its weights must not come from inference_mode's tensors
-    leaf = coarse.clone().requires_grad_()
-    conv_of_upsampled(leaf, skip, frozen.weight, frozen.bias, (1, 1)).sum().backward()
-    assert leaf.grad is not None
-
-
-def test_weights_cached_under_autocast_still_serve_float32_inference() -> None:
+def test_weights_split_beforehand_give_the_same_convolution() -> None:
+    """A frozen model splits its decoder's weight once (ConvLSTMCell.prescale) and passes the split in."""
     coarse, skip, weight, bias = _inputs((6, 8))
+    split = split_weights(weight, coarse.shape[1])
     with torch.no_grad():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = conv_of_upsampled(coarse, skip, weight, bias, (1, 1))
-        full = _assert_as_built(coarse, skip, weight, bias)
-    assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
+        assert torch.equal(conv_of_upsampled(coarse, skip, weight, bias, (1, 1), split),
+                           _assert_as_built(coarse, skip, weight, bias))
