@@ -138,7 +138,9 @@ class ConvLSTMCell(nn.Module):
 
     def freeze(self) -> None:
         """Keep the weights prescaled (:meth:`prescale`) from now on, after ``.to()`` and ``load_state_dict`` too:
-        :meth:`ConvLSTMUNet.frozen`'s cells."""
+        :meth:`ConvLSTMUNet.frozen`'s cells. Once: a copy of a frozen model is frozen already."""
+        if self.is_frozen:
+            return
         self.is_frozen = True
         self.prescale()
         self.register_load_state_dict_post_hook(_prescale_again)
@@ -199,16 +201,14 @@ class ConvLSTMCell(nn.Module):
         tuple of torch.Tensor
             The next ``(h, c)``, each ``[B, hidden_dim, H, W]``.
         """
-        c = None if state is None else state[1]
-        if self._uses_prescaled():
-            prescaled = self.prescaled
-            gates = projected_t if state is None else conv(
-                state[0], prescaled.hidden_weight, None, self.padding).add_(projected_t)
-            return _gate_outputs(gates, c, prescaled.hidden_weight.dtype, prescaled=True)
+        prescaled = self._uses_prescaled()
+        hidden_weight = self.prescaled.hidden_weight if prescaled else self.hidden_conv.weight
         # in place where autograd allows it: neither the convolution's nor the sum's backward needs its output
-        gates = projected_t if state is None else conv(
-            state[0], self.hidden_conv.weight, None, self.padding).add_(projected_t)
-        dtype = self.input_conv.weight.dtype
+        gates = projected_t if state is None else conv(state[0], hidden_weight, None, self.padding).add_(projected_t)
+        c = None if state is None else state[1]
+        dtype = hidden_weight.dtype
+        if prescaled:
+            return _gate_outputs(gates, c, dtype, prescaled=True)
         if self.gates_compiled:
             return _compiled_gates()(gates, c, dtype)
         if torch.is_grad_enabled() and (gates.requires_grad or (c is not None and c.requires_grad)):
@@ -547,9 +547,14 @@ class ConvLSTMUNet(nn.Module):
             A new model in eval mode; this one is left as it is.
         """
         model = copy.deepcopy(self).eval().requires_grad_(False)
-        for cell in (*model.encoders, *model.decoders):
+        for cell in model.cells:
             cell.freeze()
         return model
+
+    @property
+    def cells(self) -> tuple[ConvLSTMCell, ...]:
+        """Every ConvLSTM cell, the encoders' then the decoders'."""
+        return (*self.encoders, *self.decoders)
 
     @property
     def is_frozen(self) -> bool:
@@ -580,7 +585,7 @@ class ConvLSTMUNet(nn.Module):
         enabled : bool
             False returns to the eager arithmetic.
         """
-        for cell in (*self.encoders, *self.decoders):
+        for cell in self.cells:
             cell.gates_compiled = enabled
 
     def forward(self, x: Tensor) -> Tensor:

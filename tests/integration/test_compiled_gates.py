@@ -19,7 +19,7 @@ def test_compiled_gates_train_as_the_eager_ones(tmp_path: Path, monkeypatch: pyt
     prepared = prepare(write_demo_dataset(tmp_path / "tiny.nc", years=0.1, resolution=5.0))
     trainers = {name: make_trainer(prepared, tmp_path / name, num_epochs=1, compile_gates=name == "compiled")
                 for name in ("eager", "compiled")}
-    cells = {name: [*t.model.encoders, *t.model.decoders] for name, t in trainers.items()}
+    cells = {name: t.model.cells for name, t in trainers.items()}
     assert len(cells["compiled"]) == 3 and all(cell.gates_compiled for cell in cells["compiled"])
     assert not any(cell.gates_compiled for cell in cells["eager"])
     states = {"eager": trainers["eager"].fit(prepared.train, prepared.val)}
