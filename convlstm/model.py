@@ -104,6 +104,7 @@ class ConvLSTMCell(nn.Module):
         # a frozen copy's (ConvLSTMUNet.frozen): plain attributes, not in the state dict, read at every step, where an
         # nn.Module's attribute lookup costs microseconds
         self.is_frozen = False
+        self.up_channels = 0  # a frozen decoder's upsampled input channels (freeze)
         self.prescaled: _Prescaled | None = None
 
     def init_hidden(self, batch_size: int, height: int, width: int, device: torch.device | str | None = None) -> State:
@@ -125,23 +126,29 @@ class ConvLSTMCell(nn.Module):
     def project(self, frames: Tensor) -> Tensor:
         """The input-to-state convolution of ``[N, input_dim, H, W]`` frames (any number of timesteps at once),
         by :func:`convlstm.kernels.conv`: every path into the cell gets the same kernel choice."""
-        return conv(frames, *self._input_weights(), self.padding)
+        weight, bias, _ = self._input_weights()
+        return conv(frames, weight, bias, self.padding)
 
     def project_upsampled(self, coarse: Tensor, skip: Tensor) -> Tensor:
         """:meth:`project` of a decoder's input frames, ``coarse`` upsampled (nearest) to the grid of ``skip`` and
         followed by ``skip`` along C, without building them (:func:`convlstm.upsampled_conv.conv_of_upsampled`)."""
-        if not self._uses_prescaled():
-            return conv_of_upsampled(coarse, skip, self.input_conv.weight, self.input_conv.bias, self.padding)
-        prescaled = self.prescaled
-        return conv_of_upsampled(coarse, skip, prescaled.input_weight, prescaled.input_bias, self.padding,
-                                 prescaled.split_for(coarse.shape[1]))
+        weight, bias, split = self._input_weights()
+        return conv_of_upsampled(coarse, skip, weight, bias, self.padding, split)
 
-    def freeze(self) -> None:
+    def freeze(self, up_channels: int = 0) -> None:
         """Keep the weights prescaled (:meth:`prescale`) from now on, after ``.to()`` and ``load_state_dict`` too:
-        :meth:`ConvLSTMUNet.frozen`'s cells. Once: a copy of a frozen model is frozen already."""
+        :meth:`ConvLSTMUNet.frozen`'s cells. Once: a copy of a frozen model is frozen already.
+
+        Parameters
+        ----------
+        up_channels : int
+            For a decoder, how many of its input channels are the coarser level upsampled: the weights of
+            :meth:`project_upsampled`'s phases are then made with the prescaled ones, not at every call.
+        """
         if self.is_frozen:
             return
         self.is_frozen = True
+        self.up_channels = up_channels
         self.prescale()
         self.register_load_state_dict_post_hook(_prescale_again)
 
@@ -159,10 +166,12 @@ class ConvLSTMCell(nn.Module):
             return
         with torch.no_grad():
             scale = _gate_scale(4 * self.hidden_dim, weight.dtype).view(-1, 1, 1, 1)
-            self.prescaled = _Prescaled((weight * scale).contiguous(memory_format=torch.channels_last),
-                                        self.input_conv.bias * scale.view(-1),
+            input_weight = (weight * scale).contiguous(memory_format=torch.channels_last)
+            split = None if not self.up_channels else tuple(
+                w.contiguous(memory_format=torch.channels_last) for w in split_weights(input_weight, self.up_channels))
+            self.prescaled = _Prescaled(input_weight, self.input_conv.bias * scale.view(-1),
                                         (self.hidden_conv.weight * scale).contiguous(memory_format=torch.channels_last),
-                                        {})
+                                        split)
 
     def _apply(self, fn: Callable, recurse: bool = True) -> ConvLSTMCell:
         """``nn.Module._apply`` (``.to()``, ``.double()``, ...), and a frozen cell's weights prescaled again from the
@@ -179,11 +188,13 @@ class ConvLSTMCell(nn.Module):
         return (self.prescaled is not None and not torch.is_grad_enabled() and not self.gates_compiled
                 and not torch.is_autocast_enabled("cpu"))
 
-    def _input_weights(self) -> tuple[Tensor, Tensor]:
-        """The input convolution's weight and bias: prescaled where :meth:`_uses_prescaled`."""
+    def _input_weights(self) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """The input convolution's weight and bias, and its split for the phases where made beforehand: prescaled
+        where :meth:`_uses_prescaled`."""
         if self._uses_prescaled():
-            return self.prescaled.input_weight, self.prescaled.input_bias
-        return self.input_conv.weight, self.input_conv.bias
+            prescaled = self.prescaled
+            return prescaled.input_weight, prescaled.input_bias, prescaled.split
+        return self.input_conv.weight, self.input_conv.bias, None
 
     def step(self, projected_t: Tensor, state: State | None) -> State:
         """Advance one timestep given an already-projected input.
@@ -306,15 +317,9 @@ class _Prescaled(NamedTuple):
     input_weight: Tensor
     input_bias: Tensor
     hidden_weight: Tensor
-    split: dict[int, tuple[Tensor, Tensor]]  # split_for's, by the number of upsampled channels
-
-    def split_for(self, up_channels: int) -> tuple[Tensor, Tensor]:
-        """The input weight split for a decoder's input by phases (:func:`convlstm.upsampled_conv.split_weights`), with
-        ``up_channels`` upsampled channels: made at the first forecast, where a live model makes it at every call."""
-        if up_channels not in self.split:
-            self.split[up_channels] = tuple(w.contiguous(memory_format=torch.channels_last)
-                                            for w in split_weights(self.input_weight, up_channels))
-        return self.split[up_channels]
+    # a decoder's input weight split for its phases (convlstm.upsampled_conv.split_weights), which a live model makes
+    # at every call; None for an encoder
+    split: tuple[Tensor, Tensor] | None
 
 
 def _prescale_again(cell: ConvLSTMCell, _incompatible_keys: object) -> None:
@@ -547,8 +552,10 @@ class ConvLSTMUNet(nn.Module):
             A new model in eval mode; this one is left as it is.
         """
         model = copy.deepcopy(self).eval().requires_grad_(False)
-        for cell in model.cells:
-            cell.freeze()
+        for encoder in model.encoders:
+            encoder.freeze()
+        for level, decoder in enumerate(model.decoders):  # decoders[k] reads level k + 1 upsampled
+            decoder.freeze(up_channels=self.hidden_channels[level + 1])
         return model
 
     @property
