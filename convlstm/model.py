@@ -136,7 +136,7 @@ class ConvLSTMCell(nn.Module):
         return conv_of_upsampled(coarse, skip, weight, bias, self.padding, split)
 
     def freeze(self, up_channels: int = 0) -> None:
-        """Keep the weights prescaled (:meth:`prescale`) from now on, after ``.to()`` and ``load_state_dict`` too:
+        """Keep the weights prescaled (:meth:`_prescale`) from now on, after ``.to()`` and ``load_state_dict`` too:
         :meth:`ConvLSTMUNet.frozen`'s cells. Once: a copy of a frozen model is frozen already.
 
         Parameters
@@ -149,10 +149,10 @@ class ConvLSTMCell(nn.Module):
             return
         self.is_frozen = True
         self.up_channels = up_channels
-        self.prescale()
+        self._prescale()
         self.register_load_state_dict_post_hook(_prescale_again)
 
-    def prescale(self) -> None:
+    def _prescale(self) -> None:
         """Keep the convolutions' weights with the candidate gate's rows times -2, where the gates go through the
         sigmoid (a CPU, full precision: :func:`convlstm.kernels.tanh_through_sigmoid`); elsewhere none.
 
@@ -178,7 +178,7 @@ class ConvLSTMCell(nn.Module):
         parameters it gives."""
         super()._apply(fn, recurse)
         if self.is_frozen:
-            self.prescale()
+            self._prescale()
         return self
 
     def _uses_prescaled(self) -> bool:
@@ -313,7 +313,7 @@ class ConvLSTMCell(nn.Module):
 
 
 class _Prescaled(NamedTuple):
-    """A frozen cell's convolution weights with the candidate gate's rows times -2 (:meth:`ConvLSTMCell.prescale`)."""
+    """A frozen cell's convolution weights with the candidate gate's rows times -2 (:meth:`ConvLSTMCell._prescale`)."""
     input_weight: Tensor
     input_bias: Tensor
     hidden_weight: Tensor
@@ -324,7 +324,7 @@ class _Prescaled(NamedTuple):
 
 def _prescale_again(cell: ConvLSTMCell, _incompatible_keys: object) -> None:
     """A frozen cell's hook after ``load_state_dict``: the weights prescaled from the parameters loaded."""
-    cell.prescale()
+    cell._prescale()
 
 
 # Tensors, not Python numbers: a number operand is made a tensor at every call (4 us, a quarter of a small step's op)
@@ -344,7 +344,7 @@ def _gates_forward(gates: Tensor, c: Tensor | None, state_dtype: torch.dtype,
     ``tanh(x) = 1 - 2 sigmoid(-2x)``: one sigmoid of the gates scaled per channel gives i, f, o and the candidate,
     and the sums fold into ``addcmul``. That is 8 calls a step, as many as with ``torch.tanh`` but without its two
     slow tanh; each tanh through the sigmoid on its own made 14 (benchmarks/README.md: *The gates through one
-    sigmoid*). With ``prescaled`` (a frozen copy's, :meth:`ConvLSTMCell.prescale`) the gates come scaled already,
+    sigmoid*). With ``prescaled`` (a frozen copy's, :meth:`ConvLSTMCell._prescale`) the gates come scaled already,
     and past the first step, where they are a new tensor, the sigmoid overwrites them; from the zero state they are
     the projection, which other windows may share.
     """
@@ -540,7 +540,7 @@ class ConvLSTMUNet(nn.Module):
     def frozen(self) -> ConvLSTMUNet:
         """A copy to forecast with: the same forecasts (to the bit), sooner on a CPU.
 
-        Its cells keep their weights prescaled (:meth:`ConvLSTMCell.prescale`), which no-grad forecasts on a CPU in
+        Its cells keep their weights prescaled (:meth:`ConvLSTMCell._prescale`), which no-grad forecasts on a CPU in
         full precision use; anything else (autograd, autocast, a GPU) takes the parameters, as this model does. The
         prescaled weights are a snapshot of the parameters, so the copy's parameters take no gradient and it refuses
         ``train()``; ``load_state_dict`` makes them again. Every forecast path loads its model frozen

@@ -48,7 +48,7 @@ def conv_of_upsampled(coarse: Tensor, skip: Tensor, weight: Tensor, bias: Tensor
     padding : tuple of int
         The convolution's ('same').
     split : tuple of torch.Tensor, optional
-        ``split_weights(weight, C_up)``, made beforehand (a frozen model's, ``ConvLSTMCell.prescale``); else made
+        ``split_weights(weight, C_up)``, made beforehand (a frozen model's, ``ConvLSTMCell._prescale``); else made
         here, from ``weight`` as it is now.
 
     Returns

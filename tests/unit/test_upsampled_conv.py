@@ -61,7 +61,7 @@ def test_gradients_equal_those_of_the_built_input(fine: tuple[int, int]) -> None
 
 
 def test_weights_split_beforehand_give_the_same_convolution() -> None:
-    """A frozen model splits its decoder's weight once (ConvLSTMCell.prescale) and passes the split in."""
+    """A frozen model splits its decoder's weight once (ConvLSTMCell._prescale) and passes the split in."""
     coarse, skip, weight, bias = _inputs((6, 8))
     split = split_weights(weight, coarse.shape[1])
     with torch.no_grad():
